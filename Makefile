@@ -1,0 +1,45 @@
+# Developer commands. The same commands run locally and in CI (.ci/run calls `make test`).
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+PIP   := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# CPU build of PyTorch; on these machines pip takes it from a local file (PLATFORM.md).
+TORCH ?= torch==2.13.0
+
+.DEFAULT_GOAL := help
+
+help: ## list every developer command
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the package with its dev dependencies (idempotent)
+
+tools: venv ## install the validators the tests use where possible (promtool, hadolint, kubernetes-validate, docker-compose)
+	@bash scripts/install-tools.sh
+
+demo: venv ## run the demo: embedded broker, worker, simulator, live signals (Ctrl-C, or DEMO_SECONDS=N, stops it)
+	$(VENV)/bin/intentstream demo $(if $(DEMO_SECONDS),--seconds $(DEMO_SECONDS),)
+
+test: venv tools ## run the whole test suite (unit, stream, integration on a real broker, deploy checks)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: venv ## run the unit tests only
+	$(PY) -m pytest -q -m "not integration and not slow" tests/unit $(PYTEST_ARGS)
+
+lint: venv ## ruff over the code
+	$(VENV)/bin/ruff check stream models tests benchmarks
+
+worker: venv ## run one worker (embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set)
+	$(VENV)/bin/intentstream worker
+
+clean: ## remove local state (.intentstream) and caches, keep .venv
+	rm -rf .intentstream .pytest_cache .ruff_cache .hypothesis build *.egg-info
+
+.PHONY: help venv tools demo test test-fast lint worker clean

@@ -1,0 +1,174 @@
+"""The one feature definition for the online (River) models: ``online_features(state, now_ms, cfg)``.
+
+Training, evaluation and serving all call this function on a :class:`UserState`, so a feature can
+never mean one thing offline and another online. ``now_ms`` is the event time at which the
+features are read (the time of the event being scored, or a label's cut-off in training); the
+state's decayed values are decayed from ``state.last_ts`` to ``now_ms``. A ``now_ms`` earlier than
+``state.last_ts`` (scoring a late event) reads the state as of ``last_ts``: decay is never undone.
+
+Every value is a finite float and the key set is always :data:`FEATURE_NAMES` (for the default
+config; :func:`feature_names` for another one), in that order. Heavy-tailed totals are ``log1p``-ed
+so that a linear model with a standard scaler sees a sane range.
+
+======================================  ==========================================================
+name                                    meaning
+======================================  ==========================================================
+``{type}_{horizon}``                    decayed count of that event type, time constant = horizon
+                                        (e.g. ``click_5m``, ``purchase_7d``; see ``state``)
+``log1p_{type}_total``                  log(1 + lifetime count of that type)
+``cart_per_click``                      lifetime add_to_cart / (clicks + 1)
+``purchase_per_cart``                   lifetime purchases / (add_to_cart + 1)
+``secs_since_last_event``               (now - newest event time) / 1 s
+``days_since_first_seen``               (now - first event time) / 1 day
+``log1p_sessions``                      log(1 + number of sessions)
+``session_open``                        1 if now is within the session gap of the newest event
+``session_events``                      events in the current session (0 when not open)
+``session_minutes``                     newest event - session start, in minutes (0 when not open)
+``session_{clicks,searches,...}``       events of each type in the open session (0 when not open):
+                                        ``session_clicks``, ``_searches``, ``_carts``, ``_purchases``
+``log1p_session_cart_value``            log(1 + price * quantity added to cart in the open session)
+``cart_lines``                          lines in the cart (one per item once older than lateness)
+``cart_items``                          total quantity in the cart
+``log1p_cart_value``                    log(1 + sum of quantity * unit price in the cart)
+``minutes_since_cart_add``              now - newest cart line, in minutes (0 for an empty cart)
+``has_purchased``                       1 if any purchase was seen
+``days_since_purchase``                 days since the newest purchase, capped at 365 (365 if none)
+``log1p_spend``                         log(1 + total spend)
+``avg_order_value``                     total spend / purchases (0 if none)
+``categories_tracked``                  number of categories in the affinity table
+``top_category_score``                  highest category affinity, decayed to now
+``top_category_share``                  highest affinity / sum of affinities (0 if none)
+``search_terms_tracked``                number of hashed search terms kept
+``top_term_share``                      highest term score / sum of term scores (0 if none)
+``recent_events``                       events in the recent ring
+``recent_distinct_item_share``          distinct items / events with an item in the ring (0 if none)
+``recent_mean_gap_s``                   mean gap between consecutive ring events, seconds
+``recent_mean_price``                   mean price of ring events that carry one (0 if none)
+``last_is_{type}``                      1 if the newest event is of that type
+======================================  ==========================================================
+
+>>> from models.events import Event
+>>> from models.features.state import StateConfig, UserState, apply_event
+>>> cfg, st = StateConfig(), UserState.new()
+>>> _ = apply_event(st, Event("e1", "u", "add_to_cart", 1_700_000_000_000, item_id="i", price=20.0), cfg)
+>>> f = online_features(st, 1_700_000_000_000 + 300_000, cfg)
+>>> round(f["add_to_cart_5m"], 4), f["cart_items"], f["minutes_since_cart_add"], f["session_open"]
+(0.3679, 1.0, 5.0, 1.0)
+>>> tuple(f) == FEATURE_NAMES
+True
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+from models.events import EVENT_TYPES
+from models.features.state import DAY_MS, HOUR_MS, MINUTE_MS, N_TYPES, StateConfig, UserState
+
+_MAX_DAYS_SINCE_PURCHASE = 365.0
+
+
+def horizon_label(ms: int) -> str:
+    """A short stable label for a horizon: ``5m``, ``1h``, ``24h``, ``7d``.
+
+    >>> [horizon_label(h) for h in StateConfig().horizons_ms]
+    ['5m', '1h', '24h', '7d']
+    """
+    if ms % DAY_MS == 0 and ms > DAY_MS:
+        return f"{ms // DAY_MS}d"
+    if ms % HOUR_MS == 0:
+        return f"{ms // HOUR_MS}h"
+    if ms % MINUTE_MS == 0:
+        return f"{ms // MINUTE_MS}m"
+    return f"{ms}ms"
+
+
+@lru_cache(maxsize=16)
+def feature_names(cfg: StateConfig) -> tuple[str, ...]:
+    """The feature names, in order, for ``cfg`` (only the counter names depend on it)."""
+    labels = [horizon_label(h) for h in cfg.horizons_ms]
+    return (
+        *(f"{t}_{lab}" for lab in labels for t in EVENT_TYPES),
+        *(f"log1p_{t}_total" for t in EVENT_TYPES),
+        "cart_per_click", "purchase_per_cart", "secs_since_last_event", "days_since_first_seen",
+        "log1p_sessions", "session_open", "session_events", "session_minutes",
+        "session_clicks", "session_searches", "session_carts", "session_purchases",
+        "log1p_session_cart_value",
+        "cart_lines", "cart_items", "log1p_cart_value", "minutes_since_cart_add",
+        "has_purchased", "days_since_purchase", "log1p_spend", "avg_order_value",
+        "categories_tracked", "top_category_score", "top_category_share",
+        "search_terms_tracked", "top_term_share",
+        "recent_events", "recent_distinct_item_share", "recent_mean_gap_s", "recent_mean_price",
+        *(f"last_is_{t}" for t in EVENT_TYPES),
+    )  # fmt: skip
+
+
+FEATURE_NAMES: tuple[str, ...] = feature_names(StateConfig())
+
+
+def online_features(state: UserState, now_ms: int, cfg: StateConfig) -> dict[str, float]:
+    """The River feature dict of ``state`` read at event time ``now_ms`` (see the module table)."""
+    dt = max(0, now_ms - state.last_ts)
+    now = state.last_ts + dt
+    counts = state.counts
+    values: list[float] = []
+    for h, horizon in enumerate(cfg.horizons_ms):
+        f = math.exp(-dt / horizon)
+        values.extend(c * f for c in counts[h * N_TYPES : (h + 1) * N_TYPES])
+    totals = state.totals
+    values.extend(math.log1p(n) for n in totals)
+    clicks, _searches, carts, purchases = totals
+    values += [
+        carts / (clicks + 1.0),
+        purchases / (carts + 1.0),
+        dt / 1000.0,
+        (now - state.first_seen) / DAY_MS if state.last_ts else 0.0,
+        math.log1p(state.n_sessions),
+    ]
+    is_open = bool(state.last_ts) and dt <= cfg.session_gap_ms
+    if is_open:
+        values += [1.0, float(sum(state.sess_counts)), (state.last_ts - state.sess_start) / MINUTE_MS]
+        values += [float(n) for n in state.sess_counts]
+        values.append(math.log1p(state.sess_value))
+    else:
+        values += [0.0] * (3 + N_TYPES + 1)
+
+    cart = state.cart
+    values += [
+        float(len(cart)),
+        float(state.cart_items()),
+        math.log1p(state.cart_value()),
+        (now - max(c[0] for c in cart)) / MINUTE_MS if cart else 0.0,
+    ]
+    if state.last_purchase_ts:
+        since = min((now - state.last_purchase_ts) / DAY_MS, _MAX_DAYS_SINCE_PURCHASE)
+        values += [1.0, since]
+    else:
+        values += [0.0, _MAX_DAYS_SINCE_PURCHASE]
+    values += [math.log1p(state.spend), state.spend / purchases if purchases else 0.0]
+
+    cats = state.categories.values()
+    top = max(cats, default=0.0)
+    cat_decay = math.exp(-dt / cfg.category_tau_ms)
+    values += [float(len(cats)), top * cat_decay, _share(top, sum(cats))]
+    terms = state.terms.values()
+    values += [float(len(terms)), _share(max(terms, default=0.0), sum(terms))]
+
+    recent = state.recent
+    items = [r.item for r in recent if r.item]
+    prices = [r.price for r in recent if r.price > 0]
+    values += [
+        float(len(recent)),
+        len(set(items)) / len(items) if items else 0.0,
+        (recent[-1].ts - recent[0].ts) / (len(recent) - 1) / 1000.0 if len(recent) > 1 else 0.0,
+        sum(prices) / len(prices) if prices else 0.0,
+    ]
+    last_type = recent[-1].type if recent else -1
+    values += [1.0 if last_type == t else 0.0 for t in range(N_TYPES)]
+    return dict(zip(feature_names(cfg), values, strict=True))
+
+
+def _share(top: float, total: float) -> float:
+    return top / total if total > 0 else 0.0
+

@@ -1,0 +1,663 @@
+"""Per-user rolling state: small, exact under bounded disorder, and fast to update and store.
+
+One :class:`UserState` per user lives in the Faust table (as :meth:`UserState.to_bytes`). The stream
+calls :func:`apply_event` for every event of that user; training, evaluation and serving all read
+the same state through :func:`models.features.online.online_features` and :attr:`UserState.recent`,
+so the features a model is trained on are the features it is served.
+
+What the record holds, and the choices behind each part:
+
+* **Counts per event type over horizons** (5 min, 1 h, 24 h, 7 d by default) are *exponentially
+  decayed counters*, not exact windows. An exact sliding window must remember every event time in
+  the longest horizon (hundreds of timestamps for an active user over 7 days), which breaks the
+  1 KiB budget; a decayed counter is one float. With time constant ``tau = horizon`` the counter is
+  ``sum(exp(-(t_ref - ts) / tau))``: a user acting at a steady rate ``r`` reads ``r * horizon``, the
+  same as a window of that length, and a burst fades smoothly instead of falling off a cliff. The
+  sum is commutative, so an out-of-order event adds ``exp(-(t_ref - ts) / tau)`` and gives exactly
+  the value that in-order arrival would have given (up to float rounding). All decayed values are
+  stored *as of* ``last_ts`` (the user's newest event time) and decayed further when read at a
+  later ``now_ms``. Lifetime totals per type are exact integers.
+* **Lateness**: an event is applied if its ``ts >= last_ts - allowed_lateness_ms``; older ones are
+  reported ``"late"`` and change nothing. ``allowed_lateness_ms`` must be below ``session_gap_ms``,
+  which is what makes sessions exact (next point). Every part of the state is defined so that the
+  *same set of applied events gives the same state in any arrival order* (floats approximately):
+  this is the property the tests check.
+* **Sessions** are gap-based in event time: a gap longer than ``session_gap_ms`` starts a new one.
+  The current session (start, per-type counts, value added to cart) is kept, plus the previous
+  session while a late event could still merge the two: a late event that falls in the gap and is
+  within ``session_gap_ms`` of both merges them, exactly as if it had arrived in order. Because the
+  lateness is shorter than the gap, a late event always belongs to the current session, and only
+  the previous one can ever merge; once the current session started more than the lateness before
+  ``last_ts`` no merge is possible and the previous session is dropped (that keeps the record small
+  and canonical). ``Event.session_id`` is ignored: producers disagree on what a session is.
+* **Recent events**: the last ``recent_n`` applied events as :class:`RecentEvent`, sorted by
+  ``(ts, event_id_hash(event_id))`` (the hash breaks ties between equal timestamps: the raw ids are
+  too big to keep). A late event is inserted at its place.
+* **De-duplication**: the ``(ts, event_id_hash(event_id))`` keys of the newest ``dedupe_n`` applied
+  events (``dedupe_n >= recent_n``, so the recent ring is always the newest tail of this ring and
+  stores no timestamps of its own). An event whose id hash is in the ring is a ``"duplicate"``. An
+  event older than everything in a full ring could be a duplicate we no longer remember, so it is
+  reported ``"late"`` instead of risking a double count: the effective lateness is the smaller of
+  ``allowed_lateness_ms`` and the age of the ``dedupe_n``-th newest event.
+* **Category affinity**: a decayed, type-weighted score per raw ``category_id`` (so signals can name
+  the category), at most ``top_k_categories`` of them. A category not yet tracked always enters and
+  evicts the lowest score: exact while a user has touched at most K categories, a recency-biased
+  approximation beyond that.
+* **Search terms**: lower-cased whitespace tokens of each query, hashed, with a decayed count, at
+  most ``top_k_terms`` (same eviction rule).
+* **Recency, frequency, monetary**: last purchase time, purchase count, total spend
+  (``price * quantity`` of purchases, quantity defaulting to 1).
+* **Cart**: ``add_to_cart`` adds a line; a purchase of an item removes every line of that item added
+  at or before the purchase time; a purchase without ``item_id`` empties the cart of everything
+  added at or before it. To stay exact when a purchase overtakes the add it should remove, the
+  record keeps a removal mark per item for as long as a late add could still arrive (the lateness),
+  and the time of the last cart-emptying purchase. Lines older than the lateness can no longer be
+  split by a late purchase, so lines of the same item are merged (quantities added, newest price).
+  At most ``max_cart_lines`` lines are kept (the oldest go first).
+* **First seen**: the earliest applied event time.
+
+Everything is event time in epoch milliseconds; nothing here reads a clock.
+
+>>> from models.events import Event
+>>> cfg = StateConfig()
+>>> st = UserState.new()
+>>> apply_event(st, Event("e1", "u", "click", 1_700_000_000_000, item_id="i1", category_id="shoes"), cfg)
+'applied'
+>>> apply_event(st, Event("e1", "u", "click", 1_700_000_000_000, item_id="i1", category_id="shoes"), cfg)
+'duplicate'
+>>> apply_event(st, Event("e2", "u", "add_to_cart", 1_700_000_030_000, item_id="i1", price=9.5), cfg)
+'applied'
+>>> apply_event(st, Event("e0", "u", "click", 1_700_000_030_000 - 61_000, item_id="i2"), cfg)
+'late'
+>>> st.totals, st.cart_items(), st.first_seen
+([1, 0, 1, 0], 1, 1700000000000)
+>>> UserState.from_bytes(st.to_bytes()).recent == st.recent
+True
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+import struct
+import zlib
+from functools import lru_cache
+
+from models.events import EVENT_TYPES, TYPE_INDEX, Event
+from models.features.hashing import stable_hash
+from models.features.recent import RecentEvent
+
+APPLIED = "applied"
+DUPLICATE = "duplicate"
+LATE = "late"
+
+N_TYPES = len(EVENT_TYPES)
+_PURCHASE = TYPE_INDEX["purchase"]
+_CART = TYPE_INDEX["add_to_cart"]
+_SEARCH = TYPE_INDEX["search"]
+_LN2 = math.log(2.0)
+_MAX_TERMS_PER_QUERY = 8
+_U32 = 0xFFFF_FFFF
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+
+
+@dataclasses.dataclass(frozen=True)
+class StateConfig:
+    """How the per-user state is built. The same config must be used to build and to read a state.
+
+    ``horizons_ms`` are the time constants of the decayed counters (see the module docstring);
+    changing their number makes stored states unreadable by :func:`apply_event` (it checks).
+    ``category_weights`` weighs each event type (click, search, add_to_cart, purchase) in the
+    category affinity: a cart add says more about intent than a click.
+
+    >>> StateConfig().horizons_ms
+    (300000, 3600000, 86400000, 604800000)
+    >>> StateConfig(allowed_lateness_ms=3_600_000)
+    Traceback (most recent call last):
+    ...
+    ValueError: allowed_lateness_ms must be smaller than session_gap_ms (sessions rely on it)
+    """
+
+    horizons_ms: tuple[int, ...] = (5 * MINUTE_MS, HOUR_MS, DAY_MS, 7 * DAY_MS)
+    session_gap_ms: int = 30 * MINUTE_MS
+    recent_n: int = 16
+    dedupe_n: int = 32
+    top_k_categories: int = 8
+    category_half_life_ms: int = 3 * DAY_MS
+    category_weights: tuple[float, float, float, float] = (1.0, 1.0, 3.0, 5.0)
+    top_k_terms: int = 8
+    term_half_life_ms: int = DAY_MS
+    max_cart_lines: int = 16
+    allowed_lateness_ms: int = 60_000
+
+    def __post_init__(self) -> None:
+        if not self.horizons_ms or any(h <= 0 for h in self.horizons_ms) or len(self.horizons_ms) > 255:
+            raise ValueError("horizons_ms must be 1 to 255 positive durations")
+        if not 0 <= self.allowed_lateness_ms < self.session_gap_ms:
+            raise ValueError("allowed_lateness_ms must be smaller than session_gap_ms (sessions rely on it)")
+        if not 1 <= self.recent_n <= self.dedupe_n <= 255:
+            raise ValueError("need 1 <= recent_n <= dedupe_n <= 255")
+        for name in ("top_k_categories", "top_k_terms", "max_cart_lines"):
+            if not 1 <= getattr(self, name) <= 255:
+                raise ValueError(f"{name} must be in [1, 255]")
+        if len(self.category_weights) != N_TYPES or any(w < 0 for w in self.category_weights):
+            raise ValueError("category_weights needs one non-negative weight per event type")
+        if self.category_half_life_ms <= 0 or self.term_half_life_ms <= 0:
+            raise ValueError("half-lives must be positive")
+
+    # Time constants, derived once: the hot path multiplies instead of dividing by a half-life.
+    @property
+    def category_tau_ms(self) -> float:
+        return self.category_half_life_ms / _LN2
+
+    @property
+    def term_tau_ms(self) -> float:
+        return self.term_half_life_ms / _LN2
+
+
+@lru_cache(maxsize=64)
+def _rates(cfg: StateConfig) -> tuple[tuple[float, ...], float, float]:
+    """(1/tau per horizon, 1/tau categories, 1/tau terms), cached per config."""
+    return (
+        tuple(1.0 / h for h in cfg.horizons_ms),
+        1.0 / cfg.category_tau_ms,
+        1.0 / cfg.term_tau_ms,
+    )
+
+
+class UserState:
+    """Everything the models need about one user, updated in place by :func:`apply_event`.
+
+    Timestamps are epoch milliseconds; ``last_ts == 0`` means "no event yet". Decayed values
+    (``counts``, ``categories``, ``terms``) are as of ``last_ts``. ``counts[h * 4 + t]`` is the
+    decayed count of type ``t`` (index into ``EVENT_TYPES``) at horizon ``h``.
+
+    The two rings are kept in memory in their serialized form (fixed-size records in one
+    ``bytes``), because decoding 16 + 32 records into Python objects on every read-modify-write
+    cost more than everything else together; :attr:`recent` decodes on access.
+
+    >>> from models.events import Event
+    >>> st = UserState.new()
+    >>> _ = apply_event(st, Event("a", "u", "search", 1_700_000_000_000, query="Red Shoes"), StateConfig())
+    >>> st.totals, st.n_sessions, len(st.terms), st.recent[0].type
+    ([0, 1, 0, 0], 1, 2, 1)
+    >>> len(st.to_bytes())  # bytes: 97 header + 64 counters + 16 terms + 10 dedupe key + 21 recent
+    208
+    """
+
+    SCHEMA_VERSION = 2
+
+    __slots__ = (
+        "first_seen", "last_ts", "totals", "counts",
+        "n_sessions", "sess_start", "sess_counts", "sess_value",
+        "prev_start", "prev_end", "prev_counts", "prev_value",
+        "last_purchase_ts", "spend",
+        "seen", "recent_blob",
+        "categories", "terms",
+        "cart", "removed", "cart_cleared_ts",
+    )  # fmt: skip
+
+    def __init__(self, n_horizons: int = 4) -> None:
+        self.first_seen = 0
+        self.last_ts = 0
+        self.totals: list[int] = [0] * N_TYPES
+        self.counts: list[float] = [0.0] * (N_TYPES * n_horizons)
+        self.n_sessions = 0
+        self.sess_start = 0
+        self.sess_counts: list[int] = [0] * N_TYPES
+        self.sess_value = 0.0  # price * quantity added to the cart in this session
+        # The previous session, kept only while a late event could merge it (prev_end == 0: none).
+        self.prev_start = 0
+        self.prev_end = 0
+        self.prev_counts: list[int] = [0] * N_TYPES
+        self.prev_value = 0.0
+        self.last_purchase_ts = 0
+        self.spend = 0.0
+        # De-duplication ring: sorted 10-byte big-endian keys (48-bit ts, 32-bit event-id hash);
+        # big-endian so that comparing the bytes compares (ts, id).
+        self.seen = b""
+        # Recent ring: one 21-byte record per event (RecentEvent without ts, which is the ts of the
+        # matching key at the tail of ``seen``).
+        self.recent_blob = b""
+        self.categories: dict[str, float] = {}
+        self.terms: dict[int, float] = {}
+        # Cart lines (ts, item hash, quantity, unit price), sorted; removal marks item -> ts.
+        self.cart: list[tuple[int, int, int, float]] = []
+        self.removed: dict[int, int] = {}
+        self.cart_cleared_ts = 0
+
+    @classmethod
+    def new(cls, cfg: StateConfig | None = None) -> UserState:
+        """An empty state (for a user never seen before)."""
+        return cls(len(cfg.horizons_ms) if cfg is not None else 4)
+
+    # -- derived values --------------------------------------------------------------------------
+
+    @property
+    def recent(self) -> list[RecentEvent]:
+        """The last ``recent_n`` applied events, oldest first (a fresh list: edit the state via
+        :func:`apply_event` only)."""
+        blob = self.recent_blob
+        n = len(blob) // _REC.size
+        if not n:
+            return []
+        keys = _KEY.iter_unpack(self.seen[len(self.seen) - n * _KEY.size :])
+        return [
+            RecentEvent(t, item, cat, price, (hi << 32) | lo, query)
+            for (t, item, cat, price, query), (hi, lo, _h) in zip(_REC.iter_unpack(blob), keys)
+        ]
+
+    def seen_keys(self) -> list[tuple[int, int]]:
+        """The de-duplication ring as (ts, event_id_hash(event_id)) pairs, oldest first."""
+        return [((hi << 32) | lo, h) for hi, lo, h in _KEY.iter_unpack(self.seen)]
+
+    def cart_items(self) -> int:
+        """Total quantity in the cart."""
+        return sum(line[2] for line in self.cart)
+
+    def cart_value(self) -> float:
+        """Sum of quantity * unit price over the cart lines."""
+        return sum(line[2] * line[3] for line in self.cart)
+
+    def snapshot(self) -> dict[str, object]:
+        """A plain, canonical view of the state (for tests, debugging and equality checks)."""
+        out = {name: _plain(getattr(self, name)) for name in self.__slots__}
+        out["recent"] = self.recent
+        return out
+
+    def __repr__(self) -> str:
+        return f"UserState(first_seen={self.first_seen}, last_ts={self.last_ts}, totals={self.totals})"
+
+    # -- serialization ---------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Compact little-endian binary: a version byte, a fixed header, numeric columns, then the
+        two rings as they are held in memory and the category names (NUL-separated, last).
+
+        Decayed values are float32 (features do not need more); money and recent prices are
+        float64 so that a ``RecentEvent`` round-trips exactly.
+        """
+        has_prev = self.prev_end != 0
+        cats = self.categories
+        terms = self.terms
+        cart = self.cart
+        removed = self.removed
+        seen = self.seen
+        head = _HEAD.pack(
+            self.SCHEMA_VERSION, 2 if has_prev else 0, len(self.counts) // N_TYPES,
+            len(seen) // _KEY.size, len(self.recent_blob) // _REC.size,
+            len(cats), len(terms), len(cart), len(removed),
+            self.first_seen, self.last_ts, self.sess_start, self.last_purchase_ts, self.cart_cleared_ts,
+            *self.totals, self.n_sessions, *self.sess_counts, self.sess_value, self.spend,
+        )  # fmt: skip
+        if has_prev:
+            head += _PREV.pack(self.prev_start, self.prev_end, *self.prev_counts, self.prev_value)
+        cols = _cols_struct(len(self.counts), len(cats), len(terms), len(cart), len(removed))
+        values = [*self.counts, *cats.values(), *terms, *terms.values()]
+        if cart:
+            for j in range(4):
+                values += [c[j] for c in cart]
+        if removed:
+            values += [*removed, *removed.values()]
+        names = "\x00".join(cats).encode("utf-8") if cats else b""
+        return b"".join((head, cols.pack(*values), seen, self.recent_blob, names))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UserState:
+        """Load a record written by :meth:`to_bytes` of this or any earlier schema version."""
+        if not data:
+            raise ValueError("empty state record")
+        version = data[0]
+        if version == cls.SCHEMA_VERSION:
+            return _decode_v2(data)
+        if version in _MIGRATIONS:
+            return _MIGRATIONS[version](data)
+        raise ValueError(f"unknown state schema version {version}")
+
+
+# version, flags, n_horizons, n_seen, n_recent, n_cats, n_terms, n_cart, n_removed,
+# first_seen, last_ts, sess_start, last_purchase_ts, cart_cleared_ts,
+# totals[4], n_sessions, sess_counts[4], sess_value, spend
+_HEAD = struct.Struct("<9B5q4II4Ifd")
+_PREV = struct.Struct("<qq4If")  # prev_start, prev_end, prev_counts[4], prev_value
+_KEY = struct.Struct(">HII")  # de-duplication key: ts high 16 bits, ts low 32 bits, event-id hash
+_REC = struct.Struct("<BIIdI")  # recent record: type, item, category, price, query
+
+
+@lru_cache(maxsize=1024)
+def _cols_struct(nc: int, nk: int, nt: int, nl: int, nm: int) -> struct.Struct:
+    """Numeric columns for these section sizes (cached: the same sizes repeat a lot)."""
+    return struct.Struct(f"<{nc}f{nk}f{nt}I{nt}f{nl}q{nl}I{nl}I{nl}d{nm}I{nm}q")
+
+
+def _decode_v2(data: bytes) -> UserState:
+    (
+        _v, flags, nh, ns, nr, nk, nt, nl, nm,
+        first_seen, last, sess_start, last_purchase, cleared,
+        t0, t1, t2, t3, n_sessions, s0, s1, s2, s3, sess_value, spend,
+    ) = _HEAD.unpack_from(data, 0)  # fmt: skip
+    off = _HEAD.size
+    st = UserState.__new__(UserState)
+    st.first_seen, st.last_ts, st.sess_start = first_seen, last, sess_start
+    st.last_purchase_ts, st.cart_cleared_ts = last_purchase, cleared
+    st.totals = [t0, t1, t2, t3]
+    st.n_sessions, st.sess_counts, st.sess_value, st.spend = n_sessions, [s0, s1, s2, s3], sess_value, spend
+    if flags & 2:
+        p = _PREV.unpack_from(data, off)
+        off += _PREV.size
+        st.prev_start, st.prev_end, st.prev_counts, st.prev_value = p[0], p[1], list(p[2:6]), p[6]
+    else:
+        st.prev_start, st.prev_end, st.prev_counts, st.prev_value = 0, 0, [0] * N_TYPES, 0.0
+    nc = nh * N_TYPES
+    cols = _cols_struct(nc, nk, nt, nl, nm)
+    v = cols.unpack_from(data, off)
+    off += cols.size
+    st.counts = list(v[:nc])
+    i = nc + nk
+    st.terms = dict(zip(v[i : i + nt], v[i + nt : i + 2 * nt])) if nt else {}
+    i += 2 * nt
+    if nl:
+        st.cart = list(zip(v[i : i + nl], v[i + nl : i + 2 * nl], v[i + 2 * nl : i + 3 * nl], v[i + 3 * nl : i + 4 * nl]))
+    else:
+        st.cart = []
+    i += 4 * nl
+    st.removed = dict(zip(v[i : i + nm], v[i + nm : i + 2 * nm])) if nm else {}
+    end = off + ns * _KEY.size
+    st.seen = data[off:end]
+    off, end = end, end + nr * _REC.size
+    st.recent_blob = data[off:end]
+    st.categories = dict(zip(data[end:].decode("utf-8").split("\x00"), v[nc : nc + nk])) if nk else {}
+    return st
+
+
+# -- schema migrations -------------------------------------------------------------------------------
+# Version 1 was the first prototype layout: lifetime totals and the first/last event time only.
+# ``_V1`` stays here (and ``_encode_v1`` for the tests) so that every old record keeps loading.
+_V1 = struct.Struct("<Bqq4I")
+
+
+def _encode_v1(first_seen: int, last_ts: int, totals: list[int]) -> bytes:
+    """Bytes of a version-1 record (only used to test the migration)."""
+    return _V1.pack(1, first_seen, last_ts, *totals)
+
+
+def _migrate_v1(data: bytes) -> UserState:
+    """v1 -> v2: totals and first/last time carry over. Decayed counters start at zero (v1 had
+    none), a user with events counts as one open session starting at ``last_ts``."""
+    _v, first_seen, last_ts, *totals = _V1.unpack_from(data, 0)
+    st = UserState()
+    st.first_seen, st.last_ts, st.totals = first_seen, last_ts, list(totals)
+    if last_ts:
+        st.n_sessions, st.sess_start = 1, last_ts
+    return st
+
+
+_MIGRATIONS = {1: _migrate_v1}
+
+
+# -- the update ---------------------------------------------------------------------------------------
+
+
+def apply_event(state: UserState, ev: Event, cfg: StateConfig) -> str:
+    """Apply one event to ``state`` in place; return ``"applied"``, ``"duplicate"`` or ``"late"``.
+
+    Duplicates and late events leave the state unchanged. See the module docstring for the
+    semantics of each part; the result does not depend on arrival order within the lateness.
+    """
+    h = event_id_hash(ev.event_id)
+    seen = state.seen
+    if seen and _has_id(seen, h.to_bytes(4, "big")):
+        return DUPLICATE
+    ts = ev.ts
+    last = state.last_ts
+    key = _KEY.pack(ts >> 32, ts & _U32, h)
+    if last == 0:
+        if len(state.counts) != N_TYPES * len(cfg.horizons_ms):
+            state.counts = [0.0] * (N_TYPES * len(cfg.horizons_ms))
+        # First event: the reference time starts here, so it takes the "same time" path below.
+        state.first_seen = state.last_ts = state.sess_start = last = ts
+        state.n_sessions = 1
+    elif ts < last - cfg.allowed_lateness_ms or (
+        len(seen) >= cfg.dedupe_n * _KEY.size and key < seen[: _KEY.size]
+    ):
+        return LATE
+    if len(state.counts) != N_TYPES * len(cfg.horizons_ms):
+        raise ValueError("state was built with a different number of horizons than this config")
+
+    t = TYPE_INDEX[ev.type]
+    rec = _recent_event(ev, t)
+    rates, cat_rate, term_rate = _rates(cfg)
+    counts = state.counts
+    if ts > last:
+        # Newest event: move the reference time forward, decaying everything held "as of last_ts".
+        d = ts - last
+        base = 0
+        for r in rates:
+            f = math.exp(-d * r)
+            counts[base] *= f
+            counts[base + 1] *= f
+            counts[base + 2] *= f
+            counts[base + 3] *= f
+            counts[base + t] += 1.0
+            base += N_TYPES
+        if state.categories:
+            f = math.exp(-d * cat_rate)
+            state.categories = {k: s * f for k, s in state.categories.items()}
+        if state.terms:
+            f = math.exp(-d * term_rate)
+            state.terms = {k: s * f for k, s in state.terms.items()}
+        cat_w = term_w = 1.0
+        if d > cfg.session_gap_ms:  # a new session; the current one becomes the previous
+            state.prev_start, state.prev_end = state.sess_start, last
+            state.prev_counts, state.prev_value = state.sess_counts, state.sess_value
+            state.sess_start, state.sess_counts, state.sess_value = ts, [0] * N_TYPES, 0.0
+            state.n_sessions += 1
+        state.last_ts = last = ts
+    else:
+        # In the past (within the lateness): add the weight the event has as of last_ts.
+        d = last - ts
+        if d:
+            for hi, r in enumerate(rates):
+                counts[hi * N_TYPES + t] += math.exp(-d * r)
+            cat_w, term_w = math.exp(-d * cat_rate), math.exp(-d * term_rate)
+        else:
+            for i in range(t, len(counts), N_TYPES):
+                counts[i] += 1.0
+            cat_w = term_w = 1.0
+        if ts < state.sess_start:
+            # Lateness < gap, so the event is within the gap of the current session's start: it
+            # extends that session back, and merges the previous one if it bridges the gap.
+            state.sess_start = ts
+            if state.prev_end and ts - state.prev_end <= cfg.session_gap_ms:
+                state.sess_start = state.prev_start
+                state.sess_counts = [a + b for a, b in zip(state.sess_counts, state.prev_counts)]
+                state.sess_value += state.prev_value
+                state.n_sessions -= 1
+                state.prev_end = 0
+        if ts < state.first_seen:
+            state.first_seen = ts
+    state.totals[t] += 1
+    state.sess_counts[t] += 1
+
+    _remember(state, key, rec, cfg)
+    if ev.category_id:
+        w = cfg.category_weights[t] * cat_w
+        if w:
+            # NUL separates names in the record; an id containing one is stored with U+FFFD instead.
+            name = ev.category_id.replace("\x00", "\ufffd")
+            _bump(state.categories, name, w, cfg.top_k_categories)
+    if t == _SEARCH and ev.query:
+        for token in sorted(set(ev.query.lower().split()))[:_MAX_TERMS_PER_QUERY]:
+            _bump(state.terms, _cached_hash(token), term_w, cfg.top_k_terms)
+    if t == _CART:
+        _cart_add(state, ts, rec.item, ev.quantity or 1, rec.price, cfg)
+    elif t == _PURCHASE:
+        _purchase(state, ts, rec.item, ev)
+
+    horizon = last - cfg.allowed_lateness_ms  # nothing older than this can be applied any more
+    if state.prev_end and state.sess_start <= horizon:
+        state.prev_end = 0  # no late event can reach the previous session any more
+    if state.prev_end == 0:
+        state.prev_start, state.prev_counts, state.prev_value = 0, [0] * N_TYPES, 0.0
+    if state.removed:
+        state.removed = {it: r for it, r in state.removed.items() if r >= horizon}
+    if len(state.cart) > 1:
+        _compact_cart(state, horizon)
+    return APPLIED
+
+
+def event_id_hash(event_id: str) -> int:
+    """The 32-bit hash of an event id kept in the de-duplication ring (CRC-32: stable across
+    processes like ``stable_hash``, and ten times cheaper, which matters once per event).
+
+    >>> event_id_hash("e1") == event_id_hash("e1") != event_id_hash("e2")
+    True
+    """
+    return zlib.crc32(event_id.encode("utf-8"))
+
+
+# Item, category and query ids repeat across users (popular items, a few hundred categories), so a
+# bounded memo of their hashes saves most of the hashing cost of an update.
+_cached_hash = lru_cache(maxsize=1 << 16)(stable_hash)
+
+
+def _recent_event(ev: Event, t: int) -> RecentEvent:
+    """``RecentEvent.from_event(ev)`` with memoised hashes (the tests check they are equal)."""
+    return RecentEvent(
+        t,
+        _cached_hash(ev.item_id) if ev.item_id else 0,
+        _cached_hash(ev.category_id) if ev.category_id else 0,
+        float(ev.price or 0.0),
+        ev.ts,
+        _cached_hash(ev.query.lower()) if ev.query else 0,
+    )
+
+
+def _has_id(seen: bytes, idb: bytes) -> bool:
+    """Whether the 4-byte event-id hash ``idb`` is the id field of a key in ``seen``."""
+    pos = seen.find(idb, 6)
+    while pos != -1:
+        if pos % _KEY.size == 6:  # aligned on an id field, not straddling a timestamp
+            return True
+        pos = seen.find(idb, pos + 1)
+    return False
+
+
+def _remember(state: UserState, key: bytes, rec: RecentEvent, cfg: StateConfig) -> None:
+    """Insert the event into the de-duplication ring and, if among the newest, the recent ring."""
+    size = _KEY.size
+    seen = state.seen
+    n = len(seen) // size
+    if not seen or key > seen[-size:]:
+        i = n  # in-order arrival, the common case
+    else:
+        lo, hi = 0, n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if seen[mid * size : (mid + 1) * size] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        i = lo
+    blob = state.recent_blob
+    off = n - len(blob) // _REC.size  # the recent ring is the newest tail of the seen ring
+    if i >= off:
+        j = (i - off) * _REC.size
+        blob = blob[:j] + _REC.pack(rec.type, rec.item, rec.category, rec.price, rec.query) + blob[j:]
+        if len(blob) > cfg.recent_n * _REC.size:
+            blob = blob[_REC.size :]
+        state.recent_blob = blob
+    seen = seen[: i * size] + key + seen[i * size :]
+    if len(seen) > cfg.dedupe_n * size:
+        seen = seen[size:]
+    state.seen = seen
+
+
+def _bump(scores: dict, key: object, w: float, k: int) -> None:
+    """Add ``w`` to ``scores[key]``; keep at most ``k`` keys by evicting the lowest other score."""
+    if key in scores:
+        scores[key] += w
+        return
+    if len(scores) >= k:
+        victim = min(scores.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        del scores[victim]
+    scores[key] = w
+
+
+def _cart_add(state: UserState, ts: int, item: int, qty: int, price: float, cfg: StateConfig) -> None:
+    state.sess_value += qty * price  # value added counts even if the item was bought since
+    if ts <= state.cart_cleared_ts or state.removed.get(item, -1) >= ts:
+        return  # a purchase at or after this add already took it out of the cart
+    bisect.insort(state.cart, (ts, item, qty, price))
+    if len(state.cart) > cfg.max_cart_lines:
+        del state.cart[0]
+
+
+def _purchase(state: UserState, ts: int, item: int, ev: Event) -> None:
+    state.spend += (ev.price or 0.0) * (ev.quantity or 1)
+    if ts > state.last_purchase_ts:
+        state.last_purchase_ts = ts
+    if item:
+        state.cart = [c for c in state.cart if not (c[1] == item and c[0] <= ts)]
+        if state.removed.get(item, -1) < ts:
+            state.removed[item] = ts
+    else:
+        state.cart = [c for c in state.cart if c[0] > ts]
+        if ts > state.cart_cleared_ts:
+            state.cart_cleared_ts = ts
+
+
+def _compact_cart(state: UserState, horizon: int) -> None:
+    """Merge lines of the same item added before ``horizon``: no late purchase can split them."""
+    old = [c for c in state.cart if c[0] < horizon]
+    if len(old) < 2 or len({c[1] for c in old}) == len(old):
+        return
+    merged: dict[int, tuple[int, int, int, float]] = {}
+    for ts, item, qty, price in old:
+        m = merged.get(item)
+        if m is None:
+            merged[item] = (ts, item, qty, price)
+        else:
+            # Newest add sets the unit price; the larger price breaks a tie so the result is canonical.
+            newest = max((ts, price), (m[0], m[3]))
+            merged[item] = (newest[0], item, m[2] + qty, newest[1])
+    state.cart = sorted([*merged.values(), *(c for c in state.cart if c[0] >= horizon)])
+
+
+def top_categories(state: UserState, k: int, now_ms: int, cfg: StateConfig | None = None) -> list[tuple[str, float]]:
+    """The ``k`` categories with the highest affinity, decayed to ``now_ms``, highest first.
+
+    >>> from models.events import Event
+    >>> st = UserState.new()
+    >>> for i, c in enumerate(["shoes", "books", "shoes"]):
+    ...     _ = apply_event(st, Event(f"e{i}", "u", "click", 1_700_000_000_000, item_id="x", category_id=c),
+    ...                     StateConfig())
+    >>> top_categories(st, 1, 1_700_000_000_000)
+    [('shoes', 2.0)]
+    """
+    tau = (cfg or StateConfig()).category_tau_ms
+    f = math.exp(-max(0, now_ms - state.last_ts) / tau)
+    ranked = sorted(state.categories.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    return [(c, s * f) for c, s in ranked]
+
+
+def is_expired(state: UserState, watermark_ms: int, ttl_ms: int) -> bool:
+    """True when the user's newest event is more than ``ttl_ms`` behind the event-time watermark.
+
+    >>> st = UserState.new(); st.last_ts = 1_000_000
+    >>> is_expired(st, 1_000_000 + 10, 10), is_expired(st, 1_000_000 + 11, 10)
+    (False, True)
+    """
+    return watermark_ms - state.last_ts > ttl_ms
+
+
+def _plain(v: object) -> object:
+    if isinstance(v, dict):
+        return sorted(v.items())
+    if isinstance(v, list):
+        return [tuple(x) if isinstance(x, tuple) else x for x in v]
+    return v

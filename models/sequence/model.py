@@ -1,0 +1,198 @@
+"""The sequence network: embeds a window of recent events, encodes it causally, and predicts.
+
+Inputs per event (see :mod:`models.sequence.data`): event type, hashed item / category / query
+(open vocabulary: any id maps to a bucket), log-bucketed time gap to the previous event, and a
+few numeric features (log price, item and category repeat signals). They are summed into one
+``d_model`` vector. The encoder is either a GRU (cheap to advance one event at a time) or a
+small causal transformer (SASRec-like). Every position predicts, using only itself and earlier
+positions:
+
+* ``intent``: a purchase within ``intent_ms`` (binary),
+* ``churn``: no return within ``churn_ms`` (binary),
+* ``next_type``: the type of the next event (self-supervised),
+* ``next category``: a pointer-generator mixture of a softmax over all category buckets
+  (what people buy in general) and a copy distribution over the categories already in the
+  window (people mostly come back to what they looked at).
+
+``forward()`` returns the training loss; :meth:`SequenceModel.score_last` is the inference path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.sequence.config import SeqConfig
+from models.sequence.data import N_NUM, N_TYPES
+
+INPUT_KEYS = ("type", "item", "cat", "query", "gap", "num")
+
+
+class SequenceModel(nn.Module):
+    def __init__(self, cfg: SeqConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.type_emb = nn.Embedding(N_TYPES + 1, d, padding_idx=0)
+        self.item_emb = nn.Embedding(cfg.item_buckets, d, padding_idx=0)
+        self.cat_emb = nn.Embedding(cfg.category_buckets, d, padding_idx=0)
+        self.query_emb = nn.Embedding(cfg.query_buckets, d, padding_idx=0)
+        self.gap_emb = nn.Embedding(cfg.gap_buckets, d)
+        self.num_proj = nn.Linear(N_NUM, d)
+        self.in_norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.arch == "gru":
+            self.rnn = nn.GRU(d, d, num_layers=cfg.n_layers, batch_first=True,
+                              dropout=cfg.dropout if cfg.n_layers > 1 else 0.0)
+        else:
+            self.pos_emb = nn.Embedding(cfg.max_len, d)
+            layer = nn.TransformerEncoderLayer(d, cfg.n_heads, 4 * d, cfg.dropout, batch_first=True,
+                                               norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+            self.out_norm = nn.LayerNorm(d)
+        # The binary heads also see the raw numeric features: the repeat signals are strong on
+        # their own and a direct path lets a small model use them without routing through h.
+        self.intent_head = nn.Sequential(nn.Linear(d + N_NUM, d), nn.GELU(), nn.Linear(d, 1))
+        self.churn_head = nn.Sequential(nn.Linear(d + N_NUM, d), nn.GELU(), nn.Linear(d, 1))
+        self.next_type_head = nn.Linear(d, N_TYPES)
+        self.cat_out = nn.Linear(d, cfg.category_buckets)
+        self.copy_q = nn.Linear(d, d)
+        self.copy_k = nn.Linear(d, d)
+        self.copy_gate = nn.Linear(d, 1)
+
+    # -- shared pieces --------------------------------------------------------------------------
+    def embed(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = (self.type_emb(b["type"]) + self.item_emb(b["item"]) + self.cat_emb(b["cat"])
+             + self.query_emb(b["query"]) + self.gap_emb(b["gap"]) + self.num_proj(b["num"]))
+        return self.drop(self.in_norm(x))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Causal encoding (B, L, d) -> (B, L, d). Windows are right-padded, so padding only
+        ever follows real events and a causal model never looks at it."""
+        if self.cfg.arch == "gru":
+            h, _ = self.rnn(x)
+            return h
+        L = x.shape[1]
+        x = x + self.pos_emb(torch.arange(L, device=x.device))
+        mask = torch.triu(torch.full((L, L), float("-inf"), device=x.device), diagonal=1)
+        return self.out_norm(self.encoder(x, mask=mask, is_causal=True))
+
+    def _copy_attention(self, h: torch.Tensor, x: torch.Tensor, cats: torch.Tensor, causal: bool):
+        """Attention of each query position over earlier window positions that have a category.
+
+        h: (B, Q, d) queries; x: (B, L, d) keys; cats: (B, L). Returns weights (B, Q, L) and a
+        mask (B, Q) of queries with at least one position to copy from.
+        """
+        s = self.copy_q(h) @ self.copy_k(x).transpose(1, 2) / math.sqrt(h.shape[-1])
+        allowed = (cats > 0).unsqueeze(1).expand_as(s)
+        if causal:
+            L = x.shape[1]
+            allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+        s = s.float().masked_fill(~allowed, float("-inf"))
+        has = allowed.any(-1)
+        w = torch.softmax(s, dim=-1).nan_to_num(0.0)
+        return w, has
+
+    def _binary_heads(self, h: torch.Tensor, num: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.cat([h, num.to(h.dtype)], dim=-1)
+        return self.intent_head(z).squeeze(-1), self.churn_head(z).squeeze(-1)
+
+    # -- training -------------------------------------------------------------------------------
+    def forward(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Multi-task loss over the target positions of a batch of windows.
+
+        Returns (total loss, per-task losses). Missing labels (masks, -1 targets) are skipped.
+        """
+        cfg = self.cfg
+        x = self.embed(b)
+        h = self.encode(x)
+        tgt = b["target"]
+        intent_logit, churn_logit = self._binary_heads(h, b["num"])
+        parts: dict[str, torch.Tensor] = {}
+        zero = h.sum() * 0.0  # keeps the graph valid when a batch has no label of a kind
+
+        m = tgt & b["intent_mask"]
+        parts["intent"] = (F.binary_cross_entropy_with_logits(intent_logit[m].float(), b["intent"][m])
+                           if m.any() else zero)
+        m = tgt & b["churn_mask"]
+        parts["churn"] = (F.binary_cross_entropy_with_logits(churn_logit[m].float(), b["churn"][m])
+                          if m.any() else zero)
+        m = tgt & (b["next_type"] >= 0)
+        parts["next_type"] = (F.cross_entropy(self.next_type_head(h[m]).float(), b["next_type"][m])
+                              if m.any() else zero)
+        m = tgt & (b["next_cat"] >= 0)
+        if m.any():
+            parts["next_category"] = -torch.log(self._next_cat_prob_of(h, x, b, m) + 1e-8).mean()
+        else:
+            parts["next_category"] = zero
+        loss = (cfg.w_intent * parts["intent"] + cfg.w_churn * parts["churn"]
+                + cfg.w_next_type * parts["next_type"] + cfg.w_next_category * parts["next_category"])
+        return loss, parts
+
+    def _next_cat_prob_of(self, h, x, b, m) -> torch.Tensor:
+        """Mixture probability of the true next category at the masked positions (N,)."""
+        target = b["next_cat"][m]
+        gen = torch.log_softmax(self.cat_out(h[m]).float(), -1).gather(1, target[:, None]).squeeze(1).exp()
+        w, has = self._copy_attention(h, x, b["cat"], causal=True)  # (B, L, L)
+        hit = (b["cat"].unsqueeze(1) == b["next_cat"].unsqueeze(2)).float()  # (B, L, L)
+        copy = (w * hit).sum(-1)[m]
+        g = torch.sigmoid(self.copy_gate(h[m]).float().squeeze(-1))
+        g = torch.where(has[m], g, torch.ones_like(g))
+        return g * gen + (1.0 - g) * copy
+
+    def next_category_dist(self, h: torch.Tensor, x: torch.Tensor, cats: torch.Tensor,
+                           q_index: torch.Tensor) -> torch.Tensor:
+        """Full next-category distribution (N, category_buckets) for chosen query positions.
+
+        h, x: (B, L, d); cats: (B, L); q_index: (B,) position of the query in each window.
+        Copy attention uses only positions <= q_index.
+        """
+        B, L, _ = h.shape
+        ar = torch.arange(B, device=h.device)
+        hq = h[ar, q_index]  # (B, d)
+        cats_ok = torch.where(torch.arange(L, device=h.device)[None, :] <= q_index[:, None], cats,
+                              torch.zeros_like(cats))
+        w, has = self._copy_attention(hq.unsqueeze(1), x, cats_ok, causal=False)
+        w, has = w.squeeze(1), has.squeeze(1)
+        gen = torch.softmax(self.cat_out(hq).float(), -1)
+        g = torch.sigmoid(self.copy_gate(hq).float()).squeeze(-1)
+        g = torch.where(has, g, torch.ones_like(g))
+        copy = torch.zeros_like(gen).scatter_add_(1, cats_ok, w)
+        copy[:, 0] = 0.0  # bucket 0 is "absent"
+        return g[:, None] * gen + (1.0 - g[:, None]) * copy
+
+    # -- inference ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score_last(self, b: dict[str, torch.Tensor], k: int, h0: torch.Tensor | None = None):
+        """Scores at the last real event of each window (batch of right-padded windows).
+
+        Returns (p_intent (B,), p_churn (B,), top-k category buckets (B, k), their probabilities,
+        GRU state (n_layers, B, d) or None). With ``h0`` (GRU only), only the last event is run
+        through the recurrence, starting from the given per-user state: O(1) in the window length
+        for the encoder (the copy attention still reads the window's embeddings).
+        """
+        x = self.embed(b)
+        last = b["length"] - 1
+        ar = torch.arange(x.shape[0], device=x.device)
+        state = None
+        if h0 is not None:
+            if self.cfg.arch != "gru":
+                raise ValueError("incremental state is only available for the GRU model")
+            out, state = self.rnn(x[ar, last].unsqueeze(1), h0)
+            h = x.clone()
+            h[ar, last] = out.squeeze(1)
+        elif self.cfg.arch == "gru":
+            packed = nn.utils.rnn.pack_padded_sequence(x, b["length"].cpu(), batch_first=True,
+                                                       enforce_sorted=False)
+            out, state = self.rnn(packed)
+            h, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        else:
+            h = self.encode(x)
+        num_last = b["num"][ar, last]
+        il, cl = self._binary_heads(h[ar, last], num_last)
+        dist = self.next_category_dist(h, x, b["cat"], last)
+        top_p, top_b = dist.topk(min(k, dist.shape[1]), dim=1)
+        return torch.sigmoid(il.float()), torch.sigmoid(cl.float()), top_b, top_p, state

@@ -1,0 +1,246 @@
+"""The thin Faust shell: batched agents that decode, call the pure pipeline, write state, emit.
+
+Two agents, both consuming with ``take_events`` so that the per-event cost of Faust's stream
+machinery is paid once per batch where it can be (PLATFORM.md: a table write and an awaited send
+per event top out near 1k events/s on these machines):
+
+* ``ingest`` reads ``shop.events`` (raw bytes, any key), validates and pseudonymises each message
+  (:mod:`stream.logic.ingest`), dead-letters the bad ones with their reason, and forwards the good
+  ones to the internal topic keyed *and partitioned* by the pseudonymous user.
+* ``process`` reads that topic, loads each user's record once per batch, runs
+  :class:`~stream.logic.pipeline.Pipeline`, writes each changed record back once, and sends the
+  signals.
+
+Delivery is at-least-once: ``take_events`` acknowledges a batch only after the agent has handled
+it, and Faust flushes the producer (signals, dead letters, changelog) before it commits offsets.
+A crash replays the uncommitted tail; state de-duplicates events by ``event_id`` and signal ids
+are deterministic, so consumers can drop repeats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import faust
+from faust.streams import _current_event  # see _as_current(): Faust tables key writes by it
+from prometheus_client import CollectorRegistry
+
+from models.events import Event, InvalidEvent
+from models.features.state import StateConfig
+from stream import lag
+from stream.health import Health, register_views
+from stream.logic.ingest import DeadLetter, Pseudonymizer, ingest_one
+from stream.logic.pipeline import BatchResult, Pipeline, PipelineConfig, UserRecord
+from stream.logic.policy import PolicyRule
+from stream.logic.scoring import RuleScorer
+from stream.metrics import Metrics
+
+if TYPE_CHECKING:
+    from stream.app import Topics
+    from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_SCAN_PER_BATCH = 5_000  # bounds the latency a churn scan can add to one batch
+
+
+def partition_for(user: str, partitions: int) -> int:
+    """Partition of a pseudonymous user on the internal topic (uniform: the id is an HMAC)."""
+    return int(user[:8], 16) % partitions
+
+
+@contextlib.contextmanager
+def _as_current(event: faust.EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event for the duration of a table write.
+
+    Faust picks a table write's changelog partition (and the RocksDB partition store) from the
+    event being iterated. We write once per user per batch, after the batch, so we name the
+    user's last event of the batch explicitly; it came from the user's partition.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def pipeline_config(s: Settings) -> PipelineConfig:
+    return PipelineConfig(
+        state=StateConfig(allowed_lateness_ms=s.allowed_lateness_ms, session_gap_ms=s.session_gap_ms),
+        intent=PolicyRule(s.intent_threshold, s.hysteresis, s.cooldown_ms),
+        churn=PolicyRule(s.churn_threshold, s.hysteresis, s.cooldown_ms),
+        latent_top_k=s.latent_top_k,
+        churn_risk_after_ms=s.churn_risk_after_ms,
+        state_ttl_ms=s.state_ttl_ms,
+    )
+
+
+class Runtime:
+    """Everything one worker holds besides Faust itself."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        topics: Topics,
+        table: faust.Table,
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.app, self.settings, self.topics, self.table = app, settings, topics, table
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.health = Health(metrics=self.metrics)
+        # The rule scorer needs no model artifact; the model issues replace this condition's owner.
+        self.health.set_condition("model_loaded", True)
+        self.health.add_probe("recovery", lambda: "table recovery in progress" if app.in_recovery else None)
+        self.pseudonymize = Pseudonymizer(settings.secret_key())
+        self.scorer = RuleScorer(settings.churn_after_ms)
+        self.pipeline = Pipeline(pipeline_config(settings), self.scorer)
+        self._index_stale = True
+        self._assigned: set[int] = set()
+
+    # ------------------------------------------------------------------ wiring
+    def register(self) -> None:
+        app, s = self.app, self.settings
+        within = s.batch_wait_ms / 1000
+
+        @app.agent(self.topics.events, name="ingest")
+        async def ingest(stream: faust.StreamT) -> None:
+            async for batch in stream.take_events(s.batch_size, within=within):
+                self.ingest_batch(batch)
+
+        @app.agent(self.topics.by_user, name="process")
+        async def process(stream: faust.StreamT) -> None:
+            async for batch in stream.take_events(s.batch_size, within=within):
+                self.process_batch(batch)
+
+        @app.on_partitions_assigned.connect
+        async def on_assigned(sender: object, assigned: set, **kwargs: object) -> None:
+            mine = {tp.partition for tp in assigned if tp.topic == self.topics.by_user.get_topic_name()}
+            self._assigned = mine
+            self.pipeline.forget_partitions(mine)
+            self._index_stale = True
+
+        # Consumer lag, rebalance count and assigned partitions (stream.lag keeps them current).
+        lag.install(app, self.metrics, topics={s.events_topic, s.repartition_topic})
+
+        @app.task
+        async def mark_ready() -> None:
+            await app.tables.wait_until_recovery_completed()
+            self.health.set_condition("tables_recovered", True)
+            log.info("worker ready")
+
+        @app.timer(interval=5.0)
+        async def refresh_gauges() -> None:
+            self.metrics.users_in_state.set(len(self.pipeline.activity))
+
+        register_views(app, self.metrics, self.health)
+
+    # ------------------------------------------------------------------ ingest
+    def ingest_batch(self, batch: list[faust.EventT]) -> None:
+        s, m = self.settings, self.metrics
+        t0 = time.perf_counter()
+        now_ms = time.time_ns() // 1_000_000
+        out = self.topics.by_user
+        for fe in batch:
+            msg = fe.message
+            try:
+                ev = ingest_one(
+                    msg.value, self.pseudonymize, max_bytes=s.max_event_bytes, now_ms=now_ms,
+                    max_future_ms=s.max_future_skew_ms,
+                )  # fmt: skip
+            except InvalidEvent as exc:
+                self._dead_letter(DeadLetter(exc.reason, exc.detail, msg.value, msg.topic, msg.partition, msg.offset), msg.key)
+                continue
+            out.send_soon(
+                key=ev.user.encode(),
+                value=json.dumps(ev.to_dict(), separators=(",", ":")).encode(),
+                partition=partition_for(ev.user, s.events_partitions),
+                # Keep the producer's timestamp so event-to-signal latency spans both hops.
+                timestamp=msg.timestamp,
+            )
+        m.observe_batch(len(batch), time.perf_counter() - t0)
+
+    def _dead_letter(self, dl: DeadLetter, key: bytes | None) -> None:
+        self.metrics.count_invalid(dl.reason)
+        self.metrics.dead_letters.inc()
+        self.topics.dlq.send_soon(key=key, value=json.dumps(dl.to_dict(), separators=(",", ":")).encode())
+
+    # ------------------------------------------------------------------ process
+    def process_batch(self, batch: list[faust.EventT]) -> None:
+        m = self.metrics
+        t0 = time.perf_counter()
+        if self._index_stale:
+            self._rebuild_index()
+        pairs: list[tuple[int, Event]] = []
+        last_of_user: dict[str, faust.EventT] = {}
+        last_of_partition: dict[int, faust.EventT] = {}
+        kafka_ts: dict[str, float] = {}
+        for fe in batch:
+            ev = Event.from_dict(json.loads(fe.message.value))
+            pairs.append((fe.message.partition, ev))
+            last_of_user[ev.user] = fe
+            last_of_partition[fe.message.partition] = fe
+            kafka_ts[ev.event_id] = fe.message.timestamp
+        records = {u: self._load(u) for u in last_of_user}
+        result = self.pipeline.process(records, pairs)
+        self._write(result, last_of_user)
+        for ev in result.rejected:
+            (m.duplicate_events if ev.reason == "duplicate_event_id" else m.late_events).inc()
+            self._dead_letter(
+                DeadLetter(ev.reason, f"event_id {ev.event.event_id}", json.dumps(ev.event.to_dict()).encode(),
+                           self.topics.by_user.get_topic_name(), -1, -1),
+                ev.event.user.encode(),
+            )  # fmt: skip
+        for typ, n in result.counts_by_type.items():
+            m.count_event(typ, n)
+        self._emit(result, kafka_ts)
+
+        # Churn risk and expiry for silent users, at each partition's event-time watermark.
+        for partition, fe in last_of_partition.items():
+            due = self.pipeline.due_for_scan(partition)[:MAX_SCAN_PER_BATCH]
+            if due:
+                scan = self.pipeline.scan(partition, {u: self._load(u) for u in due})
+                self._write(scan, {u: fe for u in scan.records.keys() | set(scan.deleted)})
+                self._emit(scan, {})
+        m.observe_batch(len(batch), time.perf_counter() - t0)
+
+    def _load(self, user: str) -> UserRecord | None:
+        raw = self.table.get(user.encode())
+        return UserRecord.from_bytes(raw) if raw is not None else None
+
+    def _write(self, result: BatchResult, context: dict[str, faust.EventT]) -> None:
+        table = self.table
+        for user, rec in result.records.items():
+            with _as_current(context[user]):
+                table[user.encode()] = rec.to_bytes()
+        for user in result.deleted:
+            with _as_current(context[user]):
+                table.pop(user.encode(), None)
+
+    def _emit(self, result: BatchResult, kafka_ts: dict[str, float]) -> None:
+        m, topics = self.metrics, self.topics.signals
+        now = time.time()
+        for sig in result.signals:
+            topics[sig.task].send_soon(key=sig.user.encode(), value=json.dumps(sig.value, separators=(",", ":")).encode())
+            m.count_signal(sig.task)
+            produced = kafka_ts.get(sig.value["event_id"])
+            if produced:
+                m.observe_event_to_signal(produced, now)
+
+    def _rebuild_index(self) -> None:
+        """After a rebalance, index the users of our partitions for the churn scan."""
+        self._index_stale = False
+        n = self.settings.events_partitions
+        for key, raw in self.table.items():
+            user = key.decode()
+            p = partition_for(user, n)
+            if p in self._assigned:
+                self.pipeline.remember(user, p, UserRecord.from_bytes(raw))

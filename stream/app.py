@@ -1,0 +1,107 @@
+"""The Faust application: settings wiring, topics, the user-state table and the agents.
+
+Built by :func:`create_app` from a :class:`~stream.settings.Settings` and a bootstrap address
+(the embedded broker or ``KAFKA_BOOTSTRAP_SERVERS``), so tests can build as many as they like.
+
+Flow (each arrow is a batched agent, see stream/agents/):
+
+    shop.events --ingest--> <app>-events-by-user --process--> signals.* (+ user-state table)
+          \\--> shop.events.dlq <------------------------/ (duplicates, late events)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from stream.broker import topic_specs
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Topics:
+    events: faust.TopicT
+    by_user: faust.TopicT
+    dlq: faust.TopicT
+    signals: dict[str, faust.TopicT]
+
+
+def _credentials(settings: Settings) -> object | None:
+    proto = settings.kafka_security_protocol
+    if proto == "PLAINTEXT":
+        return None
+    ssl_context = None
+    if proto in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        ssl_context = create_ssl_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+        if proto == "SSL":
+            return faust.SSLCredentials(ssl_context)
+    password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=password,
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=ssl_context,
+    )
+
+
+def create_app(settings: Settings, bootstrap: str, *, registry: CollectorRegistry | None = None) -> faust.App:
+    """A ready-to-run Faust app with its topics, table, agents and web views registered."""
+    specs = topic_specs(settings)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{hp}" for hp in bootstrap.split(",")],
+        broker_credentials=_credentials(settings),
+        store=settings.store,
+        datadir=str(settings.data_dir / "faust"),
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        autodiscover=False,
+        topic_partitions=settings.events_partitions,
+        topic_replication_factor=settings.replication_factor,
+        # Our own topics are created explicitly with their partition counts (stream.broker.create_topics).
+        topic_allow_declare=True,
+        # Batching: let the producer coalesce sends and the consumer fetch in big chunks.
+        producer_linger=0.005,
+        producer_max_batch_size=262_144,
+        consumer_max_fetch_size=4 * 1024 * 1024,
+        stream_buffer_maxsize=max(4096, 4 * settings.batch_size),
+        broker_commit_every=10_000,
+        broker_commit_interval=1.0,
+        # Faster group joins than the defaults (PLATFORM.md); still tolerant of short GC pauses.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=20.0,
+        table_standby_replicas=0,
+        logging_config=None,
+    )
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    topics = Topics(
+        events=app.topic(settings.events_topic, partitions=specs[settings.events_topic], **raw),
+        by_user=app.topic(settings.repartition_topic, partitions=specs[settings.repartition_topic], **raw),
+        dlq=app.topic(settings.dlq_topic, partitions=specs[settings.dlq_topic], **raw),
+        signals={
+            task: app.topic(name, partitions=settings.signal_partitions, **raw)
+            for task, name in settings.signal_topics().items()
+        },
+    )
+    table = app.Table(
+        "user-state",
+        default=None,
+        partitions=settings.events_partitions,
+        # Values are our own compact binary records (stream.logic.pipeline.UserRecord).
+        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+    )
+    from stream.agents.runtime import Runtime
+
+    runtime = Runtime(app, settings, topics, table, registry=registry)
+    runtime.register()
+    app.runtime = runtime  # type: ignore[attr-defined]
+    return app

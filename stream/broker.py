@@ -1,0 +1,194 @@
+"""The embedded Kafka-protocol broker, and topic creation.
+
+The choice of broker lives here and nowhere else. We embed **noida-db** (MIT, a single binary
+shipped inside the ``noida-db`` package on PyPI) and not Tansu, because on these machines noida-db
+returns correct end offsets (Faust changelog recovery and consumer lag depend on them), supports
+idempotent and transactional producers, and persists to disk across restarts; Tansu's
+ListOffsets(latest) is wrong and it lost a table update on failover (see ../shared/PLATFORM.md).
+noida-db's one quirk: auto-created topics get one partition, so :func:`create_topics` creates
+every topic explicitly.
+
+``KAFKA_BOOTSTRAP_SERVERS`` bypasses all of this and points every command at an external Kafka.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BROKER_NAME = "noida-db"
+
+
+def broker_binary() -> Path:
+    path = Path(str(files("noida_db").joinpath("noida-db")))
+    if not path.is_file():
+        raise RuntimeError(f"embedded broker binary not found at {path}: reinstall with `pip install noida-db`")
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"broker did not open {host}:{port} within {timeout:.0f} s")
+
+
+@dataclass
+class EmbeddedBroker:
+    """A noida-db process serving Kafka on 127.0.0.1:``port``, data kept in ``data_dir``.
+
+    Started in its own process group so that stopping it (or our own exit) leaves nothing behind.
+    """
+
+    data_dir: Path
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> EmbeddedBroker:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port()
+        cmd = [
+            str(broker_binary()), "start", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
+            "--only", "kafka", "--kafka-port", str(self.port),
+        ]  # fmt: skip
+        logfile = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 - owned by the child
+        self.process = subprocess.Popen(
+            cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        logfile.close()
+        try:
+            wait_for_port("127.0.0.1", self.port, timeout)
+        except TimeoutError:
+            self.stop()
+            raise
+        log.info("embedded %s broker on %s (data in %s)", BROKER_NAME, self.bootstrap, self.data_dir)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def kafka_for(settings: Settings, *, port: int = 0) -> Iterator[str]:
+    """Yield a bootstrap address: the configured external Kafka, or a freshly started embedded broker."""
+    if settings.kafka_bootstrap_servers:
+        yield settings.kafka_bootstrap_servers
+        return
+    with EmbeddedBroker(settings.data_dir / "broker", port=port) as broker:
+        yield broker.bootstrap
+
+
+def topic_specs(settings: Settings) -> dict[str, int]:
+    """Every topic the application reads or writes, with its partition count."""
+    specs = {
+        settings.events_topic: settings.events_partitions,
+        settings.repartition_topic: settings.events_partitions,
+        settings.dlq_topic: settings.events_partitions,
+    }
+    for topic in settings.signal_topics().values():
+        specs[topic] = settings.signal_partitions
+    return specs
+
+
+def client_config(settings: Settings, bootstrap: str) -> dict[str, object]:
+    """aiokafka client keyword arguments, including TLS/SASL when configured."""
+    cfg: dict[str, object] = {"bootstrap_servers": bootstrap, "security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        cfg["ssl_context"] = create_ssl_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        cfg["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        cfg["sasl_plain_username"] = settings.kafka_sasl_username
+        cfg["sasl_plain_password"] = (
+            settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+        )
+    return cfg
+
+
+async def create_topics(settings: Settings, bootstrap: str, timeout: float = 30.0) -> dict[str, int]:
+    """Create every topic with its partition count; existing topics are left as they are.
+
+    Returns the partition count of each topic as the broker reports it afterwards, and fails if an
+    existing topic has fewer partitions than configured (co-partitioning would break).
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    specs = topic_specs(settings)
+    admin = AIOKafkaAdminClient(**client_config(settings, bootstrap), request_timeout_ms=int(timeout * 1000))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await admin.start()
+            break
+        except Exception:  # the broker may still be opening its listener
+            if time.monotonic() > deadline:
+                raise
+            await _sleep(0.2)
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(name, num_partitions=n, replication_factor=settings.replication_factor)
+            for name, n in specs.items()
+            if name not in existing
+        ]
+        if new:
+            await admin.create_topics(new)
+        described = await admin.describe_topics(list(specs))
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+    finally:
+        await admin.close()
+    for name, n in specs.items():
+        if counts.get(name, 0) < n:
+            raise RuntimeError(f"topic {name} has {counts.get(name, 0)} partitions, {n} configured")
+    return counts
+
+
+async def _sleep(s: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(s)

@@ -1,0 +1,247 @@
+"""The ``intentstream`` command line.
+
+Every command reads the same :class:`~stream.settings.Settings` (environment variables; see
+``intentstream config``). Without ``KAFKA_BOOTSTRAP_SERVERS`` the commands that need Kafka start
+the embedded broker themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+
+from stream.settings import ConfigError, Settings, describe, load_settings
+
+log = logging.getLogger("intentstream")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # The Kafka client logs every send at DEBUG (8% of a profile in PLATFORM.md); keep it quiet.
+    for noisy in ("aiokafka", "faust", "mode"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+# ---------------------------------------------------------------------------------------- config
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    rows = describe(settings)
+    width = max(len(r[0]) for r in rows)
+    for var, value, desc in rows:
+        print(f"{var:<{width}}  {value:<28}  {desc}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- broker
+def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the embedded broker in the foreground with all topics created."""
+    from stream.broker import EmbeddedBroker, create_topics
+
+    with EmbeddedBroker(settings.data_dir / "broker", port=args.port) as broker:
+        counts = asyncio.run(create_topics(settings, broker.bootstrap))
+        print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}", flush=True)
+        for topic, n in sorted(counts.items()):
+            print(f"  {topic}: {n} partitions", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            _wait_for_signal()
+    return 0
+
+
+def _wait_for_signal() -> None:
+    stop = {"flag": False}
+
+    def handler(signum: int, frame: object) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop["flag"]:
+        time.sleep(0.2)
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.broker import create_topics, kafka_for
+
+    with kafka_for(settings) as bootstrap:
+        counts = asyncio.run(create_topics(settings, bootstrap))
+    for topic, n in sorted(counts.items()):
+        print(f"{topic}: {n} partitions")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- worker
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.broker import create_topics, kafka_for
+
+    with kafka_for(settings) as bootstrap:
+        asyncio.run(create_topics(settings, bootstrap))
+        return run_worker(settings, bootstrap)
+
+
+def run_worker(settings: Settings, bootstrap: str) -> int:
+    import faust
+
+    from stream.app import create_app
+
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    app = create_app(settings, bootstrap)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, override_logging=False)
+    _setup_logging(settings.log_level)
+    worker.execute_from_commandline()  # runs until SIGTERM/SIGINT, then shuts down cleanly
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- simulate
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.broker import create_topics, kafka_for
+
+    with kafka_for(settings) as bootstrap:
+        asyncio.run(create_topics(settings, bootstrap))
+        sent = asyncio.run(
+            simulate(settings, bootstrap, rate=args.rate, users=args.users, seed=args.seed,
+                     count=args.count, seconds=args.seconds, history_ms=int(args.history_hours * 3_600_000),
+                     time_scale=args.time_scale)
+        )  # fmt: skip
+    print(json.dumps({"events_sent": sent}))
+    return 0
+
+
+async def simulate(
+    settings: Settings,
+    bootstrap: str,
+    *,
+    rate: float,
+    users: int = 1000,
+    seed: int = 0,
+    count: int | None = None,
+    seconds: float | None = None,
+    history_ms: int = 2 * 86_400_000,
+    time_scale: float | None = None,
+    stop: asyncio.Event | None = None,
+    on_sent: object = None,
+) -> int:
+    """Produce simulated events to the events topic at ``rate`` per second.
+
+    Event time starts ``history_ms`` in the past and runs compressed (as fast as ``rate`` and
+    ``time_scale`` allow) until it reaches the wall clock; it never runs ahead of it. Once caught
+    up, events come at the simulated population's own pace (about 0.003 events/s per user).
+    """
+    from aiokafka import AIOKafkaProducer
+
+    from stream.broker import client_config
+    from stream.logic.simulator import ShopperSimulator, paced
+
+    now_ms = time.time_ns() // 1_000_000
+    sim = ShopperSimulator(seed=seed, users=users, start_ms=now_ms - history_ms)
+    producer = AIOKafkaProducer(**client_config(settings, bootstrap), linger_ms=5, max_batch_size=262_144)
+    await producer.start()
+    sent = 0
+    loop = asyncio.get_running_loop()
+    t_end = loop.time() + seconds if seconds else None
+    try:
+        for wait_s, event in paced(
+            sim.events(), now_ms=lambda: time.time_ns() // 1_000_000, rate=rate, time_scale=time_scale
+        ):
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            if (stop is not None and stop.is_set()) or (t_end is not None and loop.time() >= t_end):
+                break
+            await producer.send(
+                settings.events_topic,
+                key=str(event["user_id"]).encode(),
+                value=json.dumps(event, separators=(",", ":")).encode(),
+            )
+            sent += 1
+            if on_sent is not None:
+                on_sent(event)  # type: ignore[operator]
+            if count is not None and sent >= count:
+                break
+    finally:
+        await producer.stop()  # flushes what is buffered
+    return sent
+
+
+# ---------------------------------------------------------------------------------------- demo
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.demo import run_demo
+
+    return run_demo(settings, seconds=args.seconds, rate=args.rate, users=args.users)
+
+
+def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.demo import watch
+
+    if not settings.kafka_bootstrap_servers:
+        raise ConfigError("intentstream watch: set KAFKA_BOOTSTRAP_SERVERS to the broker to watch")
+    asyncio.run(watch(settings, settings.kafka_bootstrap_servers, seconds=args.seconds))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="intentstream",
+        description="Real-time shopper intent: events in Kafka -> per-user state -> signals out.",
+        epilog="Configuration comes from environment variables: run `intentstream config` to list them.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("config", help="show every setting, its value and the variable that sets it").set_defaults(fn=cmd_config)
+
+    b = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (noida-db) with all topics")
+    b.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    b.set_defaults(fn=cmd_broker)
+
+    t = sub.add_parser("topics", help="create every topic with its partition count (idempotent)")
+    t.add_argument("action", choices=["create"])
+    t.set_defaults(fn=cmd_topics)
+
+    sub.add_parser("worker", help="run a stream worker (Faust)").set_defaults(fn=cmd_worker)
+
+    s = sub.add_parser("simulate", help="produce realistic synthetic shopper events")
+    s.add_argument("--rate", type=float, default=200.0, help="events per second (default 200)")
+    s.add_argument("--users", type=int, default=1000, help="active simulated users (default 1000)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--count", type=int, default=None, help="stop after this many events")
+    s.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    s.add_argument("--history-hours", type=float, default=48.0, help="event time starts this far in the past")
+    s.add_argument("--time-scale", type=float, default=None, help="max simulated ms per wall ms while in the past")
+    s.set_defaults(fn=cmd_simulate)
+
+    d = sub.add_parser("demo", help="broker + worker + simulator + live view of the signals")
+    d.add_argument("--seconds", type=float, default=None, help="stop after N seconds (default: Ctrl-C)")
+    d.add_argument("--rate", type=float, default=500.0, help="simulated events per second")
+    d.add_argument("--users", type=int, default=300, help="active simulated users")
+    d.set_defaults(fn=cmd_demo)
+
+    w = sub.add_parser("watch", help="live view of the signal topics of a running system")
+    w.add_argument("--seconds", type=float, default=None)
+    w.set_defaults(fn=cmd_watch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.command != "worker":
+        _setup_logging(settings.log_level)
+    try:
+        return int(args.fn(settings, args) or 0)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Ingest: raw Kafka bytes -> validated, pseudonymised events, or a dead-letter reason.
+
+Pure functions (no Kafka, no Faust): the ingest agent calls :func:`ingest_one` per message
+inside a batch; the importers, the fuzz tests and the evaluation use the same code.
+
+>>> p = Pseudonymizer(b"k" * 32)
+>>> ev = ingest_one(b'{"event_id":"1","user_id":"alice","type":"click","ts":1700000000000,"item_id":"i"}', p)
+>>> ev.user == p("alice") and ev.user != "alice"
+True
+>>> ingest_one(b'{"event_id":', p)
+Traceback (most recent call last):
+...
+models.events.InvalidEvent: malformed_json: Expecting value: line 1 column 13 (char 12)
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from hashlib import sha256
+
+from models.events import Event, InvalidEvent, parse_event
+
+# Reasons are a closed set: they are metric label values and DLQ fields.
+REASONS = (
+    "oversized", "invalid_utf8", "malformed_json", "not_an_object", "missing_field", "wrong_type",
+    "unknown_type", "field_too_long", "out_of_range", "bad_timestamp", "timestamp_too_old",
+    "timestamp_in_future", "duplicate_event_id", "late_event",
+)  # fmt: skip
+
+
+class Pseudonymizer:
+    """Keyed hash of raw user ids (HMAC-SHA256, 128 bits, hex).
+
+    Without the key the mapping cannot be recomputed or reversed, so pseudonyms can travel to
+    output topics, logs and model artifacts. The key is never logged (``repr`` hides it).
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("pseudonymisation key must be at least 16 bytes")
+        self._key = key
+        # Users repeat within a batch and across batches; the cache saves ~1 us per event.
+        self._cached = lru_cache(maxsize=65_536)(self._compute)
+
+    def _compute(self, raw_id: str) -> str:
+        return hmac.new(self._key, raw_id.encode("utf-8"), sha256).hexdigest()[:32]
+
+    def __call__(self, raw_id: str) -> str:
+        return self._cached(raw_id)
+
+    def __repr__(self) -> str:
+        return "Pseudonymizer(key=***)"
+
+
+def decode(raw: bytes | None, *, max_bytes: int = 16_384) -> object:
+    """Bytes -> JSON value, with the failure modes named."""
+    if raw is None:
+        raise InvalidEvent("missing_field", "message has no value")
+    if len(raw) > max_bytes:
+        raise InvalidEvent("oversized", f"{len(raw)} bytes > {max_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent("invalid_utf8", f"byte {exc.start}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidEvent("malformed_json", str(exc)[:120]) from None
+
+
+def ingest_one(
+    raw: bytes | None,
+    pseudonymize: Pseudonymizer,
+    *,
+    max_bytes: int = 16_384,
+    now_ms: int | None = None,
+    max_future_ms: int = 3_600_000,
+) -> Event:
+    """Validate one raw message and replace the raw user id by its pseudonym."""
+    ev = parse_event(decode(raw, max_bytes=max_bytes), now_ms=now_ms, max_future_ms=max_future_ms)
+    return ev.replace(user=pseudonymize(ev.user))
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """What goes to the dead-letter topic: enough to find, understand and replay the message."""
+
+    reason: str
+    detail: str
+    original: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+    def to_dict(self) -> dict[str, object]:
+        import base64
+
+        return {
+            "reason": self.reason,
+            "detail": self.detail,
+            "original_b64": base64.b64encode(self.original).decode() if self.original is not None else None,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+        }

@@ -1,0 +1,90 @@
+"""Signal policy: when a score becomes an event on an output topic.
+
+Per user and task we keep a tiny :class:`TaskPolicy`: whether the signal is currently "on",
+and when it was last emitted. A signal fires on a rising edge (score crosses the threshold
+while off), is re-armed only after the score falls below ``threshold - hysteresis``, and never
+fires twice within ``cooldown_ms`` of event time. That keeps consumers from being spammed by a
+score wobbling around its threshold.
+
+>>> p = TaskPolicy()
+>>> rule = PolicyRule(threshold=0.5, hysteresis=0.1, cooldown_ms=1000)
+>>> [rule.step(p, s, ts) for s, ts in [(0.6, 0), (0.7, 10), (0.45, 20), (0.6, 30), (0.3, 40), (0.6, 2000)]]
+[True, False, False, False, False, True]
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from hashlib import blake2b
+
+NEVER = -(2**62)
+
+
+@dataclass(slots=True)
+class TaskPolicy:
+    active: bool = False
+    last_emit_ts: int = NEVER
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRule:
+    threshold: float
+    hysteresis: float
+    cooldown_ms: int
+
+    def step(self, p: TaskPolicy, score: float, ts: int) -> bool:
+        """Update ``p`` with a new score at event time ``ts``; True when a signal should be emitted."""
+        if p.active:
+            if score < self.threshold - self.hysteresis:
+                p.active = False
+            return False
+        if score >= self.threshold and ts - p.last_emit_ts >= self.cooldown_ms:
+            p.active = True
+            p.last_emit_ts = ts
+            return True
+        return False
+
+
+@dataclass(slots=True)
+class PolicyState:
+    """Policy memory of one user, stored beside the user's state in the same table value."""
+
+    intent: TaskPolicy = field(default_factory=TaskPolicy)
+    churn: TaskPolicy = field(default_factory=TaskPolicy)
+    latent: tuple[str, ...] = ()
+    latent_emit_ts: int = NEVER
+
+    _HEAD = struct.Struct("<B?q?qqB")
+
+    def to_bytes(self) -> bytes:
+        cats = [c.encode()[:255] for c in self.latent[:16]]
+        head = self._HEAD.pack(
+            1, self.intent.active, self.intent.last_emit_ts, self.churn.active, self.churn.last_emit_ts,
+            self.latent_emit_ts, len(cats),
+        )  # fmt: skip
+        return head + b"".join(bytes([len(c)]) + c for c in cats)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PolicyState:
+        _v, ia, it, ca, ct, lt, n = cls._HEAD.unpack_from(data)
+        pos, cats = cls._HEAD.size, []
+        for _ in range(n):
+            ln = data[pos]
+            cats.append(data[pos + 1 : pos + 1 + ln].decode())
+            pos += 1 + ln
+        return cls(TaskPolicy(ia, it), TaskPolicy(ca, ct), tuple(cats), lt)
+
+
+def latent_changed(old: tuple[str, ...], new: tuple[str, ...], top: int = 3) -> bool:
+    """Latent needs change "materially" when the set of the ``top`` leading categories changes."""
+    return set(old[:top]) != set(new[:top])
+
+
+def signal_id(user: str, task: str, event_id: str) -> str:
+    """Deterministic id from (user, task, triggering event): consumers dedupe on it.
+
+    >>> signal_id("u", "purchase_intent", "e1") == signal_id("u", "purchase_intent", "e1")
+    True
+    """
+    return blake2b(f"{user}\x1f{task}\x1f{event_id}".encode(), digest_size=16).hexdigest()

@@ -1,0 +1,169 @@
+"""One frozen settings object: the only reader of environment variables.
+
+Every option has a default suited to the embedded demo; an environment variable overrides it
+(``INTENTSTREAM_<NAME>``, except ``KAFKA_BOOTSTRAP_SERVERS``). ``intentstream config`` prints each
+option with the variable that sets it. A bad value stops start-up with a message that names the
+variable (see :func:`load_settings`).
+
+>>> s = Settings(events_partitions=4)
+>>> s.events_partitions, s.events_topic
+(4, 'shop.events')
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "INTENTSTREAM_"
+MINUTE_MS = 60_000
+DAY_MS = 24 * 60 * MINUTE_MS
+
+
+class ConfigError(SystemExit):
+    """Raised for an invalid configuration; its message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore")
+
+    # --- deployment
+    env: Literal["dev", "production"] = Field("dev", description="production requires an explicit pseudonym key")
+    app_id: str = Field("intentstream", description="Faust app id: consumer group and internal topic prefix")
+    kafka_bootstrap_servers: str | None = Field(
+        None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "INTENTSTREAM_KAFKA_BOOTSTRAP_SERVERS"),
+        description="host:port[,host:port]; unset = start the embedded broker",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    data_dir: Path = Field(Path(".intentstream"), description="state, embedded broker data, keys")
+    model_dir: Path | None = Field(None, description="model registry directory (default: DATA_DIR/models)")
+    store: Literal["memory://", "rocksdb://"] = Field("rocksdb://", description="Faust table store")
+    web_port: int = Field(6066, ge=1, le=65535, description="/metrics, /healthz, /readyz")
+    web_host: str = "127.0.0.1"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    pseudonym_key: SecretStr | None = Field(
+        None, description="HMAC key for user ids (>= 16 chars); dev default: a random key kept in DATA_DIR"
+    )
+
+    # --- topics
+    events_topic: str = "shop.events"
+    events_partitions: int = Field(4, ge=1, le=1024)
+    dlq_topic: str = "shop.events.dlq"
+    intent_topic: str = "signals.purchase_intent"
+    churn_topic: str = "signals.churn_risk"
+    latent_topic: str = "signals.latent_needs"
+    signal_partitions: int = Field(4, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1, le=10)
+
+    # --- batching (PLATFORM.md: per-event table writes and awaited sends top out near 1k events/s)
+    batch_size: int = Field(1000, ge=1, le=100_000)
+    batch_wait_ms: int = Field(50, ge=1, le=60_000)
+    max_event_bytes: int = Field(16_384, ge=256, le=1_048_576)
+    max_future_skew_ms: int = Field(3_600_000, ge=0, description="events further ahead of the wall clock are rejected")
+
+    # --- state and signals
+    allowed_lateness_ms: int = Field(60_000, ge=0)
+    session_gap_ms: int = Field(30 * MINUTE_MS, ge=1000)
+    intent_horizon_ms: int = Field(30 * MINUTE_MS, ge=1000)
+    churn_after_ms: int = Field(30 * DAY_MS, ge=1000, description="silence after which a user counts as churned")
+    churn_risk_after_ms: int = Field(7 * DAY_MS, ge=1000, description="silence after which churn risk is checked")
+    state_ttl_ms: int = Field(90 * DAY_MS, ge=1000)
+    intent_threshold: float = Field(0.5, gt=0, lt=1)
+    churn_threshold: float = Field(0.6, gt=0, lt=1)
+    hysteresis: float = Field(0.1, ge=0, lt=0.5)
+    cooldown_ms: int = Field(30 * MINUTE_MS, ge=0)
+    latent_top_k: int = Field(5, ge=1, le=50)
+    churn_scan_interval_s: float = Field(5.0, gt=0)
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        for hp in v.split(","):
+            host, sep, port = hp.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{hp!r} is not host:port")
+        return v.strip()
+
+    @field_validator("pseudonym_key")
+    @classmethod
+    def _key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _checks(self) -> Settings:
+        if self.env == "production" and self.pseudonym_key is None:
+            raise ValueError("INTENTSTREAM_PSEUDONYM_KEY must be set when INTENTSTREAM_ENV=production")
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
+            raise ValueError("INTENTSTREAM_KAFKA_SASL_USERNAME is required for SASL")
+        names = [self.events_topic, self.dlq_topic, self.intent_topic, self.churn_topic, self.latent_topic]
+        if len(set(names)) != len(names):
+            raise ValueError("topic names must be distinct")
+        return self
+
+    # --- derived
+    @property
+    def registry_dir(self) -> Path:
+        return self.model_dir or self.data_dir / "models"
+
+    @property
+    def repartition_topic(self) -> str:
+        return f"{self.app_id}-events-by-user"
+
+    def signal_topics(self) -> dict[str, str]:
+        return {"purchase_intent": self.intent_topic, "churn_risk": self.churn_topic, "latent_needs": self.latent_topic}
+
+    def secret_key(self) -> bytes:
+        """The pseudonymisation key. Dev: created once at random under DATA_DIR (mode 0600)."""
+        if self.pseudonym_key is not None:
+            return self.pseudonym_key.get_secret_value().encode()
+        path = self.data_dir / "pseudonym.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return path.read_text().strip().encode()
+
+
+def env_var(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    if field == "kafka_bootstrap_servers":
+        return "KAFKA_BOOTSTRAP_SERVERS"
+    return PREFIX + field.upper()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; on error exit with the offending variable named."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"] if p]
+            name = env_var(loc[0]) if loc else "configuration"
+            lines.append(f"  {name}: {err['msg']}")
+        raise ConfigError("intentstream: invalid configuration\n" + "\n".join(lines)) from None
+
+
+def describe(settings: Settings) -> list[tuple[str, str, str]]:
+    """(environment variable, current value, description) for every option; secrets masked."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        shown = "***" if isinstance(value, SecretStr) else str(value)
+        rows.append((env_var(name), shown, field.description or ""))
+    return rows

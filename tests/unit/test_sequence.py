@@ -1,0 +1,222 @@
+"""The sequence model: features, labels, training on a planted pattern, checkpoints, scoring."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from models.events import Event
+from models.features.recent import RecentEvent
+from models.sequence import checkpoint
+from models.sequence.config import MINUTE_MS, SeqConfig
+from models.sequence.data import (
+    NUM_FEATURES,
+    build_windows,
+    history_labels,
+    time_split,
+    user_histories,
+    window_features,
+)
+from models.sequence.scorer import SequenceScorer
+from models.sequence.train import evaluate, roc_auc, train
+
+T0 = 1_700_000_000_000
+DAY = 86_400_000
+
+TINY = SeqConfig(max_len=16, d_model=16, item_buckets=512, category_buckets=256, query_buckets=64,
+                 batch_size=16, lr=1e-2, max_epochs=6, patience=6, dropout=0.0)
+
+
+def ev(i: int, user: str, typ: str, ts: int, item: str | None = "i", cat: str | None = "c", price=None,
+       query=None) -> Event:
+    return Event(f"e{i}", user, typ, ts, item_id=item, category_id=cat, price=price, query=query)
+
+
+def planted(n_users: int = 60, seed: int = 0) -> list[Event]:
+    """Shoppers whose purchases follow a cart of the same item a few minutes later, and browsers
+    who never cart nor buy. Each user stays within three "home" categories, so the next category
+    is predictable from the user's own window. Sessions are spread over 10 days."""
+    rng = random.Random(seed)
+    out: list[Event] = []
+    n = 0
+    for u in range(n_users):
+        user = f"u{u}"
+        buyer = u % 2 == 0
+        home = [f"c{rng.randrange(200)}" for _ in range(3)]
+        for s in range(6):
+            t = T0 + int((s + rng.random()) * DAY * 10 / 6)
+            cat = rng.choice(home)
+            for _ in range(rng.randint(2, 5)):
+                out.append(ev(n, user, "click", t, item=f"i{rng.randrange(1000)}", cat=cat, price=10.0))
+                n += 1
+                t += rng.randint(10, 120) * 1000
+            if buyer:
+                item = f"i{rng.randrange(1000)}"
+                out.append(ev(n, user, "add_to_cart", t, item=item, cat=cat, price=10.0))
+                out.append(ev(n + 1, user, "purchase", t + 5 * MINUTE_MS, item=item, cat=cat, price=10.0))
+                n += 2
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    return train(planted(), TINY, log=None, device="cpu")
+
+
+def test_window_features_see_only_earlier_events():
+    cfg = SeqConfig(max_len=8)
+    rec = [RecentEvent.from_event(e) for e in [
+        ev(1, "u", "click", T0, item="a", cat="x"),
+        ev(2, "u", "add_to_cart", T0 + 1000, item="a", cat="x"),
+        ev(3, "u", "click", T0 + 2000, item="b", cat="x"),
+        ev(4, "u", "click", T0 + 3000, item="a", cat="y"),
+        ev(5, "u", "search", T0 + 4000, item=None, cat=None, query="Shoes"),
+    ]]
+    f = window_features(rec, cfg)
+    col = {name: f["num"][:, i].tolist() for i, name in enumerate(NUM_FEATURES)}
+    assert col["item_seen"] == pytest.approx([0, np.log(2), 0, np.log(3), 0])
+    assert col["item_carted"] == [0, 0, 0, 1, 0]  # a cart is only visible to later events
+    assert col["cat_carted"] == [0, 0, 1, 0, 0]
+    assert col["same_item_as_prev"] == [0, 1, 0, 0, 0]
+    assert col["recent_carts"] == pytest.approx([0, np.log(2)] + [np.log(2)] * 3)
+    assert f["gap"][0] == 0 and (f["gap"][1:] > 0).all()
+    assert f["query"][4] > 0 and f["item"][4] == 0 and f["cat"][4] == 0
+    # Changing a later event never changes an earlier position's features (causality).
+    g = window_features(rec[:3], cfg)
+    np.testing.assert_array_equal(g["num"], f["num"][:3])
+
+
+def test_labels_respect_horizons_and_data_end():
+    cfg = SeqConfig(intent_ms=30 * MINUTE_MS, churn_ms=DAY)
+    hist = [RecentEvent.from_event(e) for e in [
+        ev(1, "u", "click", T0),
+        ev(2, "u", "click", T0 + 40 * MINUTE_MS),
+        ev(3, "u", "purchase", T0 + 60 * MINUTE_MS),
+        ev(4, "u", "click", T0 + 3 * DAY),
+    ]]
+    lab = history_labels(hist, cfg, data_end_ms=T0 + 3 * DAY)
+    # The purchase is 60 min after event 1 (too late) and 20 min after event 2.
+    assert lab["intent"].tolist()[:2] == [0.0, 1.0]
+    assert lab["intent_mask"].tolist() == [True, True, False, False]  # purchases and late events unscored
+    assert lab["churn"].tolist()[:3] == [0.0, 0.0, 1.0]  # nothing within a day after the purchase
+    assert lab["churn_mask"].tolist() == [True, True, True, False]
+    assert lab["next_type"].tolist() == [0, 3, 0, -1]
+
+
+def test_every_event_is_a_target_exactly_once():
+    cfg = SeqConfig(max_len=8)
+    evs = [ev(i, f"u{i % 3}", "click", T0 + i * 1000) for i in range(50)]
+    w = build_windows(user_histories(evs), cfg, data_end_ms=T0 + DAY)
+    assert w.n_targets == 50
+    assert (w.arrays["length"] <= 8).all()
+
+
+def test_time_split_has_no_label_leak():
+    cfg = SeqConfig(max_len=8, val_fraction=0.5)
+    evs = [ev(0, "u", "click", T0), ev(1, "u", "click", T0 + 2 * DAY - 10 * MINUTE_MS),
+           ev(2, "u", "purchase", T0 + 2 * DAY + MINUTE_MS), ev(3, "u", "click", T0 + 4 * DAY)]
+    tr, va, cutoff = time_split(evs, cfg)
+    assert cutoff == T0 + 2 * DAY
+    # Event 1's purchase lies after the cutoff: training must not see that label at all.
+    assert not tr.arrays["intent"][tr.arrays["intent_mask"]].any()
+    assert va.n_targets == 2
+
+
+def test_roc_auc_matches_pairwise_definition():
+    rng = np.random.default_rng(0)
+    y = rng.random(200) < 0.3
+    p = np.round(rng.random(200), 1)  # many ties
+    pos, neg = p[y], p[~y]
+    pairwise = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
+    assert roc_auc(y, p) == pytest.approx(pairwise)
+
+
+def test_tiny_model_learns_planted_pattern(trained):
+    val = trained.metrics["val"]
+    # Random scores give AUC 0.5 and HR@10 about 10/200: the model must do much better.
+    assert val["intent_auc"] > 0.85
+    assert val["hr@10"] > 0.6
+    assert trained.train_events_per_s > 0
+    assert trained.metrics["epochs"] >= 1
+
+
+def test_transformer_variant_trains():
+    cfg = SeqConfig(**{**TINY.to_dict(), "arch": "transformer", "n_layers": 1, "max_epochs": 3})
+    res = train(planted(30), cfg, log=None, device="cpu")
+    assert res.metrics["val"]["intent_auc"] > 0.7
+
+
+def test_save_load_gives_identical_scores(trained, tmp_path):
+    path = tmp_path / "seq.pt"
+    trained.save(path)
+    scorer = SequenceScorer.load(path)
+    hist = user_histories(planted())
+    windows = [h[-TINY.max_len:] for h in hist.values()]
+    a = SequenceScorer(checkpoint.Loaded(trained.model, TINY, trained.vocab, {}, (0, 0), "", 1)).score_batch(windows)
+    b = scorer.score_batch(windows)
+    np.testing.assert_allclose(a.p_intent, b.p_intent, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a.p_churn, b.p_churn, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(a.top_buckets, b.top_buckets)
+    # Top-k buckets are named with real category ids from the training data.
+    assert b.top_categories[0][0] is not None and b.top_categories[0][0].startswith("c")
+    assert scorer.config == TINY and scorer.metrics["val"]["intent_auc"] > 0.85
+
+
+def test_scores_separate_carts_from_browsing(trained):
+    scorer = SequenceScorer(checkpoint.Loaded(trained.model, TINY, trained.vocab, {}, (0, 0), "", 1))
+    t = T0 + 20 * DAY
+    browse = [RecentEvent.from_event(ev(i, "x", "click", t + i * 30_000, item=f"i{i}", cat="c1")) for i in range(4)]
+    cart = browse + [RecentEvent.from_event(ev(9, "x", "add_to_cart", t + 200_000, item="i3", cat="c1"))]
+    s = scorer.score_batch([browse, cart])
+    assert s.p_intent[1] > s.p_intent[0] + 0.3
+
+
+def test_gru_step_matches_full_window(trained):
+    scorer = SequenceScorer(checkpoint.Loaded(trained.model, TINY, trained.vocab, {}, (0, 0), "", 1))
+    hist = list(user_histories(planted()).values())[:5]
+    windows = [h[: TINY.max_len] for h in hist]
+    prev = scorer.score_batch([w[:-1] for w in windows])
+    stepped = scorer.step(windows, prev.state)
+    full = scorer.score_batch(windows)
+    np.testing.assert_allclose(stepped.p_intent, full.p_intent, atol=1e-5)
+    np.testing.assert_allclose(stepped.state, full.state, atol=1e-5)
+    np.testing.assert_array_equal(stepped.top_buckets, full.top_buckets)
+
+
+def test_now_ms_ignores_events_after_now(trained):
+    scorer = SequenceScorer(checkpoint.Loaded(trained.model, TINY, trained.vocab, {}, (0, 0), "", 1))
+    w = list(user_histories(planted()).values())[0][:6]
+    a = scorer.score_batch([w], now_ms=w[3].ts)
+    b = scorer.score_batch([w[:4]])
+    np.testing.assert_allclose(a.p_intent, b.p_intent)
+
+
+def test_unusable_checkpoints_are_refused(trained, tmp_path):
+    good = tmp_path / "seq.pt"
+    trained.save(good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(checkpoint.CheckpointError):
+        SequenceScorer.load(truncated)
+    blob = torch.load(good, weights_only=True)
+    blob["feature_schema_version"] = 999
+    other = tmp_path / "other.pt"
+    torch.save(blob, other)
+    with pytest.raises(checkpoint.CheckpointError, match="feature schema"):
+        SequenceScorer.load(other)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_trains_and_scores_on_cuda_with_mixed_precision(tmp_path):
+    res = train(planted(), TINY, log=None, device="cuda")
+    assert res.device.startswith("cuda") and res.metrics["val"]["intent_auc"] > 0.8
+    res.save(tmp_path / "seq.pt")
+    cpu = SequenceScorer.load(tmp_path / "seq.pt")
+    gpu = SequenceScorer.load(tmp_path / "seq.pt", device="cuda")
+    windows = [h[-TINY.max_len:] for h in user_histories(planted()).values()]
+    np.testing.assert_allclose(cpu.score_batch(windows).p_intent, gpu.score_batch(windows).p_intent, atol=1e-3)

@@ -1,0 +1,53 @@
+"""Settings: environment overrides, and bad configuration named by its variable."""
+
+import pytest
+
+from stream.settings import ConfigError, Settings, describe, load_settings
+
+
+def test_environment_overrides(monkeypatch, tmp_path):
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("INTENTSTREAM_EVENTS_PARTITIONS", "12")
+    monkeypatch.setenv("INTENTSTREAM_DATA_DIR", str(tmp_path))
+    s = load_settings()
+    assert s.kafka_bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+    assert s.events_partitions == 12
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("INTENTSTREAM_EVENTS_PARTITIONS", "zero"),
+        ("INTENTSTREAM_EVENTS_PARTITIONS", "0"),
+        ("KAFKA_BOOTSTRAP_SERVERS", "localhost"),
+        ("INTENTSTREAM_STORE", "redis://"),
+        ("INTENTSTREAM_INTENT_THRESHOLD", "1.5"),
+        ("INTENTSTREAM_PSEUDONYM_KEY", "short"),
+    ],
+)
+def test_bad_value_stops_with_the_variable_named(monkeypatch, var, value):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert var in str(exc.value)
+
+
+def test_production_requires_a_pseudonym_key(monkeypatch):
+    monkeypatch.setenv("INTENTSTREAM_ENV", "production")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert "INTENTSTREAM_PSEUDONYM_KEY" in str(exc.value)
+
+
+def test_dev_key_is_created_once_and_private(tmp_path):
+    s = Settings(data_dir=tmp_path)
+    k1, k2 = s.secret_key(), Settings(data_dir=tmp_path).secret_key()
+    assert k1 == k2 and len(k1) >= 32
+    assert (tmp_path / "pseudonym.key").stat().st_mode & 0o077 == 0
+
+
+def test_describe_masks_secrets():
+    s = Settings(pseudonym_key="a-very-secret-key-value")
+    rows = {var: value for var, value, _ in describe(s)}
+    assert rows["INTENTSTREAM_PSEUDONYM_KEY"] == "***"
+    assert "a-very-secret" not in str(rows)
