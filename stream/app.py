@@ -54,6 +54,7 @@ def _credentials(settings: Settings) -> object | None:
 def create_app(settings: Settings, bootstrap: str, *, registry: CollectorRegistry | None = None) -> faust.App:
     """A ready-to-run Faust app with its topics, table, agents and web views registered."""
     specs = topic_specs(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{hp}" for hp in bootstrap.split(",")],

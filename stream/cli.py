@@ -182,6 +182,17 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------- bench
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from stream.bench import BenchConfig, main
+
+    config = BenchConfig(events=args.events, users=args.users, partitions=args.partitions or settings.events_partitions,
+                         repeats=args.repeats, seed=args.seed, rate=args.rate, restart=args.restart)  # fmt: skip
+    return main(settings, args.scenario, config, Path(args.json) if args.json else None)
+
+
 # ---------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -222,6 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("watch", help="live view of the signal topics of a running system")
     w.add_argument("--seconds", type=float, default=None)
     w.set_defaults(fn=cmd_watch)
+
+    bn = sub.add_parser("bench", help="throughput, latency, memory against the pipeline's baselines (docs/BENCHMARKS.md)")
+    bn.add_argument("scenario", nargs="?", default="all", choices=["pipeline", "baselines", "state", "all"])
+    bn.add_argument("--events", type=int, default=50_000, help="events in each preloaded backlog (default 50000)")
+    bn.add_argument("--users", type=int, default=10_000, help="simulated active users (default 10000)")
+    bn.add_argument("--partitions", type=int, default=None, help="partitions per topic (default INTENTSTREAM_EVENTS_PARTITIONS)")
+    bn.add_argument("--repeats", type=int, default=3, help="repeats per measurement; medians are reported (default 3)")
+    bn.add_argument("--seed", type=int, default=0)
+    bn.add_argument("--rate", type=float, default=None, help="offered load for the latency run (default: half the sustained max)")
+    bn.add_argument("--restart", action="store_true", help="also time a restart with 100k users of rocksdb state (slow)")
+    bn.add_argument("--json", default=None, help="also write the JSON result to this file")
+    bn.set_defaults(fn=cmd_bench)
     return p
 
 

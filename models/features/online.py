@@ -112,6 +112,10 @@ def online_features(state: UserState, now_ms: int, cfg: StateConfig) -> dict[str
     dt = max(0, now_ms - state.last_ts)
     now = state.last_ts + dt
     counts = state.counts
+    if len(counts) != N_TYPES * len(cfg.horizons_ms):
+        if state.last_ts:
+            raise ValueError("state was built with a different number of horizons than this config")
+        counts = [0.0] * (N_TYPES * len(cfg.horizons_ms))  # an empty state made without the config
     values: list[float] = []
     for h, horizon in enumerate(cfg.horizons_ms):
         f = math.exp(-dt / horizon)
@@ -171,4 +175,3 @@ def online_features(state: UserState, now_ms: int, cfg: StateConfig) -> dict[str
 
 def _share(top: float, total: float) -> float:
     return top / total if total > 0 else 0.0
-

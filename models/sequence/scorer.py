@@ -4,10 +4,11 @@ The stream passes, for each user to score, the ``recent: list[RecentEvent]`` it 
 per-user state (oldest first; only the last ``max_len`` are used). Scores are as of the last
 event of each window: ``now_ms`` only drops events stamped after it (clock skew, replays).
 
->>> # doctest: +SKIP
->>> scorer = SequenceScorer.load("seq.pt")
->>> out = scorer.score_batch([state.recent for state in states], now_ms=now)
->>> out.p_intent[0], out.p_churn[0], out.top_categories[0][:3]
+Example::
+
+    scorer = SequenceScorer.load("seq.pt")
+    out = scorer.score_batch([state.recent for state in states], now_ms=now)
+    out.p_intent[0], out.p_churn[0], out.top_categories[0][:3]
 
 For the GRU model, :meth:`SequenceScorer.step` advances a per-user hidden state by the newest
 event only (O(1) recurrence per event; the state is ``d_model`` floats to keep per user). It

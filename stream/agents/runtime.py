@@ -24,7 +24,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import faust
@@ -114,12 +114,12 @@ class Runtime:
         @app.agent(self.topics.events, name="ingest")
         async def ingest(stream: faust.StreamT) -> None:
             async for batch in stream.take_events(s.batch_size, within=within):
-                self.ingest_batch(batch)
+                self.guarded(self.ingest_batch, batch)
 
         @app.agent(self.topics.by_user, name="process")
         async def process(stream: faust.StreamT) -> None:
             async for batch in stream.take_events(s.batch_size, within=within):
-                self.process_batch(batch)
+                self.guarded(self.process_batch, batch)
 
         @app.on_partitions_assigned.connect
         async def on_assigned(sender: object, assigned: set, **kwargs: object) -> None:
@@ -142,6 +142,30 @@ class Runtime:
             self.metrics.users_in_state.set(len(self.pipeline.activity))
 
         register_views(app, self.metrics, self.health)
+
+    def guarded(self, handle: Callable[[list[faust.EventT]], None], batch: list[faust.EventT]) -> None:
+        """Run ``handle`` on a batch; if it raises, isolate the culprit event by event.
+
+        An unexpected error (a bug, a record we cannot read) must neither crash the agent (Faust
+        would stop consuming) nor lose the batch: the events that fail alone are dead-lettered with
+        reason ``processing_error`` and the rest are processed normally. Table writes happen only
+        after a batch has been fully computed, so a failed attempt leaves no partial state behind.
+        """
+        try:
+            handle(batch)
+            return
+        except Exception as exc:  # noqa: BLE001 - the point is to survive anything
+            log.error("batch of %d failed (%s: %s); retrying event by event", len(batch), type(exc).__name__, exc)
+        for fe in batch:
+            try:
+                handle([fe])
+            except Exception as exc:  # noqa: BLE001
+                msg = fe.message
+                log.error("event at %s[%d]@%d dead-lettered: %s", msg.topic, msg.partition, msg.offset, type(exc).__name__)
+                self._dead_letter(
+                    DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"[:200], msg.value, msg.topic, msg.partition, msg.offset),
+                    msg.key,
+                )
 
     # ------------------------------------------------------------------ ingest
     def ingest_batch(self, batch: list[faust.EventT]) -> None:

@@ -27,7 +27,7 @@ from models.events import Event, InvalidEvent, parse_event
 REASONS = (
     "oversized", "invalid_utf8", "malformed_json", "not_an_object", "missing_field", "wrong_type",
     "unknown_type", "field_too_long", "out_of_range", "bad_timestamp", "timestamp_too_old",
-    "timestamp_in_future", "duplicate_event_id", "late_event",
+    "timestamp_in_future", "duplicate_event_id", "late_event", "processing_error",
 )  # fmt: skip
 
 

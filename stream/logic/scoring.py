@@ -12,7 +12,7 @@ the explanation. The online River models and the sequence model plug in behind t
 ...     _ = apply_event(st, Event(f"e{i}", "u", typ, t + 30_000 * i, item_id=f"i{i % 2}", price=10.0), cfg)
 >>> score, reasons, cold = RuleScorer(cfg=cfg).intent(st, t + 120_000)
 >>> score > 0.5, cold, reasons[0]["feature"]
-(True, False, 'session_add_to_carts')
+(True, False, 'session_carts')
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ def _sigmoid(z: float) -> float:
 
 # (feature, weight, cap, readable text) — log-odds per unit of the (capped) feature.
 INTENT_TERMS: tuple[tuple[str, float, float, str], ...] = (
-    ("session_add_to_carts", 1.3, 3.0, "{v:.0f} add-to-cart in this session"),
+    ("session_carts", 1.3, 3.0, "{v:.0f} add-to-cart in this session"),
     ("cart_items", 0.5, 3.0, "{v:.0f} items waiting in the cart"),
     ("last_is_add_to_cart", 0.9, 1.0, "just added an item to the cart"),
     ("session_clicks", 0.15, 10.0, "{v:.0f} product views in this session"),
-    ("session_searchs", 0.25, 3.0, "{v:.0f} searches in this session"),
+    ("session_searches", 0.25, 3.0, "{v:.0f} searches in this session"),
     ("has_purchased", 0.7, 1.0, "has bought before"),
     ("minutes_since_cart_add", -0.03, 60.0, "{v:.0f} min since the last cart add"),
 )

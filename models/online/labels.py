@@ -1,0 +1,279 @@
+"""The delayed-label join: each scored prediction keeps its feature snapshot until its label is known.
+
+An online model may learn from a prediction only once the prediction's outcome is known, and it must
+learn from it exactly once. Both tasks have labels that arrive *later* in event time than the
+prediction, and the evidence is of two kinds: an event of the same user (which can settle the label
+at once), or the event-time watermark passing the end of the label's horizon (no event can settle it
+any more, so the "nothing happened" outcome is final).
+
+======== ====================================== ======================================================
+task     positive (y = 1)                       negative (y = 0)
+======== ====================================== ======================================================
+intent   a purchase of the user with ts in      the watermark passes ``t + H`` (H: 30 min by default)
+         ``(t, t + H]``
+churn    the watermark passes ``t + D`` with no a newer event of the user with ts in ``(t, t + D]``
+         newer event (D: 30 days by default);   (any type: returning is what churn is about)
+         or a newer event after ``t + D``
+======== ====================================== ======================================================
+
+``t`` is the time the prediction was made: the time of the scored event, or for a churn prediction
+made at a watermark scan of a silent user (``observe_scan`` in the learner) that watermark. The
+interval is open at ``t``: an event with the same timestamp may already be in the features.
+
+The watermark (largest event time seen on the partition minus the allowed lateness) is a promise
+that no event older than it will be applied, so a label it decides is final. A label decided by an
+event is final too: it is removed from the queue the moment it is returned. That is what makes
+"learned exactly once" hold by construction: a :class:`Snapshot` leaves its :class:`Pending` queue
+in the same call that hands it out with its label, and it only enters the queue after the
+prediction was made (:func:`add` takes the prediction ``p`` as an argument).
+
+**Bound.** A user's queue holds at most ``rule.max_pending`` snapshots. When a new one would
+exceed it, the *oldest* unresolved snapshot is dropped (never learned, counted in
+:attr:`Pending.dropped`). For intent the oldest is the one furthest from any future purchase and the
+closest to being resolved negative anyway; dropping keeps the record small for bursty users (a
+Taobao user can view 30 items in ten minutes) at the cost of learning from fewer of a burst's
+events. For churn the queue holds the prediction at the user's newest event plus at most a few
+scan predictions (one every ``scan_every_ms``), so with the defaults it never reaches the bound.
+
+**Storage.** :meth:`Pending.to_bytes` writes a version byte, the dropped count, the number of
+snapshots, then per snapshot: ``ts`` (int64 ms), ``p`` (float32), a bit mask of the non-zero
+features and those values as float32. Most features of a shopper are zero at any moment (no
+search, one-hot ``last_is_*``, empty cart), so a 54-feature snapshot takes ~100-150 bytes instead
+of 216 + 12. float32 is far more precision than the models use.
+
+Nothing here reads a clock, imports River or knows what the features mean: vectors in, labels out.
+
+>>> rule = LabelRule("intent", horizon_ms=30 * 60_000, max_pending=4)
+>>> q = Pending()
+>>> add(q, rule, 1_000, [1.0, 0.0, 2.5], 0.2)
+>>> add(q, rule, 2_000, [0.0, 0.0, 1.0], 0.3)
+>>> [(s.ts, y) for s, y in resolve_event(q, rule, "purchase", 1_500)]  # bought 0.5 s after the first
+[(1000, 1)]
+>>> [(s.ts, y) for s, y in resolve_watermark(q, rule, 2_000 + 30 * 60_000 + 1)]  # horizon over
+[(2000, 0)]
+>>> len(q), Pending.from_bytes(q.to_bytes()) == q
+(0, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+INTENT = "intent"
+CHURN = "churn"
+TASKS = (INTENT, CHURN)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelRule:
+    """How one task's labels are decided (see the module table).
+
+    ``horizon_ms`` is H for intent and D for churn. ``max_pending`` bounds a user's queue.
+    ``scan_every_ms`` (churn only) is the least event time between two churn predictions of a
+    silent user, and ``scan_until_ms`` the silence after which a silent user is no longer
+    snapshotted (they have churned by then; predicting it again teaches nothing new).
+
+    >>> LabelRule("churn", horizon_ms=30 * 86_400_000).scan_every_ms == 10 * 86_400_000
+    True
+    """
+
+    task: str
+    horizon_ms: int
+    max_pending: int = 8
+    scan_every_ms: int | None = None
+    scan_until_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.horizon_ms <= 0:
+            raise ValueError("horizon_ms must be positive")
+        if not 1 <= self.max_pending <= 255:
+            raise ValueError("max_pending must be in [1, 255] (it is stored in one byte)")
+        if self.task == CHURN:
+            # Defaults: three scans per horizon, until one horizon of silence.
+            if self.scan_every_ms is None:
+                object.__setattr__(self, "scan_every_ms", self.horizon_ms // 3)
+            if self.scan_until_ms is None:
+                object.__setattr__(self, "scan_until_ms", self.horizon_ms)
+
+
+@dataclasses.dataclass(slots=True)
+class Snapshot:
+    """One prediction waiting for its label: when it was made, what it said, what it saw."""
+
+    ts: int
+    p: float
+    x: np.ndarray  # float32 feature vector, in the learner's feature order
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Snapshot)
+            and self.ts == other.ts
+            and np.float32(self.p) == np.float32(other.p)
+            and np.array_equal(self.x, other.x)
+        )
+
+
+_HEAD = struct.Struct("<BHBH")  # version, dropped (saturating), snapshots, features per snapshot
+_SNAP = struct.Struct("<qf")  # ts, p
+VERSION = 1
+
+
+@dataclasses.dataclass(slots=True)
+class Pending:
+    """One user's unresolved predictions for one task, oldest first. Lives in the user's record."""
+
+    snapshots: list[Snapshot] = dataclasses.field(default_factory=list)
+    dropped: int = 0  # snapshots evicted by the bound over the record's life (saturates at 65535)
+
+    def __len__(self) -> int:
+        return len(self.snapshots)
+
+    def to_bytes(self) -> bytes:
+        """Compact binary form (see the module docstring); an empty queue is 6 bytes."""
+        n_feat = len(self.snapshots[0].x) if self.snapshots else 0
+        parts = [_HEAD.pack(VERSION, min(self.dropped, 0xFFFF), len(self.snapshots), n_feat)]
+        for s in self.snapshots:
+            x = np.asarray(s.x, dtype=np.float32)
+            if len(x) != n_feat:
+                raise ValueError("all snapshots of a queue must have the same number of features")
+            nz = x != 0
+            parts += [_SNAP.pack(s.ts, s.p), np.packbits(nz, bitorder="little").tobytes(), x[nz].tobytes()]
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Pending:
+        """Inverse of :meth:`to_bytes`; raises ``ValueError`` on another version or a cut record."""
+        if not data:
+            return cls()
+        if data[0] != VERSION:
+            raise ValueError(f"pending-label record version {data[0]} is not {VERSION}")
+        _v, dropped, n, n_feat = _HEAD.unpack_from(data)
+        off, mask_len = _HEAD.size, (n_feat + 7) // 8
+        snaps = []
+        for _ in range(n):
+            ts, p = _SNAP.unpack_from(data, off)
+            off += _SNAP.size
+            nz = np.unpackbits(np.frombuffer(data, np.uint8, mask_len, off), count=n_feat, bitorder="little")
+            off += mask_len
+            k = int(nz.sum())
+            x = np.zeros(n_feat, dtype=np.float32)
+            x[nz.astype(bool)] = np.frombuffer(data, np.float32, k, off)
+            off += 4 * k
+            snaps.append(Snapshot(ts, p, x))
+        if off != len(data):
+            raise ValueError(f"pending-label record has {len(data) - off} trailing bytes")
+        return cls(snaps, dropped)
+
+
+def add(pending: Pending, rule: LabelRule, ts: int, x: Sequence[float] | np.ndarray, p: float) -> Snapshot | None:
+    """Queue the prediction ``p`` made at ``ts`` from features ``x``; return the snapshot the bound
+    evicted, if any. Snapshots stay sorted by ``ts`` (a late event's prediction goes in its place)."""
+    snap = Snapshot(int(ts), float(np.float32(p)), np.asarray(x, dtype=np.float32).copy())
+    snaps = pending.snapshots
+    i = len(snaps)
+    while i and snaps[i - 1].ts > snap.ts:
+        i -= 1
+    snaps.insert(i, snap)
+    if len(snaps) > rule.max_pending:
+        pending.dropped += 1
+        return snaps.pop(0)
+    return None
+
+
+def resolve_event(pending: Pending, rule: LabelRule, event_type: str, event_ts: int) -> list[tuple[Snapshot, int]]:
+    """Labels that an event of the same user settles, removed from the queue, oldest first.
+
+    Intent: a purchase at ``T`` makes every snapshot with ``ts < T <= ts + H`` positive; other
+    events settle nothing. Churn: any event at ``T`` settles every snapshot with ``ts < T``:
+    negative if ``T <= ts + D`` (the user came back in time), positive otherwise.
+    """
+    snaps = pending.snapshots
+    if not snaps:
+        return []
+    h = rule.horizon_ms
+    out: list[tuple[Snapshot, int]] = []
+    keep: list[Snapshot] = []
+    if rule.task == INTENT:
+        if event_type != "purchase":
+            return []
+        for s in snaps:
+            (out.append((s, 1)) if s.ts < event_ts <= s.ts + h else keep.append(s))
+    else:
+        for s in snaps:
+            (out.append((s, int(event_ts > s.ts + h))) if s.ts < event_ts else keep.append(s))
+    if out:
+        pending.snapshots = keep
+    return out
+
+
+def resolve_watermark(pending: Pending, rule: LabelRule, watermark_ms: int) -> list[tuple[Snapshot, int]]:
+    """Labels that the event-time watermark settles: every snapshot whose horizon ended before it
+    (``ts + H < watermark``) gets the "nothing happened" label: 0 for intent, 1 for churn."""
+    snaps = pending.snapshots
+    h = rule.horizon_ms
+    n = 0
+    while n < len(snaps) and snaps[n].ts + h < watermark_ms:
+        n += 1  # sorted by ts, so the expired ones are a prefix
+    if not n:
+        return []
+    y = 0 if rule.task == INTENT else 1
+    out = [(s, y) for s in snaps[:n]]
+    del snaps[:n]
+    return out
+
+
+def next_due(pending: Pending, rule: LabelRule) -> int | None:
+    """The smallest watermark at which :func:`resolve_watermark` would settle something (None if
+    the queue is empty): what a scheduler of silent users should wait for."""
+    if not pending.snapshots:
+        return None
+    return pending.snapshots[0].ts + rule.horizon_ms + 1
+
+
+
+@dataclasses.dataclass(slots=True)
+class UserPending:
+    """Both tasks' queues of one user, stored side by side with ``UserState`` in the user's record.
+
+    >>> up = UserPending()
+    >>> add(up.intent, LabelRule("intent", 1_800_000), 5, [0.0, 3.0], 0.1)
+    >>> UserPending.from_bytes(up.to_bytes()) == up, len(up.to_bytes())
+    (True, 31)
+    """
+
+    intent: Pending = dataclasses.field(default_factory=Pending)
+    churn: Pending = dataclasses.field(default_factory=Pending)
+
+    _LEN = struct.Struct("<H")
+
+    def to_bytes(self) -> bytes:
+        a = self.intent.to_bytes()
+        return self._LEN.pack(len(a)) + a + self.churn.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UserPending:
+        if not data:
+            return cls()
+        (n,) = cls._LEN.unpack_from(data)
+        return cls(Pending.from_bytes(data[2 : 2 + n]), Pending.from_bytes(data[2 + n :]))
+
+
+__all__ = [
+    "CHURN",
+    "INTENT",
+    "TASKS",
+    "LabelRule",
+    "Pending",
+    "Snapshot",
+    "UserPending",
+    "add",
+    "next_due",
+    "resolve_event",
+    "resolve_watermark",
+]

@@ -1,0 +1,721 @@
+"""``intentstream bench``: throughput, latency, memory and restart figures of the stream worker.
+
+Everything is measured against a real broker (the embedded noida-db, or ``KAFKA_BOOTSTRAP_SERVERS``)
+with the simulator's event mix, and every figure comes with the baselines it is compared with,
+measured in the same run on the same events (a shared 2-core machine is too noisy for figures
+taken on different days to be compared). Each measurement gets topics and a consumer group of its
+own (``bench-<run>-<name>...``), so repeats never see each other's records.
+
+Scenarios (``intentstream bench [pipeline|baselines|state|all]``):
+
+``pipeline``
+    **Sustained throughput.** ``--events`` simulated events are preloaded into a fresh events
+    topic, then one worker (``intentstream worker`` as a child process, in its own process group)
+    is started on it. ``/metrics`` is polled every 0.1 s; "handled" is the sum of
+    ``intentstream_events_consumed_total`` over the real event types plus late and duplicate
+    events (the events that went through the whole pipeline: ingest, repartition, process).
+    ``sustained_events_per_s`` is the rate between 10% and 90% of the backlog handled (start-up,
+    the wait before the second agent starts, and the tail are left out); ``backlog_events_per_s``
+    is the whole backlog divided by the time from the first processed batch of either agent to the
+    last event handled (start-up left out, the stall before ``process`` starts included).
+    ``startup_s`` is process start to ``/readyz`` 200, ``stall_s`` first batch to first event handled.
+
+    **Event-to-signal latency** at an offered load of ``--rate`` events/s (default: half the median
+    sustained throughput measured in the same run). A fresh worker is warmed up with a
+    few thousand events (until they are all handled), then events are produced at a steady rate
+    while a consumer reads the signal topics. Each event's send time is recorded (wall clock,
+    just before ``producer.send``; the producer lingers up to 5 ms, as a real client would) and
+    matched to the signals by ``event_id``. ``latency_ms`` uses the signal's Kafka timestamp
+    (create time, set by the worker's producer when the signal is sent); ``receive_latency_ms``
+    uses the time our consumer received it (adds the signal producer's linger and the fetch).
+
+    **Memory.** The worker's resident set size (psutil) after the throughput backlog.
+
+``baselines``
+    The same backlog through (a) a raw aiokafka consume -> ``json.loads`` -> produce loop and
+    (b) a plain Faust pass-through agent (see :mod:`benchmarks.baselines`), measured the same way
+    (10% to 90%). With ``pipeline`` in the same run, ``ratios`` gives pipeline / baseline.
+
+``state``
+    ``benchmarks.state_bench.run(users, seed)``: bytes per user of the stored state and
+    read-modify-write updates per second (skipped if that module is absent).
+
+``--restart`` (with ``all`` or ``pipeline``, slow)
+    A worker on a ``rocksdb://`` store fills its table with ``--restart-users`` users (one event
+    each), is stopped with SIGTERM and started again on the same data directory:
+    ``restart_ready_s`` is process start to ``/readyz`` 200 with that state, ``cold_ready_s`` the
+    same on an empty store, in the same run.
+
+Medians over ``--repeats`` are reported; the repeats of the pipeline and of the baselines are
+interleaved so that a noisy neighbour hurts all of them alike. The result is printed as a table
+and as JSON (``--json PATH`` also writes it to a file).
+
+>>> percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50)
+3.0
+>>> crossing([(0.0, 0), (1.0, 100), (2.0, 300)], 200)
+1.5
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stream.broker import EmbeddedBroker, client_config, create_topics, free_port
+from stream.settings import Settings, env_var
+
+#: Repository root: the baselines and the state benchmark live in ``benchmarks/`` beside ``stream/``.
+ROOT = Path(__file__).resolve().parents[1]
+POLL_S = 0.1
+SCENARIOS = ("pipeline", "baselines", "state", "all")
+#: Events counted as "handled": every canonical type; ``invalid``/``other`` never reach the state.
+NOT_HANDLED_TYPES = ("invalid", "other")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    events: int = 50_000
+    users: int = 10_000
+    partitions: int = 4
+    repeats: int = 3
+    seed: int = 0
+    rate: float | None = None  # offered load for the latency run; None = half the sustained max
+    latency_seconds: float = 20.0  # length of the steady-load phase (capped by ``events``)
+    restart: bool = False
+    restart_users: int = 100_000
+
+
+# ------------------------------------------------------------------------------------- statistics
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) by linear interpolation between closest ranks."""
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def crossing(timeline: list[tuple[float, float]], level: float) -> float | None:
+    """The time at which a non-decreasing count sampled as ``(t, count)`` reached ``level``
+    (interpolated linearly between samples); None if it never did."""
+    prev: tuple[float, float] | None = None
+    for t, n in timeline:
+        if n >= level:
+            if prev is None or n == prev[1]:
+                return t
+            t0, n0 = prev
+            return t0 + (t - t0) * (level - n0) / (n - n0)
+        prev = (t, n)
+    return None
+
+
+def _median(values: list[float | None]) -> float | None:
+    xs = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(xs) if xs else None
+
+
+# ------------------------------------------------------------------------------------- events
+@dataclass
+class Events:
+    """Encoded simulated events, ready to produce: (key, value, event_id) in event-time order."""
+
+    records: list[tuple[bytes, bytes, str]]
+    users: int
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def make_events(n: int, users: int, seed: int, *, distinct_users: bool = False) -> Events:
+    """``n`` simulator events, shifted in time so that the last one is a second before now.
+
+    The worker rejects events from the future; shifting keeps the simulator's spacing while putting
+    the whole stream in the recent past. ``distinct_users`` gives every event a user of its own
+    (to build a state of ``n`` users with ``n`` events).
+    """
+    from stream.logic.simulator import ShopperSimulator
+
+    raw = ShopperSimulator(seed=seed, users=users).take(n)
+    shift = time.time_ns() // 1_000_000 - 1_000 - (raw[-1]["ts"] if raw else 0)
+    records = []
+    seen: set[str] = set()
+    for i, ev in enumerate(raw):
+        ev["ts"] += shift
+        if distinct_users:
+            ev["user_id"] = f"r{seed}-{i:07d}"
+            ev["session_id"] = f"{ev['user_id']}-1"
+        seen.add(ev["user_id"])
+        records.append((ev["user_id"].encode(), json.dumps(ev, separators=(",", ":")).encode(), ev["event_id"]))
+    return Events(records, len(seen))
+
+
+async def produce(settings: Settings, bootstrap: str, topic: str, events: Events) -> float:
+    """Produce all events as fast as the client allows; returns the rate in events/s."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(**client_config(settings, bootstrap), linger_ms=5, max_batch_size=262_144)
+    await producer.start()
+    try:
+        t0 = time.perf_counter()
+        for key, value, _ in events.records:
+            await producer.send(topic, key=key, value=value)  # enqueues; delivery is awaited by flush()
+        await producer.flush()
+        return len(events) / (time.perf_counter() - t0)
+    finally:
+        await producer.stop()
+
+
+async def create_plain_topics(settings: Settings, bootstrap: str, names: list[str], partitions: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(**client_config(settings, bootstrap))
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(n, num_partitions=partitions, replication_factor=settings.replication_factor) for n in names]
+        )
+    finally:
+        await admin.close()
+
+
+# ------------------------------------------------------------------------------------- processes
+def _scrape(port: int, path: str, timeout: float = 1.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """The few worker metrics the harness needs, summed over their labels.
+
+    >>> parse_metrics('intentstream_events_consumed_total{type="click"} 3.0\\n'
+    ...               'intentstream_events_consumed_total{type="invalid"} 1.0\\n'
+    ...               'intentstream_late_events_total 2.0\\n')["handled"]
+    5.0
+    """
+    out = {"handled": 0.0, "batches": 0.0, "signals": 0.0, "users_in_state": 0.0}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name, _, value = line.rpartition(" ")
+        base, _, labels = name.partition("{")
+        if base == "intentstream_events_consumed_total":
+            if not any(f'type="{t}"' in labels for t in NOT_HANDLED_TYPES):
+                out["handled"] += float(value)
+        elif base in ("intentstream_late_events_total", "intentstream_duplicate_events_total"):
+            out["handled"] += float(value)
+        elif base == "intentstream_processing_seconds_count":
+            out["batches"] += float(value)
+        elif base == "intentstream_signals_emitted_total":
+            out["signals"] += float(value)
+        elif base == "intentstream_users_in_state":
+            out["users_in_state"] = float(value)
+    return out
+
+
+@dataclass
+class Child:
+    """A child process in its own process group; :meth:`stop` ends the whole group."""
+
+    cmd: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+
+    def start(self) -> Child:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.started = time.time()
+            self.proc = subprocess.Popen(
+                self.cmd, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss_bytes(self) -> int | None:
+        try:
+            import psutil
+        except ImportError:
+            return None
+        if not self.alive():
+            return None
+        with contextlib.suppress(psutil.Error):
+            return psutil.Process(self.proc.pid).memory_info().rss  # type: ignore[union-attr]
+        return None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        # The group may hold children of the child: make sure nothing of it is left.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.returncode
+
+    def __enter__(self) -> Child:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+# ------------------------------------------------------------------------------------- the run
+@dataclass
+class Bench:
+    """One benchmark run: a broker, a work directory and a counter for fresh topic names."""
+
+    settings: Settings
+    bootstrap: str
+    workdir: Path
+    config: BenchConfig
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    _n: int = 0
+
+    def fresh(self, name: str, **overrides: object) -> Settings:
+        """Settings with an app id and topics nobody else uses (for one measurement)."""
+        self._n += 1
+        p = f"bench-{self.run_id}-{name}{self._n}"
+        return self.settings.model_copy(
+            update={
+                "app_id": p, "events_topic": f"{p}.events", "dlq_topic": f"{p}.dlq",
+                "intent_topic": f"{p}.intent", "churn_topic": f"{p}.churn", "latent_topic": f"{p}.latent",
+                "events_partitions": self.config.partitions, "signal_partitions": self.config.partitions,
+                "data_dir": self.workdir / p, "kafka_bootstrap_servers": self.bootstrap,
+                "log_level": "WARNING", **overrides,
+            }
+        )  # fmt: skip
+
+    def worker(self, s: Settings, web_port: int) -> Child:
+        env = dict(os.environ)
+        fields = ("app_id", "events_topic", "dlq_topic", "intent_topic", "churn_topic", "latent_topic",
+                  "events_partitions", "signal_partitions", "data_dir", "kafka_bootstrap_servers", "log_level", "store")  # fmt: skip
+        env.update({env_var(f): str(getattr(s, f)) for f in fields})
+        env[env_var("web_port")] = str(web_port)
+        return Child([sys.executable, "-m", "stream.cli", "worker"], env, s.data_dir / "worker.log")
+
+    # --------------------------------------------------------------------------- pipeline throughput
+    def pipeline_throughput(self, events: Events) -> dict:
+        s = self.fresh("pipe")
+        asyncio.run(create_topics(s, self.bootstrap))
+        produce_rate = asyncio.run(produce(s, self.bootstrap, s.events_topic, events))
+        port = free_port()
+        n = len(events)
+        timeline: list[tuple[float, float]] = []
+        t_ready = t_first_batch = None
+        deadline = time.time() + 60 + n / 200
+        with self.worker(s, port) as w:
+            while time.time() < deadline and w.alive():
+                time.sleep(POLL_S)
+                now = time.time()
+                if t_ready is None and _scrape(port, "/readyz")[0] == 200:
+                    t_ready = now
+                status, text = _scrape(port, "/metrics")
+                if status != 200:
+                    continue
+                m = parse_metrics(text)
+                if t_first_batch is None and m["batches"] > 0:
+                    t_first_batch = now
+                timeline.append((now, m["handled"]))
+                if m["handled"] >= n:
+                    break
+            rss = w.rss_bytes()
+            signals = parse_metrics(_scrape(port, "/metrics")[1]).get("signals")
+            log_tail = "" if timeline and timeline[-1][1] >= n else w.tail()
+            started = w.started
+        handled = timeline[-1][1] if timeline else 0.0
+        t10, t90 = crossing(timeline, 0.1 * n), crossing(timeline, 0.9 * n)
+        t_first_event = crossing(timeline, 1)
+        t_done = crossing(timeline, n)
+        out = {
+            "events": n,
+            "handled": handled,
+            "complete": handled >= n,
+            "sustained_events_per_s": 0.8 * n / (t90 - t10) if t10 and t90 and t90 > t10 else None,
+            "backlog_events_per_s": n / (t_done - t_first_batch) if t_done and t_first_batch else None,
+            "startup_s": t_ready - started if t_ready else None,
+            "stall_s": t_first_event - t_first_batch if t_first_event and t_first_batch else None,
+            "worker_rss_mb": rss / 2**20 if rss else None,
+            "users": events.users,
+            "signals": signals,
+            "preload_events_per_s": produce_rate,
+        }
+        if log_tail:
+            out["worker_log_tail"] = log_tail
+        return out
+
+    # --------------------------------------------------------------------------- baselines
+    def baseline(self, kind: str, events: Events) -> dict:
+        s = self.fresh(kind)
+        source, sink = s.events_topic, f"{s.app_id}.sink"
+        asyncio.run(create_plain_topics(s, self.bootstrap, [source, sink], self.config.partitions))
+        produce_rate = asyncio.run(produce(s, self.bootstrap, source, events))
+        result = s.data_dir / "result.json"
+        cmd = [sys.executable, "-m", "benchmarks.baselines", kind, "--bootstrap", self.bootstrap,
+               "--source", source, "--sink", sink, "--count", str(len(events)),
+               "--partitions", str(self.config.partitions), "--result", str(result)]  # fmt: skip
+        deadline = time.time() + 60 + len(events) / 200
+        with Child(cmd, dict(os.environ), s.data_dir / f"{kind}.log") as child:
+            while time.time() < deadline and child.alive() and not result.exists():
+                time.sleep(POLL_S)
+            rss = child.rss_bytes()
+            log_tail = "" if result.exists() else child.tail()
+        if not result.exists():
+            return {"events": len(events), "complete": False, "log_tail": log_tail}
+        r = json.loads(result.read_text())
+        n = r["count"]
+        return {
+            "events": n,
+            "complete": n >= len(events),
+            "sustained_events_per_s": 0.8 * n / (r["p90"] - r["p10"]) if r["p90"] > r["p10"] else None,
+            "backlog_events_per_s": n / (r["done"] - r["first"]) if r["done"] > r["first"] else None,
+            "rss_mb": rss / 2**20 if rss else None,
+            "preload_events_per_s": produce_rate,
+        }
+
+    # --------------------------------------------------------------------------- latency
+    def latency(self, events: Events, rate: float) -> dict:
+        s = self.fresh("lat")
+        asyncio.run(create_topics(s, self.bootstrap))
+        port = free_port()
+        warm = min(2_000, len(events) // 4)
+        measured = min(len(events) - warm, max(100, int(rate * self.config.latency_seconds)))
+        with self.worker(s, port) as w:
+            return asyncio.run(self._latency(s, w, port, events, warm, measured, rate))
+
+    async def _latency(self, s: Settings, w: Child, port: int, events: Events, warm: int, measured: int,
+                       rate: float) -> dict:  # fmt: skip
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+        async def handled() -> float:
+            status, text = await asyncio.to_thread(_scrape, port, "/metrics")
+            return parse_metrics(text)["handled"] if status == 200 else 0.0
+
+        async def wait_handled(n: int, timeout: float) -> bool:
+            end = time.time() + timeout
+            while time.time() < end and w.alive():
+                if await handled() >= n:
+                    return True
+                await asyncio.sleep(0.2)
+            return False
+
+        producer = AIOKafkaProducer(**client_config(s, self.bootstrap), linger_ms=5, max_batch_size=262_144)
+        consumer = AIOKafkaConsumer(
+            *s.signal_topics().values(), **client_config(s, self.bootstrap),
+            auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+        )  # fmt: skip
+        await producer.start()
+        await consumer.start()
+        sent_ms: dict[str, float] = {}
+        lat_kafka: list[float] = []
+        lat_recv: list[float] = []
+        stop = asyncio.Event()
+
+        async def read_signals() -> None:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=100, max_records=5000)
+                now_ms = time.time() * 1000
+                for msgs in batches.values():
+                    for msg in msgs:
+                        eid = json.loads(msg.value).get("event_id")
+                        t_sent = sent_ms.get(eid)
+                        if t_sent is not None:
+                            lat_kafka.append(msg.timestamp - t_sent)
+                            lat_recv.append(now_ms - t_sent)
+
+        reader = asyncio.create_task(read_signals())
+        try:
+            # Warm-up: the worker is ready before its second agent runs; wait until it handles events.
+            for key, value, _ in events.records[:warm]:
+                await producer.send(s.events_topic, key=key, value=value)
+            await producer.flush()
+            warmed = await wait_handled(warm, 120)
+            # Steady load: event i is due at t0 + i / rate; everything due is sent in one go.
+            records = events.records[warm : warm + measured]
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            i = 0
+            while i < len(records):
+                due = t0 + i / rate
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                now = loop.time()
+                while i < len(records) and t0 + i / rate <= now:
+                    key, value, eid = records[i]
+                    sent_ms[eid] = time.time() * 1000
+                    await producer.send(s.events_topic, key=key, value=value)
+                    i += 1
+            await producer.flush()
+            send_s = loop.time() - t0
+            caught_up = await wait_handled(warm + measured, 30 + measured / max(rate, 1))
+            await asyncio.sleep(1.0)  # the last signals' linger and fetch
+        finally:
+            stop.set()
+            await reader
+            await consumer.stop()
+            await producer.stop()
+        return {
+            "offered_events_per_s": rate,
+            "achieved_events_per_s": measured / send_s if send_s > 0 else None,
+            "events": measured,
+            "warmup_events": warm,
+            "warmed_up": warmed,
+            "caught_up": caught_up,
+            "signals_matched": len(lat_kafka),
+            "latency_ms": {f"p{q}": percentile(lat_kafka, q) for q in (50, 95, 99)} | {"max": max(lat_kafka, default=math.nan)},
+            "receive_latency_ms": {f"p{q}": percentile(lat_recv, q) for q in (50, 95, 99)},
+        }
+
+    # --------------------------------------------------------------------------- restart
+    def restart(self, users: int) -> dict:
+        s = self.fresh("restart", store="rocksdb://")
+        asyncio.run(create_topics(s, self.bootstrap))
+        events = make_events(users, min(users, 10_000), self.config.seed + 1, distinct_users=True)
+        asyncio.run(produce(s, self.bootstrap, s.events_topic, events))
+        port = free_port()
+        out: dict[str, object] = {"users": events.users, "store": "rocksdb://"}
+        with self.worker(s, port) as w:
+            out["cold_ready_s"] = _wait_ready(w, port, 120)
+            deadline = time.time() + 60 + users / 200
+            handled = 0.0
+            while time.time() < deadline and w.alive() and handled < users:
+                time.sleep(0.5)
+                handled = parse_metrics(_scrape(port, "/metrics")[1])["handled"]
+            out["loaded"] = handled
+            time.sleep(2.0)  # a commit interval: the offsets and the last table writes are flushed
+            t_stop = time.time()
+        out["stop_s"] = time.time() - t_stop
+        with self.worker(s, port) as w:
+            out["restart_ready_s"] = _wait_ready(w, port, 300)
+            out["restart_rss_mb"] = (w.rss_bytes() or 0) / 2**20
+        return out
+
+
+def _wait_ready(w: Child, port: int, timeout: float) -> float | None:
+    end = time.time() + timeout
+    while time.time() < end and w.alive():
+        if _scrape(port, "/readyz")[0] == 200:
+            return time.time() - w.started
+        time.sleep(POLL_S)
+    return None
+
+
+def state(users: int, seed: int) -> dict:
+    """``benchmarks.state_bench.run(users, seed)`` in a child process (its memory is its own)."""
+    if not (ROOT / "benchmarks" / "state_bench.py").exists():
+        return {"skipped": "benchmarks/state_bench.py not found"}
+    code = f"import json; from benchmarks.state_bench import run; print(json.dumps(run({users}, {seed})))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        return {"skipped": f"state_bench failed: {proc.stderr.strip().splitlines()[-1:]}"}
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    keep = ("users", "events", "bytes_per_user", "bytes_p50", "bytes_p99", "bytes_max", "updates_per_s", "apply_only_per_s")
+    return {k: r[k] for k in keep if k in r}
+
+
+# ------------------------------------------------------------------------------------- orchestration
+def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: str | None = None,
+        progress: object = None) -> dict:  # fmt: skip
+    """Run ``scenario`` and return the result as a JSON-able dict (see the module docstring)."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; one of {SCENARIOS}")
+    say = progress if callable(progress) else (lambda msg: None)
+    want = {"pipeline", "baselines", "state"} if scenario == "all" else {scenario}
+    result: dict = {"meta": _meta(settings, config, scenario)}
+    workdir = Path(tempfile.mkdtemp(prefix="intentstream-bench-"))
+    try:
+        with contextlib.ExitStack() as stack:
+            if want & {"pipeline", "baselines"}:
+                if bootstrap is None and settings.kafka_bootstrap_servers:
+                    bootstrap = settings.kafka_bootstrap_servers
+                if bootstrap is None:
+                    bootstrap = stack.enter_context(EmbeddedBroker(workdir / "broker")).bootstrap
+                result["meta"]["bootstrap"] = bootstrap
+                bench = Bench(settings, bootstrap, workdir, config)
+                events = make_events(config.events, config.users, config.seed)
+                runs: dict[str, list[dict]] = {"pipeline": [], "raw_aiokafka": [], "faust_passthrough": []}
+                for r in range(config.repeats):
+                    if "baselines" in want:
+                        say(f"repeat {r + 1}/{config.repeats}: raw aiokafka baseline")
+                        runs["raw_aiokafka"].append(bench.baseline("raw", events))
+                        say(f"repeat {r + 1}/{config.repeats}: Faust pass-through baseline")
+                        runs["faust_passthrough"].append(bench.baseline("faust", events))
+                    if "pipeline" in want:
+                        say(f"repeat {r + 1}/{config.repeats}: full pipeline")
+                        runs["pipeline"].append(bench.pipeline_throughput(events))
+                if "pipeline" in want:
+                    result["pipeline"] = _summary(runs["pipeline"])
+                if "baselines" in want:
+                    result["baselines"] = {k: _summary(runs[k]) for k in ("raw_aiokafka", "faust_passthrough")}
+                if want >= {"pipeline", "baselines"}:
+                    result["ratios"] = _ratios(result["pipeline"], result["baselines"])
+                if "pipeline" in want:
+                    rate = config.rate or 0.5 * (result["pipeline"]["sustained_events_per_s"] or 0)
+                    if rate > 0:
+                        say(f"latency at {rate:,.0f} events/s")
+                        lat_events = make_events(
+                            max(config.events, 2_000 + int(rate * config.latency_seconds)), config.users, config.seed + 2
+                        )  # fmt: skip
+                        result["latency"] = bench.latency(lat_events, rate)
+                    else:
+                        result["latency"] = {"skipped": "no sustained throughput measured; pass --rate"}
+                    if config.restart:
+                        say(f"restart with {config.restart_users:,} users (rocksdb://)")
+                        result["restart"] = bench.restart(config.restart_users)
+            if "state" in want:
+                say(f"state benchmark with {config.users:,} users")
+                result["state"] = state(config.users, config.seed)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def _summary(runs: list[dict]) -> dict:
+    """Medians of the numeric figures of repeated runs, plus the runs themselves."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, int | float) and not isinstance(v, bool)] if runs else []
+    out: dict = {k: _median([r.get(k) for r in runs]) for k in keys}
+    out["complete"] = all(r.get("complete", False) for r in runs)
+    out["runs"] = runs
+    return out
+
+
+def _ratios(pipeline: dict, baselines: dict) -> dict:
+    out = {}
+    for name, b in baselines.items():
+        for metric in ("sustained_events_per_s", "backlog_events_per_s"):
+            p, q = pipeline.get(metric), b.get(metric)
+            out[f"{metric.removesuffix('_events_per_s')}_vs_{name}"] = p / q if p and q else None
+    return out
+
+
+def _meta(settings: Settings, config: BenchConfig, scenario: str) -> dict:
+    import faust
+
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "scenario": scenario,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "faust": faust.__version__,
+        "store": settings.store,
+        "batch_size": settings.batch_size,
+        "batch_wait_ms": settings.batch_wait_ms,
+        **{k: v for k, v in vars(config).items()},
+    }
+
+
+# ------------------------------------------------------------------------------------- output
+def _fmt(v: object, unit: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.0f}{unit}" if abs(v) >= 100 else f"{v:,.2f}{unit}"
+    return f"{v}{unit}"
+
+
+def table(result: dict) -> str:
+    """The headline figures as a plain-text table (medians over the repeats)."""
+    rows: list[tuple[str, str]] = []
+    p = result.get("pipeline")
+    if p:
+        rows += [
+            ("pipeline sustained (10-90%) events/s", _fmt(p.get("sustained_events_per_s"))),
+            ("pipeline backlog (first batch-last) events/s", _fmt(p.get("backlog_events_per_s"))),
+            ("worker start-up to /readyz", _fmt(p.get("startup_s"), " s")),
+            ("stall: first batch to first event handled", _fmt(p.get("stall_s"), " s")),
+            ("worker RSS after backlog", _fmt(p.get("worker_rss_mb"), " MiB")),
+        ]
+    for name, b in (result.get("baselines") or {}).items():
+        rows.append((f"{name} sustained events/s", _fmt(b.get("sustained_events_per_s"))))
+    for name, r in (result.get("ratios") or {}).items():
+        rows.append((f"ratio {name}", _fmt(r, "x")))
+    lat = result.get("latency")
+    if lat and "latency_ms" in lat:
+        rows.append(("latency offered / achieved events/s",
+                     f"{_fmt(lat['offered_events_per_s'])} / {_fmt(lat['achieved_events_per_s'])}"))  # fmt: skip
+        for q in ("p50", "p95", "p99"):
+            rows.append((f"event-to-signal {q} (signal Kafka ts)", _fmt(lat["latency_ms"][q], " ms")))
+        rows.append(("event-to-signal p99 (received)", _fmt(lat["receive_latency_ms"]["p99"], " ms")))
+        rows.append(("signals matched", _fmt(lat["signals_matched"])))
+    st = result.get("state")
+    if st:
+        rows += [("state bytes/user", _fmt(st.get("bytes_per_user"))), ("state updates/s", _fmt(st.get("updates_per_s")))]
+    rs = result.get("restart")
+    if rs:
+        rows += [
+            (f"restart with {rs.get('users'):,} users: ready in", _fmt(rs.get("restart_ready_s"), " s")),
+            ("cold start (empty store): ready in", _fmt(rs.get("cold_ready_s"), " s")),
+        ]
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{k:<{width}}  {v:>14}" for k, v in rows)
+
+
+@contextlib.contextmanager
+def _quiet_loggers() -> Iterator[None]:
+    import logging
+
+    names = ("aiokafka", "kafka", "stream.broker")
+    old = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for n, lvl in old.items():
+            logging.getLogger(n).setLevel(lvl)
+
+
+def main(settings: Settings, scenario: str, config: BenchConfig, json_path: Path | None = None) -> int:
+    """Run, print the table to stderr and the JSON to stdout (and to ``json_path``)."""
+    with _quiet_loggers():
+        result = run(settings, scenario, config, progress=lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
+    text = json.dumps(result, indent=2, default=str)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(text + "\n")
+    print(table(result), file=sys.stderr)
+    print(text)
+    return 0
