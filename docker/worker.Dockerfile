@@ -43,7 +43,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     INTENTSTREAM_MODEL_DIR=/models \
     INTENTSTREAM_STORE=rocksdb:// \
     INTENTSTREAM_WEB_PORT=6066 \
-    WEB_BIND=0.0.0.0
+    INTENTSTREAM_WEB_HOST=0.0.0.0
 USER 10001:10001
 WORKDIR /var/lib/intentstream
 VOLUME ["/var/lib/intentstream"]

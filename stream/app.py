@@ -80,7 +80,7 @@ def create_app(settings: Settings, bootstrap: str, *, registry: CollectorRegistr
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=20.0,
-        table_standby_replicas=0,
+        table_standby_replicas=settings.standby_replicas,
         logging_config=None,
     )
     raw = {"key_serializer": "raw", "value_serializer": "raw"}

@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="model registry directory (default: DATA_DIR/models)")
     store: Literal["memory://", "rocksdb://"] = Field("rocksdb://", description="Faust table store")
     web_port: int = Field(6066, ge=1, le=65535, description="/metrics, /healthz, /readyz")
-    web_host: str = "127.0.0.1"
+    web_host: str = Field("127.0.0.1", description="address the web server binds (0.0.0.0 in containers)")
+    standby_replicas: int = Field(0, ge=0, le=3, description="warm copies of each table partition on other workers")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     pseudonym_key: SecretStr | None = Field(
         None, description="HMAC key for user ids (>= 16 chars); dev default: a random key kept in DATA_DIR"

@@ -316,7 +316,7 @@ def test_worker_probes_state_and_graceful_shutdown(overlay: str) -> None:
     assert settings["INTENTSTREAM_STORE"].startswith("rocksdb://")
     assert settings["INTENTSTREAM_MODEL_DIR"] in mounts
 
-    standby = int(settings["TABLE_STANDBY_REPLICAS"])
+    standby = int(settings["INTENTSTREAM_STANDBY_REPLICAS"])
     assert standby < max(workers["spec"]["replicas"], 1) or standby == 0
     if overlay == "prod":
         assert standby >= 1 and workers["spec"]["replicas"] >= 2

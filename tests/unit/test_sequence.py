@@ -229,3 +229,23 @@ def test_trains_and_scores_on_cuda_with_mixed_precision(tmp_path):
     gpu = SequenceScorer.load(tmp_path / "seq.pt", device="cuda")
     windows = [h[-TINY.max_len:] for h in user_histories(planted()).values()]
     np.testing.assert_allclose(cpu.score_batch(windows).p_intent, gpu.score_batch(windows).p_intent, atol=1e-3)
+
+
+def test_registry_serves_checkpoints_and_refuses_a_broken_one(trained, tmp_path):
+    from models.registry import ArtifactError, Registry
+
+    def load(p):
+        return SequenceScorer.load(p / "seq.pt")
+
+    art = tmp_path / "art"
+    art.mkdir()
+    trained.save(art / "seq.pt")
+    reg = Registry(tmp_path / "reg")
+    v1 = reg.save(art, {"metrics": {"val_intent_auc": trained.metrics["val"]["intent_auc"]}})
+    assert reg.promote_if_better(v1, "val_intent_auc", loader=load)
+    (art / "seq.pt").write_bytes(b"garbage")  # an incompatible artifact with a better claimed metric
+    v2 = reg.save(art, {"metrics": {"val_intent_auc": 0.99}})
+    with pytest.raises(ArtifactError, match="cannot be loaded"):
+        reg.promote_if_better(v2, "val_intent_auc", loader=load)
+    version, scorer = reg.load_current(load)
+    assert version == v1 and isinstance(scorer, SequenceScorer)
