@@ -12,11 +12,15 @@ TORCH ?= torch==2.13.0
 help: ## list every developer command
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# pip on these machines warns about every configured local index it cannot find; keep the errors only.
+QUIET := 2>&1 | { grep -v "^WARNING: Location" || true; }; test $${PIPESTATUS[0]} -eq 0
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev]"
+	@echo "installing into $(VENV) (first time: a minute or two)"
+	@$(PIP) install -q --upgrade pip $(QUIET)
+	@$(PIP) install -q "$(TORCH)" $(QUIET)
+	@$(PIP) install -q -e ".[dev]" $(QUIET)
 	@touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install the package with its dev dependencies (idempotent)

@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
                   "max_epochs": 2 if args.quick else args.max_epochs}
         for item in args.set:
             key, value = item.split("=", 1)
-            fields[key] = type(getattr(SeqConfig, key))(value)
+            kind = type(getattr(SeqConfig, key))
+            fields[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
         cfg = SeqConfig(**fields)
         print(f"== {arch}", file=sys.stderr)
         res = train(train_events, cfg, device="cpu", max_seconds=args.max_seconds)

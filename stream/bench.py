@@ -592,7 +592,7 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
                 if want >= {"pipeline", "baselines"}:
                     result["ratios"] = _ratios(result["pipeline"], result["baselines"])
                 if "pipeline" in want:
-                    rate = config.rate or 0.5 * (result["pipeline"]["sustained_events_per_s"] or 0)
+                    rate = config.rate or 0.5 * (result["pipeline"].get("sustained_events_per_s") or 0)
                     if rate > 0:
                         say(f"latency at {rate:,.0f} events/s")
                         lat_events = make_events(
@@ -614,7 +614,9 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
 
 def _summary(runs: list[dict]) -> dict:
     """Medians of the numeric figures of repeated runs, plus the runs themselves."""
-    keys = [k for k, v in runs[0].items() if isinstance(v, int | float) and not isinstance(v, bool)] if runs else []
+    keys = dict.fromkeys(
+        k for r in runs for k, v in r.items() if v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+    )
     out: dict = {k: _median([r.get(k) for r in runs]) for k in keys}
     out["complete"] = all(r.get("complete", False) for r in runs)
     out["runs"] = runs

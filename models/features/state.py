@@ -157,8 +157,12 @@ class StateConfig:
             raise ValueError("category_weights needs one non-negative weight per event type")
         if self.category_half_life_ms <= 0 or self.term_half_life_ms <= 0:
             raise ValueError("half-lives must be positive")
+        # Decay rates (1 / time constant), derived once: apply_event reads them on every event, and
+        # a cache keyed by the config would hash all its fields each time.
+        rates = (tuple(1.0 / h for h in self.horizons_ms), 1.0 / self.category_tau_ms, 1.0 / self.term_tau_ms)
+        object.__setattr__(self, "_rates", rates)
 
-    # Time constants, derived once: the hot path multiplies instead of dividing by a half-life.
+    # Exponential time constants (ms) of the half-lives: tau = half_life / ln 2.
     @property
     def category_tau_ms(self) -> float:
         return self.category_half_life_ms / _LN2
@@ -166,16 +170,6 @@ class StateConfig:
     @property
     def term_tau_ms(self) -> float:
         return self.term_half_life_ms / _LN2
-
-
-@lru_cache(maxsize=64)
-def _rates(cfg: StateConfig) -> tuple[tuple[float, ...], float, float]:
-    """(1/tau per horizon, 1/tau categories, 1/tau terms), cached per config."""
-    return (
-        tuple(1.0 / h for h in cfg.horizons_ms),
-        1.0 / cfg.category_tau_ms,
-        1.0 / cfg.term_tau_ms,
-    )
 
 
 class UserState:
@@ -435,9 +429,12 @@ def apply_event(state: UserState, ev: Event, cfg: StateConfig) -> str:
     ts = ev.ts
     last = state.last_ts
     key = _KEY.pack(ts >> 32, ts & _U32, h)
+    counts = state.counts
+    if len(counts) != N_TYPES * len(cfg.horizons_ms):
+        if last:
+            raise ValueError("state was built with a different number of horizons than this config")
+        state.counts = counts = [0.0] * (N_TYPES * len(cfg.horizons_ms))  # empty state made without cfg
     if last == 0:
-        if len(state.counts) != N_TYPES * len(cfg.horizons_ms):
-            state.counts = [0.0] * (N_TYPES * len(cfg.horizons_ms))
         # First event: the reference time starts here, so it takes the "same time" path below.
         state.first_seen = state.last_ts = state.sess_start = last = ts
         state.n_sessions = 1
@@ -445,13 +442,10 @@ def apply_event(state: UserState, ev: Event, cfg: StateConfig) -> str:
         len(seen) >= cfg.dedupe_n * _KEY.size and key < seen[: _KEY.size]
     ):
         return LATE
-    if len(state.counts) != N_TYPES * len(cfg.horizons_ms):
-        raise ValueError("state was built with a different number of horizons than this config")
 
     t = TYPE_INDEX[ev.type]
     rec = _recent_event(ev, t)
-    rates, cat_rate, term_rate = _rates(cfg)
-    counts = state.counts
+    rates, cat_rate, term_rate = cfg._rates  # type: ignore[attr-defined]
     if ts > last:
         # Newest event: move the reference time forward, decaying everything held "as of last_ts".
         d = ts - last

@@ -12,8 +12,7 @@ Reported (:meth:`ProgressiveMetrics.as_dict`, the shape the metrics endpoint exp
   (None until both classes are in the window) and the expected calibration error (10 equal-width
   bins of p, mean |mean p - positive rate| weighted by bin size). A window, not the lifetime,
   because a drifting model should show its current quality.
-* ``dropped``: predictions the pending bound evicted before a label came (never learned);
-  ``cold``: labels whose prediction was a cold-start prior.
+* ``dropped``: predictions the pending bound evicted before a label came (never learned).
 
 >>> m = ProgressiveMetrics(window=4)
 >>> for p, y in [(0.9, 1), (0.2, 0), (0.7, 1), (0.4, 0), (0.6, 0)]:
@@ -46,14 +45,12 @@ class ProgressiveMetrics:
         self.positives = 0
         self.loss_sum = 0.0
         self.dropped = 0
-        self.cold = 0
         self._recent: deque[tuple[float, int]] = deque(maxlen=window)
 
-    def update(self, y: int, p: float, *, cold: bool = False) -> None:
+    def update(self, y: int, p: float) -> None:
         """Score one resolved label ``y`` against the probability ``p`` given at prediction time."""
         self.n += 1
         self.positives += y
-        self.cold += cold
         q = min(max(p, _EPS), 1.0 - _EPS)
         self.loss_sum -= math.log(q) if y else math.log(1.0 - q)
         self._recent.append((p, y))
@@ -69,7 +66,6 @@ class ProgressiveMetrics:
             "roc_auc": None,
             "calibration_error": None,
             "dropped": self.dropped,
-            "cold": self.cold,
         }
         if self._recent:
             p = np.fromiter((r[0] for r in self._recent), float, len(self._recent))

@@ -36,6 +36,11 @@ class SeqConfig:
     category_buckets: int = 1 << 13
     query_buckets: int = 1 << 12
     gap_buckets: int = 24  # log2(seconds) buckets of the gap to the previous event
+    # Identity embeddings of items, categories and queries as inputs. With little data they let
+    # the model memorise the training users' own items instead of learning behaviour that
+    # carries over to new users (measured in docs/SEQUENCE.md). The next-category output and
+    # the copy mechanism work on category buckets either way.
+    id_embeddings: bool = True
     # -- labels --
     intent_ms: int = 30 * MINUTE_MS  # purchase intent: a purchase in (t, t + intent_ms]
     churn_ms: int = 3 * DAY_MS  # churn risk: no event at all in (t, t + churn_ms]

@@ -37,9 +37,10 @@ class SequenceModel(nn.Module):
         self.cfg = cfg
         d = cfg.d_model
         self.type_emb = nn.Embedding(N_TYPES + 1, d, padding_idx=0)
-        self.item_emb = nn.Embedding(cfg.item_buckets, d, padding_idx=0)
-        self.cat_emb = nn.Embedding(cfg.category_buckets, d, padding_idx=0)
-        self.query_emb = nn.Embedding(cfg.query_buckets, d, padding_idx=0)
+        if cfg.id_embeddings:
+            self.item_emb = nn.Embedding(cfg.item_buckets, d, padding_idx=0)
+            self.cat_emb = nn.Embedding(cfg.category_buckets, d, padding_idx=0)
+            self.query_emb = nn.Embedding(cfg.query_buckets, d, padding_idx=0)
         self.gap_emb = nn.Embedding(cfg.gap_buckets, d)
         self.num_proj = nn.Linear(N_NUM, d)
         self.in_norm = nn.LayerNorm(d)
@@ -65,8 +66,9 @@ class SequenceModel(nn.Module):
 
     # -- shared pieces --------------------------------------------------------------------------
     def embed(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = (self.type_emb(b["type"]) + self.item_emb(b["item"]) + self.cat_emb(b["cat"])
-             + self.query_emb(b["query"]) + self.gap_emb(b["gap"]) + self.num_proj(b["num"]))
+        x = self.type_emb(b["type"]) + self.gap_emb(b["gap"]) + self.num_proj(b["num"])
+        if self.cfg.id_embeddings:
+            x = x + self.item_emb(b["item"]) + self.cat_emb(b["cat"]) + self.query_emb(b["query"])
         return self.drop(self.in_norm(x))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

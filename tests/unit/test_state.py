@@ -351,3 +351,13 @@ def test_state_fits_the_budget_on_the_simulated_mix():
         apply_event(states.setdefault(ev.user, UserState.new()), ev, CFG)
     sizes = [len(s.to_bytes()) for s in states.values()]
     assert sum(sizes) / len(sizes) <= 1024
+
+
+@pytest.mark.bench
+def test_state_bench_smoke():
+    pytest.importorskip("stream.logic.simulator")
+    from benchmarks.state_bench import run
+
+    result = run(users=50, seed=1, events_per_user=4, disorder_ms=LATENESS)
+    assert result["events"] == 200 and result["statuses"] == {"applied": 200}
+    assert {"users", "bytes_per_user", "updates_per_s"} <= result.keys() and result["bytes_per_user"] > 0

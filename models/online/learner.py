@@ -1,0 +1,419 @@
+"""Online learners for purchase intent and churn: score, remember, learn when the label comes.
+
+:class:`OnlineLearner` wraps one River model for one task with everything the stream needs around
+it: a cold-start prior, readable reasons, the delayed-label join (:mod:`models.online.labels`),
+progressive-validation metrics (:mod:`models.online.metrics`) and a versioned checkpoint.
+:class:`PartitionLearners` holds the two tasks' learners of one input partition and is the one
+object the stream calls: :meth:`~PartitionLearners.on_event` per applied event,
+:meth:`~PartitionLearners.on_watermark` for a user whose :meth:`~PartitionLearners.next_due` the
+partition's watermark has reached.
+
+The order of calls is River's progressive validation with real delays: an event first settles the
+labels it can (``resolve``: ``learn_one`` on the stored snapshots), then it is scored
+(``predict_proba_one`` on the features as of the event) and the prediction is queued with its
+features (``observe``). A prediction is learned from exactly once, and never before it was made.
+
+**Cold start.** A user with no history before the current event (``recent_events <= 1`` for
+intent: the same rule as the first ``RuleScorer``), or a model that has not yet learned
+``warmup`` labels of both classes, gets the population prior instead of a model score: the running
+base rate of the labels seen so far, shrunk towards ``prior`` by ``prior_weight`` pseudo-labels.
+Such predictions are flagged ``cold`` and still queued, so the label still teaches the model.
+For churn every scored user has at least one event, so only the warm-up makes a score cold.
+
+**Reasons.** For the linear model: the three largest ``|w_i * z_i|`` (log-odds terms of the scaled
+features), which with the intercept sum to the score's log-odds. For tree ensembles, which have no
+additive decomposition: the features where the user is most unusual (largest ``|z|`` under a
+running standardisation), each replaced by its population mean one at a time; the reason's
+``contribution`` is how much the probability drops (or rises) when the feature is made ordinary.
+That is an occlusion attribution: it explains this score, not the model globally.
+
+>>> from models.events import Event
+>>> from models.features.state import StateConfig, UserState, apply_event
+>>> learners = PartitionLearners.new(intent_model="linear", churn_model="linear")
+>>> state, pending = UserState.new(), UserPending()
+>>> t0 = 1_700_000_000_000
+>>> for i, kind in enumerate(["click", "add_to_cart", "purchase"]):
+...     ev = Event(f"e{i}", "u1", kind, t0 + i * 60_000, item_id="i1")
+...     _ = apply_event(state, ev, StateConfig())
+...     out = learners.on_event(pending, state, ev)
+>>> out.intent is None, len(pending.intent), len(pending.churn)  # a purchase is not scored for intent
+(True, 0, 1)
+>>> learners.intent.metrics()["n"], learners.intent.metrics()["positives"]  # both views led to the buy
+(2, 2)
+>>> PartitionLearners.from_bytes(learners.to_bytes()).intent.metrics()["n"]
+2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import struct
+from typing import Any, NamedTuple
+
+import numpy as np
+import river
+
+from models.events import Event
+from models.features.online import feature_names, online_features
+from models.features.state import DAY_MS, MINUTE_MS, StateConfig, UserState
+from models.online import labels
+from models.online.labels import CHURN, INTENT, LabelRule, Pending, UserPending
+from models.online.metrics import ProgressiveMetrics
+from models.online.pipelines import DEFAULT_MODEL, build, linear_contributions
+
+Reasons = list[dict]
+
+MAGIC = b"ISOL"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<4sH")
+
+
+class IncompatibleCheckpoint(ValueError):
+    """The bytes are not a checkpoint this code can load (other format, version or River)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    """Hyper-parameters of one task's learner; saved inside its checkpoint.
+
+    ``None`` fields take the task's default: H = 30 min for intent, D = 30 days for churn; the
+    model family from :data:`models.online.pipelines.DEFAULT_MODEL`; the prior 0.03 for intent
+    (share of views followed by a purchase within 30 min on Taobao and the simulator) and 0.5 for
+    churn (no knowledge).
+
+    >>> LearnerConfig("churn").rule().horizon_ms // DAY_MS
+    30
+    """
+
+    task: str
+    model: str | None = None
+    horizon_ms: int | None = None
+    max_pending: int = 8
+    scan_every_ms: int | None = None
+    scan_until_ms: int | None = None
+    warmup: int = 50
+    prior: float | None = None
+    prior_weight: float = 20.0
+    min_history: int | None = None  # events (the current one included) below which a user is cold
+    metrics_window: int = 10_000
+    top_reasons: int = 3
+    explain_candidates: int = 8  # tree models: features tried by the occlusion attribution
+    seed: int = 42
+    state: StateConfig = dataclasses.field(default_factory=StateConfig)
+
+    def __post_init__(self) -> None:
+        if self.task not in labels.TASKS:
+            raise ValueError(f"task must be one of {labels.TASKS}, got {self.task!r}")
+        intent = self.task == INTENT
+        for name, value in (
+            ("model", DEFAULT_MODEL[self.task]),
+            ("horizon_ms", 30 * MINUTE_MS if intent else 30 * DAY_MS),
+            ("prior", 0.03 if intent else 0.5),
+            ("min_history", 2 if intent else 1),
+        ):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        self.rule()  # validates the label fields
+
+    def rule(self) -> LabelRule:
+        return LabelRule(self.task, self.horizon_ms, self.max_pending, self.scan_every_ms, self.scan_until_ms)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["state"] = dataclasses.asdict(self.state)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LearnerConfig:
+        st = d["state"]
+        st = {k: tuple(v) if isinstance(v, list) else v for k, v in st.items()}
+        return cls(**{**d, "state": StateConfig(**st)})
+
+
+class Prediction(NamedTuple):
+    p: float
+    reasons: Reasons
+    cold: bool
+
+
+class OnlineLearner:
+    """One task's online model with its label join, prior, reasons, metrics and checkpoint.
+
+    >>> lr = OnlineLearner(LearnerConfig("intent", warmup=2))
+    >>> names = lr.names
+    >>> x = {n: 0.0 for n in names} | {"recent_events": 5.0, "session_carts": 2.0}
+    >>> q = Pending()
+    >>> lr.predict(x).cold  # nothing learned yet: the prior
+    True
+    >>> lr.observe(q, Event("e", "u", "click", 1_000, item_id="i"), x, 0.03)
+    True
+    >>> lr.resolve(q, Event("b", "u", "purchase", 2_000))  # the buy settles the view: learned once
+    1
+    >>> lr.resolve(q, 10**12)  # nothing left to learn
+    0
+    """
+
+    def __init__(self, cfg: LearnerConfig, model: Any = None) -> None:
+        self.cfg = cfg
+        self.rule = cfg.rule()
+        self.names = feature_names(cfg.state)
+        self.model = model if model is not None else build(cfg.model, cfg.seed)  # type: ignore[arg-type]
+        self.metrics_ = ProgressiveMetrics(cfg.metrics_window)
+        self.n_learned = 0
+        self.learned_pos = 0
+        # Running mean/variance of the features (Welford), for the tree models' attribution.
+        self._mean = np.zeros(len(self.names))
+        self._m2 = np.zeros(len(self.names))
+        self._is_linear = cfg.model == "linear"
+
+    # ------------------------------------------------------------------ scoring
+    def base_rate(self) -> float:
+        """The population prior: positive share of learned labels, shrunk towards ``cfg.prior``."""
+        c = self.cfg
+        return (self.learned_pos + c.prior * c.prior_weight) / (self.n_learned + c.prior_weight)  # type: ignore[operator]
+
+    def warm(self) -> bool:
+        """Whether the model has learned enough (``warmup`` labels, both classes) to be served."""
+        return self.n_learned >= self.cfg.warmup and 0 < self.learned_pos < self.n_learned
+
+    def predict(self, features: dict[str, float], *, explain: bool = True) -> Prediction:
+        """``(probability, reasons, cold)`` for one user's features (see the module docstring)."""
+        if features.get("recent_events", 0.0) < self.cfg.min_history or not self.warm():  # type: ignore[operator]
+            why = "no history before this event" if self.warm() else "model still warming up"
+            reasons = [{"feature": "cold_start", "value": 1.0, "contribution": 0.0,
+                        "text": f"population prior ({why})"}] if explain else []  # fmt: skip
+            return Prediction(self.base_rate(), reasons, True)
+        p = float(self.model.predict_proba_one(features).get(True, 0.0))
+        return Prediction(p, self._reasons(features, p) if explain else [], False)
+
+    def _reasons(self, x: dict[str, float], p: float) -> Reasons:
+        k = self.cfg.top_reasons
+        contrib = linear_contributions(self.model, x) if self._is_linear else None
+        unit = "log-odds"
+        if contrib is None:
+            unit = "probability"
+            std = np.sqrt(self._m2 / max(self.n_learned - 1, 1))
+            vec = np.fromiter((x[n] for n in self.names), float, len(self.names))
+            z = np.where(std > 0, (vec - self._mean) / np.where(std > 0, std, 1.0), 0.0)
+            contrib = {}
+            for i in np.argsort(-np.abs(z))[: self.cfg.explain_candidates]:
+                if z[i] == 0:
+                    break
+                name = self.names[i]
+                q = self.model.predict_proba_one({**x, name: float(self._mean[i])}).get(True, 0.0)
+                contrib[name] = p - q
+        top = sorted(contrib.items(), key=lambda kv: -abs(kv[1]))[:k]
+        return [
+            {"feature": n, "value": round(x[n], 4), "contribution": round(c, 4),
+             "text": f"{n} = {x[n]:.3g} {'raises' if c > 0 else 'lowers'} the score ({c:+.2f} {unit})"}
+            for n, c in top if c != 0
+        ]  # fmt: skip
+
+    # ------------------------------------------------------------------ label join
+    def _vector(self, features: dict[str, float]) -> np.ndarray:
+        return np.fromiter((features[n] for n in self.names), np.float32, len(self.names))
+
+    def observe(self, pending: Pending, event: Event, features: dict[str, float], p: float) -> bool:
+        """Queue the prediction ``p`` made for ``event`` from ``features`` until its label is known.
+
+        Intent predictions are queued for non-purchase events only (the product's definition);
+        churn predictions for every event. Returns whether a prediction was queued.
+        """
+        if self.cfg.task == INTENT and event.type == "purchase":
+            return False
+        if labels.add(pending, self.rule, event.ts, self._vector(features), p) is not None:
+            self.metrics_.dropped += 1
+        return True
+
+    def observe_scan(self, pending: Pending, watermark_ms: int, features: dict[str, float], p: float) -> bool:
+        """Queue a churn prediction made for a *silent* user at ``watermark_ms`` (features read at
+        the watermark), at most one per ``scan_every_ms`` and only while the silence is below
+        ``scan_until_ms``: these teach the model what growing silence means, which predictions
+        made at purchase time cannot. Returns whether it was queued."""
+        if self.cfg.task != CHURN:
+            raise ValueError("scan predictions exist for churn only")
+        silence_ms = features["secs_since_last_event"] * 1000.0
+        newest = pending.snapshots[-1].ts if pending.snapshots else None
+        if silence_ms <= 0 or silence_ms > self.rule.scan_until_ms:  # type: ignore[operator]
+            return False
+        if newest is not None and watermark_ms - newest < self.rule.scan_every_ms:  # type: ignore[operator]
+            return False
+        if labels.add(pending, self.rule, watermark_ms, self._vector(features), p) is not None:
+            self.metrics_.dropped += 1
+        return True
+
+    def resolve(self, pending: Pending, event_or_watermark: Event | int, *, collect: list | None = None) -> int:
+        """Learn from every label that the event (of this user) or the watermark settles; return
+        how many. Each resolved prediction is scored into the metrics with the probability it was
+        served with, then learned (``learn_one``) once. ``collect``, if given, receives
+        ``(ts, x, y, p)`` per label (evaluation only)."""
+        if isinstance(event_or_watermark, Event):
+            done = labels.resolve_event(pending, self.rule, event_or_watermark.type, event_or_watermark.ts)
+        else:
+            done = labels.resolve_watermark(pending, self.rule, int(event_or_watermark))
+        for snap, y in done:
+            self.metrics_.update(y, snap.p)
+            x = dict(zip(self.names, snap.x.tolist(), strict=True))
+            self.model.learn_one(x, bool(y))
+            self.n_learned += 1
+            self.learned_pos += y
+            if not self._is_linear:
+                d = snap.x - self._mean
+                self._mean += d / self.n_learned
+                self._m2 += d * (snap.x - self._mean)
+            if collect is not None:
+                collect.append((snap.ts, snap.x, y, snap.p))
+        return len(done)
+
+    def next_due(self, pending: Pending) -> int | None:
+        """The watermark at which this user's queue next needs :meth:`resolve` (None: nothing queued)."""
+        return labels.next_due(pending, self.rule)
+
+    # ------------------------------------------------------------------ metrics, checkpoint
+    def metrics(self) -> dict[str, Any]:
+        """Progressive-validation metrics plus model facts, as plain values."""
+        return {**self.metrics_.as_dict(), "learned": self.n_learned, "warm": self.warm(),
+                "model": self.cfg.model, "task": self.cfg.task}  # fmt: skip
+
+    def to_bytes(self) -> bytes:
+        """A versioned checkpoint: header, then a pickle of the config (as plain values), the River
+        model and the learner's counters. Loading needs nothing else."""
+        body = {
+            "river": river.__version__,
+            "config": self.cfg.to_dict(),
+            "model": self.model,
+            "metrics": self.metrics_,
+            "n_learned": self.n_learned,
+            "learned_pos": self.learned_pos,
+            "mean": self._mean,
+            "m2": self._m2,
+        }
+        return _HEADER.pack(MAGIC, FORMAT_VERSION) + pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> OnlineLearner:
+        """Load :meth:`to_bytes` output; :class:`IncompatibleCheckpoint` if it is not one this code
+        (and this River version, whose pickles are not stable across releases) can load."""
+        body = _load(data)
+        lr = cls(LearnerConfig.from_dict(body["config"]), model=body["model"])
+        lr.metrics_ = body["metrics"]
+        lr.n_learned, lr.learned_pos = body["n_learned"], body["learned_pos"]
+        lr._mean, lr._m2 = body["mean"], body["m2"]
+        return lr
+
+
+def _load(data: bytes) -> dict:
+    if len(data) < _HEADER.size or data[:4] != MAGIC:
+        raise IncompatibleCheckpoint("not an online-learner checkpoint (bad magic bytes)")
+    _, version = _HEADER.unpack_from(data)
+    if version != FORMAT_VERSION:
+        raise IncompatibleCheckpoint(f"checkpoint format v{version}; this code reads v{FORMAT_VERSION} only")
+    body = pickle.loads(data[_HEADER.size :])  # our own checkpoints only: pickle runs code on load
+    saved, here = body.get("river", "?"), river.__version__
+    if saved.split(".")[:2] != here.split(".")[:2]:
+        raise IncompatibleCheckpoint(f"checkpoint written with river {saved}, this is river {here}")
+    return body
+
+
+class Scores(NamedTuple):
+    """What :meth:`PartitionLearners.on_event` returns: the two tasks' predictions (intent is None
+    for purchases) and how many labels the event settled."""
+
+    intent: Prediction | None
+    churn: Prediction
+    learned: int
+
+
+class PartitionLearners:
+    """The intent and churn learners of one input partition (one model per partition: it moves
+    with the partition on a rebalance; see docs/ONLINE.md)."""
+
+    def __init__(self, intent: OnlineLearner, churn: OnlineLearner) -> None:
+        if intent.cfg.task != INTENT or churn.cfg.task != CHURN:
+            raise ValueError("PartitionLearners(intent=..., churn=...) got the tasks the wrong way round")
+        if intent.cfg.state != churn.cfg.state:
+            raise ValueError("both learners must read features with the same StateConfig")
+        self.intent, self.churn = intent, churn
+        self.state_cfg = intent.cfg.state
+
+    @classmethod
+    def new(cls, state: StateConfig | None = None, **kw: Any) -> PartitionLearners:
+        """Fresh learners; ``intent_<field>=`` / ``churn_<field>=`` set :class:`LearnerConfig` fields."""
+        st = state or StateConfig()
+        per = {t: {k[len(t) + 1 :]: v for k, v in kw.items() if k.startswith(t + "_")} for t in (INTENT, CHURN)}
+        unknown = set(kw) - {f"{t}_{k}" for t in per for k in per[t]}
+        if unknown:
+            raise TypeError(f"unknown arguments {sorted(unknown)}")
+        return cls(
+            OnlineLearner(LearnerConfig(INTENT, state=st, **per[INTENT])),
+            OnlineLearner(LearnerConfig(CHURN, state=st, **per[CHURN])),
+        )
+
+    def on_event(self, pending: UserPending, state: UserState, event: Event, *, explain: bool = True) -> Scores:
+        """Per *applied* event (after ``apply_event``): learn what the event settles, score it, queue
+        the predictions. ``pending`` is updated in place; store it back with the user's record."""
+        learned = self.intent.resolve(pending.intent, event) + self.churn.resolve(pending.churn, event)
+        f = online_features(state, event.ts, self.state_cfg)
+        intent = None
+        if event.type != "purchase":
+            intent = self.intent.predict(f, explain=explain)
+            self.intent.observe(pending.intent, event, f, intent.p)
+        churn = self.churn.predict(f, explain=explain)
+        self.churn.observe(pending.churn, event, f, churn.p)
+        return Scores(intent, churn, learned)
+
+    def on_watermark(
+        self, pending: UserPending, state: UserState, watermark_ms: int, *, explain: bool = True
+    ) -> tuple[Prediction | None, int]:
+        """For a user whose :meth:`next_due` the partition's watermark reached (or whom the churn
+        scan visits): learn what the watermark settles, then score churn at the watermark for a
+        silent user (queued as a scan prediction when due). Returns ``(churn prediction or None if
+        the user is not silent, labels learned)``."""
+        learned = self.intent.resolve(pending.intent, watermark_ms) + self.churn.resolve(pending.churn, watermark_ms)
+        if not state.last_ts or watermark_ms <= state.last_ts:
+            return None, learned
+        f = online_features(state, watermark_ms, self.state_cfg)
+        pred = self.churn.predict(f, explain=explain)
+        self.churn.observe_scan(pending.churn, watermark_ms, f, pred.p)
+        return pred, learned
+
+    def next_due(self, pending: UserPending, state: UserState) -> int | None:
+        """The watermark at which this user next needs :meth:`on_watermark`: a label expiring, or
+        the next churn scan while the user is silent but not yet past ``scan_until_ms``."""
+        dues = [d for d in (self.intent.next_due(pending.intent), self.churn.next_due(pending.churn)) if d is not None]
+        rule = self.churn.rule
+        if state.last_ts:
+            newest = max([state.last_ts, *(s.ts for s in pending.churn.snapshots)])
+            scan = newest + rule.scan_every_ms  # type: ignore[operator]
+            if scan - state.last_ts <= rule.scan_until_ms:  # type: ignore[operator]
+                dues.append(scan)
+        return min(dues) if dues else None
+
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        return {INTENT: self.intent.metrics(), CHURN: self.churn.metrics()}
+
+    _LEN = struct.Struct("<I")
+
+    def to_bytes(self) -> bytes:
+        """Both checkpoints, length-prefixed: the value of the partition's model-table entry."""
+        a = self.intent.to_bytes()
+        return self._LEN.pack(len(a)) + a + self.churn.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PartitionLearners:
+        if len(data) < 4:
+            raise IncompatibleCheckpoint("partition checkpoint too short")
+        (n,) = cls._LEN.unpack_from(data)
+        return cls(OnlineLearner.from_bytes(data[4 : 4 + n]), OnlineLearner.from_bytes(data[4 + n :]))
+
+
+__all__ = [
+    "IncompatibleCheckpoint",
+    "LearnerConfig",
+    "OnlineLearner",
+    "PartitionLearners",
+    "Prediction",
+    "Scores",
+    "UserPending",
+]

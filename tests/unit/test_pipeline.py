@@ -1,0 +1,94 @@
+"""The batch pipeline: state records, intent on the rising edge, churn from the event-time watermark."""
+
+from models.events import Event
+from models.features.state import StateConfig
+from stream.logic.pipeline import Pipeline, PipelineConfig, UserRecord
+from stream.logic.policy import PolicyRule
+from stream.logic.scoring import RuleScorer
+
+H = 3_600_000
+T0 = 1_700_000_000_000
+
+
+def pipeline(**kw):
+    cfg = PipelineConfig(
+        StateConfig(), PolicyRule(0.5, 0.1, 30 * 60_000), PolicyRule(0.6, 0.1, 30 * 60_000),
+        churn_risk_after_ms=kw.get("risk", 6 * H), state_ttl_ms=kw.get("ttl", 30 * 24 * H),
+    )  # fmt: skip
+    return Pipeline(cfg, RuleScorer(churn_after_ms=24 * H), clock=lambda: 0)
+
+
+def clicks(user, start, n, gap=60_000, prefix=""):
+    return [Event(f"{prefix}{user}{i}", user, "click", start + i * gap, item_id=f"i{i}", category_id="c1") for i in range(n)]
+
+
+def run(p, records, events, partition=0):
+    out = p.process(records, [(partition, e) for e in events])
+    records.update(out.records)
+    return out
+
+
+def test_records_round_trip_through_bytes():
+    p, records = pipeline(), {}
+    run(p, records, clicks("u", T0, 5))
+    rec = records["u"]
+    again = UserRecord.from_bytes(rec.to_bytes())
+    assert again.state.to_bytes() == rec.state.to_bytes() and again.policy == rec.policy
+
+
+def test_each_user_written_once_per_batch_and_duplicates_rejected():
+    p, records = pipeline(), {}
+    evs = clicks("a", T0, 4) + clicks("b", T0, 3)
+    out = run(p, records, evs + [evs[1]])
+    assert set(out.records) == {"a", "b"} and out.applied == 7
+    assert [(r.event.event_id, r.reason) for r in out.rejected] == [("a1", "duplicate_event_id")]
+
+
+def test_cart_session_raises_one_intent_signal():
+    p, records = pipeline(), {}
+    evs = clicks("u", T0, 3) + [
+        Event("c1", "u", "add_to_cart", T0 + 200_000, item_id="i1", price=10.0),
+        Event("c2", "u", "add_to_cart", T0 + 260_000, item_id="i2", price=10.0),
+        Event("c3", "u", "add_to_cart", T0 + 320_000, item_id="i3", price=10.0),
+    ]
+    out = run(p, records, evs)
+    intents = [s for s in out.signals if s.task == "purchase_intent"]
+    assert len(intents) == 1 and intents[0].value["event_id"] in {"c1", "c2"}
+    assert intents[0].value["reasons"][0]["contribution"] > 0
+
+
+def test_silent_user_gets_churn_risk_from_the_watermark_not_the_wall_clock():
+    p, records = pipeline(risk=6 * H), {}
+    run(p, records, clicks("quiet", T0, 3))
+    # Nothing else happens: no watermark movement, no churn, however long we wait.
+    assert p.due_for_scan(0) == []
+    # Another user's events move the partition's watermark 20 hours on.
+    run(p, records, clicks("busy", T0 + 20 * H, 3))
+    due = p.due_for_scan(0)
+    assert due == ["quiet"]
+    out = p.scan(0, {u: records[u] for u in due})
+    churn = [s for s in out.signals if s.task == "churn_risk"]
+    assert len(churn) == 1 and churn[0].user == "quiet" and churn[0].value["score"] >= 0.6
+    records.update(out.records)
+    # Signalled once: the next scan does not repeat it.
+    run(p, records, clicks("busy", T0 + 21 * H, 2, prefix="x"))
+    again = p.scan(0, {u: records[u] for u in p.due_for_scan(0)})
+    assert not [s for s in again.signals if s.task == "churn_risk"]
+    # The user comes back: the churn signal re-arms.
+    run(p, records, clicks("quiet", T0 + 22 * H, 1, prefix="back"))
+    assert not records["quiet"].policy.churn.active
+
+
+def test_users_past_the_ttl_are_expired():
+    p, records = pipeline(risk=6 * H, ttl=48 * H), {}
+    run(p, records, clicks("old", T0, 2))
+    run(p, records, clicks("new", T0 + 50 * H, 2))
+    out = p.scan(0, {u: records[u] for u in p.due_for_scan(0)})
+    assert out.deleted == ["old"] and "old" not in p.activity
+
+
+def test_watermarks_are_per_partition():
+    p, records = pipeline(risk=6 * H), {}
+    run(p, records, clicks("a", T0, 2), partition=0)
+    run(p, records, clicks("b", T0 + 24 * H, 2), partition=1)
+    assert p.due_for_scan(0) == [] and p.due_for_scan(1) == []
