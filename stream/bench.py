@@ -104,10 +104,10 @@ class BenchConfig:
 
 
 # ------------------------------------------------------------------------------------- statistics
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) by linear interpolation between closest ranks."""
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) by linear interpolation between closest ranks (None if empty)."""
     if not values:
-        return math.nan
+        return None
     xs = sorted(values)
     pos = (len(xs) - 1) * q / 100
     lo = math.floor(pos)
@@ -419,8 +419,8 @@ class Bench:
         s = self.fresh("lat")
         asyncio.run(create_topics(s, self.bootstrap))
         port = free_port()
-        warm = min(2_000, len(events) // 4)
-        measured = min(len(events) - warm, max(100, int(rate * self.config.latency_seconds)))
+        warm = min(2_000, self.config.events // 4)
+        measured = len(events) - warm
         with self.worker(s, port) as w:
             return asyncio.run(self._latency(s, w, port, events, warm, measured, rate))
 
@@ -504,7 +504,7 @@ class Bench:
             "warmed_up": warmed,
             "caught_up": caught_up,
             "signals_matched": len(lat_kafka),
-            "latency_ms": {f"p{q}": percentile(lat_kafka, q) for q in (50, 95, 99)} | {"max": max(lat_kafka, default=math.nan)},
+            "latency_ms": {f"p{q}": percentile(lat_kafka, q) for q in (50, 95, 99)} | {"max": max(lat_kafka, default=None)},
             "receive_latency_ms": {f"p{q}": percentile(lat_recv, q) for q in (50, 95, 99)},
         }
 
@@ -595,9 +595,10 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
                     rate = config.rate or 0.5 * (result["pipeline"].get("sustained_events_per_s") or 0)
                     if rate > 0:
                         say(f"latency at {rate:,.0f} events/s")
-                        lat_events = make_events(
-                            max(config.events, 2_000 + int(rate * config.latency_seconds)), config.users, config.seed + 2
-                        )  # fmt: skip
+                        # Warm-up (a quarter of --events, at most 2,000) plus --latency-seconds of load,
+                        # at most --events of it.
+                        measured = min(config.events, max(100, int(rate * config.latency_seconds)))
+                        lat_events = make_events(min(2_000, config.events // 4) + measured, config.users, config.seed + 2)
                         result["latency"] = bench.latency(lat_events, rate)
                     else:
                         result["latency"] = {"skipped": "no sustained throughput measured; pass --rate"}

@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 
 from stream.settings import ConfigError, Settings, describe, load_settings
 
@@ -166,6 +167,20 @@ async def simulate(
     return sent
 
 
+# ---------------------------------------------------------------------------------------- replay
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from stream.broker import create_topics, kafka_for
+    from stream.replay import load_sorted, replay
+
+    rows, stats = load_sorted(args.file, args.format)
+    print(stats.summary(), file=sys.stderr)
+    with kafka_for(settings) as bootstrap:
+        asyncio.run(create_topics(settings, bootstrap))
+        sent = asyncio.run(replay(settings, bootstrap, rows, speed=None if args.max else args.speed))
+    print(json.dumps({"events_sent": sent, "rows_read": stats.rows_read, "skipped": dict(stats.skipped)}))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- demo
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from stream.demo import run_demo
@@ -223,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--history-hours", type=float, default=48.0, help="event time starts this far in the past")
     s.add_argument("--time-scale", type=float, default=None, help="max simulated ms per wall ms while in the past")
     s.set_defaults(fn=cmd_simulate)
+
+    r = sub.add_parser("replay", help="stream a dataset file into the events topic in event-time order")
+    r.add_argument("file", type=Path)
+    r.add_argument("--format", required=True, help="taobao | cdnow | yoochoose | diginetica-purchases | diginetica-views | jsonl")
+    pace = r.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0, help="event-time speed-up (default 1: real time)")
+    pace.add_argument("--max", action="store_true", help="as fast as possible")
+    r.set_defaults(fn=cmd_replay)
 
     d = sub.add_parser("demo", help="broker + worker + simulator + live view of the signals")
     d.add_argument("--seconds", type=float, default=None, help="stop after N seconds (default: Ctrl-C)")

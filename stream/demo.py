@@ -50,7 +50,7 @@ class ViewState:
 
 
 def _fmt_signal(sig: dict) -> str:
-    t = time.strftime("%H:%M:%S", time.gmtime(sig["ts"] / 1000))
+    t = time.strftime("%m-%d %H:%M", time.gmtime(sig["ts"] / 1000))
     if sig["task"] == "latent_needs":
         cats = ", ".join(f"{c['category_id']} {c['score']:.2f}" for c in (sig.get("categories") or [])[:3])
         what = f"next categories: {cats}"

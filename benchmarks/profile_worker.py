@@ -1,0 +1,137 @@
+"""Profile one full-pipeline worker while it works through a preloaded backlog (py-spy).
+
+``python -m benchmarks.profile_worker --events 60000 --seconds 30 --out /tmp/prof`` starts the
+embedded broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``), preloads simulated events, starts a worker
+(``intentstream worker``), waits until it has handled its first events (so start-up is not in the
+profile), then samples it with ``py-spy record`` for ``--seconds``. It writes:
+
+* ``OUT/worker.speedscope.json``: open in https://www.speedscope.app (or any speedscope viewer);
+* ``OUT/worker.collapsed.txt``: the raw collapsed stacks;
+* the top functions by *self* and by *inclusive* share of the samples, printed as a table.
+
+Idle samples (the event loop waiting in ``select``) are kept (``--idle``): a worker that is mostly
+idle while a backlog waits is limited by batching and buffering, not by CPU. Sampling is
+non-blocking so that the profiler does not slow the worker down much; run it on a quiet machine.
+Needs ``py-spy`` (``pip install py-spy``; a dev tool, not a dependency of the package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from stream.bench import Bench, BenchConfig, _scrape, make_events, parse_metrics, produce
+from stream.broker import create_topics, free_port, kafka_for
+from stream.settings import load_settings
+
+
+def summarize(collapsed: str, top: int = 25) -> tuple[int, list[tuple[str, float]], list[tuple[str, float]]]:
+    """(samples, top self %, top inclusive %) from py-spy's collapsed stacks ("f1;f2;f3 count").
+
+    >>> n, own, incl = summarize("main (a.py:1);run (b.py:2) 3\\nmain (a.py:1) 1\\n")
+    >>> n, own[0], incl[0]
+    (4, ('run (b.py:2)', 75.0), ('main (a.py:1)', 100.0))
+    """
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        own[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    pct = 100.0 / total if total else 0.0
+    return (
+        total,
+        [(f, c * pct) for f, c in own.most_common(top)],
+        [(f, c * pct) for f, c in incl.most_common(top)],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=60_000)
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    p.add_argument("--out", type=Path, default=Path("out/profile"))
+    a = p.parse_args(argv)
+    if shutil.which("py-spy") is None and not (Path(sys.executable).parent / "py-spy").exists():
+        print("py-spy not found: pip install py-spy", file=sys.stderr)
+        return 2
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    a.out.mkdir(parents=True, exist_ok=True)
+    settings = load_settings()
+    workdir = Path(tempfile.mkdtemp(prefix="intentstream-profile-"))
+    try:
+        with kafka_for(settings.model_copy(update={"data_dir": workdir})) as bootstrap:
+            bench = Bench(settings, bootstrap, workdir, BenchConfig(events=a.events, partitions=a.partitions))
+            s = bench.fresh("prof")
+            asyncio.run(create_topics(s, bootstrap))
+            asyncio.run(produce(s, bootstrap, s.events_topic, make_events(a.events, a.users, 0)))
+            port = free_port()
+            with bench.worker(s, port) as w:
+                deadline = time.time() + 120
+                while time.time() < deadline and parse_metrics(_scrape(port, "/metrics")[1])["handled"] < 1:
+                    time.sleep(0.2)
+                before = parse_metrics(_scrape(port, "/metrics")[1])["handled"]
+                t0 = time.time()
+                subprocess.run(
+                    [pyspy, "record", "--pid", str(w.proc.pid), "--duration", str(int(a.seconds)),  # type: ignore[union-attr]
+                     "--rate", str(a.rate), "--idle", "--nonblocking", "--format", "raw",
+                     "--output", str(a.out / "worker.collapsed.txt")],
+                    check=True, capture_output=True,
+                )  # fmt: skip
+                after = parse_metrics(_scrape(port, "/metrics")[1])["handled"]
+                rate = (after - before) / (time.time() - t0)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    collapsed = (a.out / "worker.collapsed.txt").read_text()
+    _to_speedscope(collapsed, a.out / "worker.speedscope.json")
+    total, own, incl = summarize(collapsed)
+    print(f"{total} samples over {a.seconds:.0f} s; worker handled {rate:,.0f} events/s while sampled")
+    print("\ntop by self time (% of samples)")
+    for f, pct in own:
+        print(f"  {pct:5.1f}  {f}")
+    print("\ntop inclusive (% of samples)")
+    for f, pct in incl:
+        print(f"  {pct:5.1f}  {f}")
+    return 0
+
+
+def _to_speedscope(collapsed: str, path: Path) -> None:
+    """Write collapsed stacks as a speedscope "sampled" profile (one recording, two formats)."""
+    import json
+
+    frames: dict[str, int] = {}
+    samples, weights = [], []
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples.append([frames.setdefault(f, len(frames)) for f in stack.split(";")])
+        weights.append(int(count))
+    doc = {
+        "$schema": "https://www.speedscope.app/file-format-schema.json",
+        "shared": {"frames": [{"name": f} for f in frames]},
+        "profiles": [{"type": "sampled", "name": "intentstream worker", "unit": "none", "startValue": 0,
+                      "endValue": sum(weights), "samples": samples, "weights": weights}],  # fmt: skip
+    }
+    path.write_text(json.dumps(doc))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Smoke test of ``intentstream bench``: it runs end to end on tiny sizes and writes well-formed JSON.
+
+No figure is checked (the machine is shared, so timings say nothing here); only the shape of the
+result, and that the harness leaves no process behind: every process it starts (broker, workers,
+baselines) inherits a marker variable from the command, and none may be left once it is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.bench]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _marked(marker: str) -> list[int]:
+    """Pids of live processes whose environment carries ``marker``."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get("BENCH_SMOKE_MARKER") == marker and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p.pid)
+    return found
+
+
+def _number_or_none(v: object) -> bool:
+    return v is None or (isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v))
+
+
+def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
+    pytest.importorskip("psutil")
+    marker = uuid.uuid4().hex
+    out = tmp_path / "bench.json"
+    env = {
+        **os.environ,
+        "BENCH_SMOKE_MARKER": marker,
+        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "INTENTSTREAM_DATA_DIR": str(tmp_path / "data"),
+        "INTENTSTREAM_STORE": "memory://",
+        "INTENTSTREAM_PSEUDONYM_KEY": "bench-smoke-key-0123456789",
+    }
+    cmd = [sys.executable, "-m", "stream.cli", "bench", "all", "--events", "2000", "--users", "200",
+           "--repeats", "1", "--partitions", "2", "--rate", "200", "--json", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=540)
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    leftovers = _marked(marker)
+    for pid in leftovers:  # clean up before failing, so one failure does not leak into the next tests
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    assert not leftovers, f"processes left behind: {leftovers}"
+
+    result = json.loads(out.read_text())
+    assert json.loads(stdout) == result, "stdout carries the same JSON as --json"
+    assert {"meta", "pipeline", "baselines", "ratios", "latency", "state"} <= set(result)
+    assert result["meta"]["events"] == 2000 and result["meta"]["repeats"] == 1
+
+    pipeline = result["pipeline"]
+    for key in ("sustained_events_per_s", "backlog_events_per_s", "startup_s", "stall_s", "worker_rss_mb"):
+        assert _number_or_none(pipeline[key]), key
+    assert len(pipeline["runs"]) == 1
+    assert set(result["baselines"]) == {"raw_aiokafka", "faust_passthrough"}
+    for b in result["baselines"].values():
+        assert _number_or_none(b["sustained_events_per_s"]) and len(b["runs"]) == 1
+    assert all(_number_or_none(v) for v in result["ratios"].values())
+    assert len(result["ratios"]) == 4
+
+    latency = result["latency"]
+    assert latency["offered_events_per_s"] == 200
+    assert set(latency["latency_ms"]) == {"p50", "p95", "p99", "max"}
+    assert set(latency["receive_latency_ms"]) == {"p50", "p95", "p99"}
+    assert isinstance(latency["signals_matched"], int)
+
+    state = result["state"]
+    assert "skipped" in state or _number_or_none(state["bytes_per_user"])
