@@ -90,7 +90,7 @@ class Replay:
         return 1, out.intent.p if out.intent else None, _vec(f)
 
     def _schedule(self, user: str) -> None:
-        d = self.learners.next_due(self.pending[user], self.states[user])
+        d = self.learners.next_due(self.pending[user], self.states[user], self.watermark)
         if d is not None:
             heapq.heappush(self.due, (d, user))
 
@@ -101,7 +101,7 @@ class Replay:
         while self.due and self.due[0][0] <= watermark:
             d, user = heapq.heappop(self.due)
             up, st = self.pending[user], self.states[user]
-            real = self.learners.next_due(up, st)
+            real = self.learners.next_due(up, st, watermark)
             if real is None or real > watermark:  # stale entry: the user acted since
                 if real is not None and real != d:
                     heapq.heappush(self.due, (real, user))
@@ -110,6 +110,9 @@ class Replay:
             self.learners.on_watermark(up, st, watermark, explain=False)
             self.seconds += time.perf_counter() - t0
             self.calls += 1
+            nxt = self.learners.next_due(up, st, watermark)
+            if nxt is not None and nxt <= watermark:
+                raise RuntimeError(f"user {user} still due at {watermark} after on_watermark")
             self._schedule(user)
 
 

@@ -3,7 +3,7 @@
 ``python -m benchmarks.profile_worker --events 60000 --seconds 30 --out /tmp/prof`` starts the
 embedded broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``), preloads simulated events, starts a worker
 (``intentstream worker``), waits until it has handled its first events (so start-up is not in the
-profile), then samples it with ``py-spy record`` for ``--seconds``. It writes:
+profile; ``--include-stall`` starts at the first batch of either agent instead), then samples it with ``py-spy record`` for ``--seconds``. It writes:
 
 * ``OUT/worker.speedscope.json``: open in https://www.speedscope.app (or any speedscope viewer);
 * ``OUT/worker.collapsed.txt``: the raw collapsed stacks;
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--out", type=Path, default=Path("out/profile"))
+    p.add_argument("--include-stall", action="store_true",
+                   help="start sampling at the first batch of either agent, not at the first event handled")
     a = p.parse_args(argv)
     if shutil.which("py-spy") is None and not (Path(sys.executable).parent / "py-spy").exists():
         print("py-spy not found: pip install py-spy", file=sys.stderr)
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             with bench.worker(s, port) as w:
                 deadline = time.time() + 120
-                while time.time() < deadline and parse_metrics(_scrape(port, "/metrics")[1])["handled"] < 1:
+                start_on = "batches" if a.include_stall else "handled"
+                while time.time() < deadline and parse_metrics(_scrape(port, "/metrics")[1])[start_on] < 1:
                     time.sleep(0.2)
                 before = parse_metrics(_scrape(port, "/metrics")[1])["handled"]
                 t0 = time.time()

@@ -40,7 +40,7 @@ from models.events import Event
 from models.features.hashing import stable_hash
 from models.sequence import checkpoint
 from models.sequence.config import SeqConfig
-from models.sequence.data import NUM_FEATURES, build_windows, hash_bucket, user_histories
+from models.sequence.data import NUM_FEATURES, build_windows, hash_bucket, user_histories, window_features
 from models.sequence.scorer import SequenceScorer
 from models.sequence.train import evaluate, roc_auc, train
 
@@ -131,6 +131,37 @@ def scoring_cost(scorer: SequenceScorer, windows, batch: int) -> dict[str, float
     return out
 
 
+def scoring_interleaved(paths: list[Path], test_hist, rounds: int = 7) -> dict:
+    """ms per event on one thread for each checkpoint, measured round-robin so that every model
+    sees the same background load (this machine's 2 cores are shared), medians over rounds."""
+    torch.set_num_threads(1)
+    scorers = {p.stem: SequenceScorer.load(p) for p in paths}
+    L = next(iter(scorers.values())).config.max_len
+    full = [h[-L:] for h in test_hist.values() if len(h) >= L]
+    ws = (full * (256 // max(len(full), 1) + 1))[:256]
+    single = ws[:50]
+    cases = {}
+    for name, sc in scorers.items():
+        cases[f"{name} window batch=1"] = (lambda sc=sc: [sc.score_batch([w]) for w in single], len(single))
+        cases[f"{name} window batch=256"] = (lambda sc=sc: sc.score_batch(ws), len(ws))
+        if sc.config.arch == "gru":
+            st1 = [sc.score_batch([w[:-1]]).state for w in single]
+            st256 = sc.score_batch([w[:-1] for w in ws]).state
+            cases[f"{name} step batch=1"] = (lambda sc=sc, st1=st1: [sc.step([w], s) for w, s in zip(single, st1)], len(single))
+            cases[f"{name} step batch=256"] = (lambda sc=sc, st=st256: sc.step(ws, st), len(ws))
+        feats = lambda sc=sc: [window_features(w, sc.config) for w in ws]  # noqa: E731
+        cases[f"{name} features only"] = (feats, len(ws))
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for fn, _ in cases.values():
+        fn()  # warm-up
+    for _ in range(rounds):
+        for k, (fn, n) in cases.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(1000 * (time.perf_counter() - t) / n)
+    return {k: round(statistics.median(v), 4) for k, v in times.items()} | {"window_len": L, "load_avg": os.getloadavg()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DIR)
@@ -140,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-seconds", type=float, default=600.0, help="training time cap per model")
     ap.add_argument("--quick", action="store_true", help="2 epochs, for a smoke run")
     ap.add_argument("--save-dir", type=Path, default=None, help="keep the trained checkpoints here")
+    ap.add_argument("--score-only", type=Path, nargs="+", default=None, metavar="CKPT",
+                    help="skip training: measure scoring cost of these checkpoints, interleaved")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a SeqConfig field for every model, e.g. --set d_model=32")
     args = ap.parse_args(argv)
@@ -163,6 +196,10 @@ def main(argv: list[str] | None = None) -> dict:
                  "split": "by user (stable_hash(user) % 4 == 0 held back); validation = last 20% of time of training users"},
         "models": {},
     }
+    if args.score_only:
+        report["scoring_interleaved"] = scoring_interleaved(args.score_only, test_hist)
+        print(json.dumps(report, indent=2))
+        return report
     base_cfg = SeqConfig(max_len=args.max_len)
     report["baselines_test"] = baselines(test_hist, base_cfg, t_end)
     print(json.dumps(report["baselines_test"]), file=sys.stderr)

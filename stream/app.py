@@ -97,8 +97,10 @@ def create_app(settings: Settings, bootstrap: str, *, registry: CollectorRegistr
         "user-state",
         default=None,
         partitions=settings.events_partitions,
-        # Values are our own compact binary records (stream.logic.pipeline.UserRecord).
-        schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+        # Keys are pseudonyms, values our own compact binary records (stream.logic.pipeline.UserRecord);
+        # bytes types make Faust use the raw codec in the changelog and in the RocksDB store alike.
+        key_type=bytes,
+        value_type=bytes,
     )
     from stream.agents.runtime import Runtime
 

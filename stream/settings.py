@@ -109,6 +109,11 @@ class Settings(BaseSettings):
             raise ValueError("INTENTSTREAM_PSEUDONYM_KEY must be set when INTENTSTREAM_ENV=production")
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
             raise ValueError("INTENTSTREAM_KAFKA_SASL_USERNAME is required for SASL")
+        if self.state_ttl_ms <= self.churn_after_ms:
+            # A user's state may only expire once their churn outcome is known.
+            raise ValueError("INTENTSTREAM_STATE_TTL_MS must be greater than INTENTSTREAM_CHURN_AFTER_MS")
+        if self.allowed_lateness_ms >= self.session_gap_ms:
+            raise ValueError("INTENTSTREAM_ALLOWED_LATENESS_MS must be smaller than INTENTSTREAM_SESSION_GAP_MS")
         names = [self.events_topic, self.dlq_topic, self.intent_topic, self.churn_topic, self.latent_topic]
         if len(set(names)) != len(names):
             raise ValueError("topic names must be distinct")

@@ -165,7 +165,7 @@ class OnlineLearner:
         # Running mean/variance of the features (Welford), for the tree models' attribution.
         self._mean = np.zeros(len(self.names))
         self._m2 = np.zeros(len(self.names))
-        self._is_linear = cfg.model == "linear"
+        self._is_linear = cfg.model in ("linear", "linear_sgd")
 
     # ------------------------------------------------------------------ scoring
     def base_rate(self) -> float:
@@ -378,12 +378,14 @@ class PartitionLearners:
         self.churn.observe_scan(pending.churn, watermark_ms, f, pred.p)
         return pred, learned
 
-    def next_due(self, pending: UserPending, state: UserState) -> int | None:
+    def next_due(self, pending: UserPending, state: UserState, watermark_ms: int | None = None) -> int | None:
         """The watermark at which this user next needs :meth:`on_watermark`: a label expiring, or
-        the next churn scan while the user is silent but not yet past ``scan_until_ms``."""
+        the next churn scan while the user is silent but not yet past ``scan_until_ms`` (at the
+        current ``watermark_ms``, if given: past it, no scan is due any more)."""
         dues = [d for d in (self.intent.next_due(pending.intent), self.churn.next_due(pending.churn)) if d is not None]
         rule = self.churn.rule
-        if state.last_ts:
+        silent_too_long = watermark_ms is not None and watermark_ms - state.last_ts > rule.scan_until_ms  # type: ignore[operator]
+        if state.last_ts and not silent_too_long:
             newest = max([state.last_ts, *(s.ts for s in pending.churn.snapshots)])
             scan = newest + rule.scan_every_ms  # type: ignore[operator]
             if scan - state.last_ts <= rule.scan_until_ms:  # type: ignore[operator]

@@ -49,11 +49,25 @@ class ProgressiveMetrics:
 
     def update(self, y: int, p: float) -> None:
         """Score one resolved label ``y`` against the probability ``p`` given at prediction time."""
+        p = float(np.float32(p))  # what a checkpoint keeps, so a restored window is identical
         self.n += 1
         self.positives += y
         q = min(max(p, _EPS), 1.0 - _EPS)
         self.loss_sum -= math.log(q) if y else math.log(1.0 - q)
         self._recent.append((p, y))
+
+    def __getstate__(self) -> dict:
+        # The window as two packed arrays: 5 bytes a label in a checkpoint instead of ~10x that.
+        d = self.__dict__.copy()
+        recent = d.pop("_recent")
+        d["_p"] = np.array([r[0] for r in recent], dtype=np.float32)
+        d["_y"] = np.array([r[1] for r in recent], dtype=np.uint8)
+        return d
+
+    def __setstate__(self, d: dict) -> None:
+        p, y = d.pop("_p"), d.pop("_y")
+        self.__dict__.update(d)
+        self._recent = deque(zip(p.tolist(), y.tolist(), strict=True), maxlen=self.window)
 
     def as_dict(self) -> dict[str, float | int | None]:
         """A flat dict of plain numbers (None where undefined), for the metrics endpoint."""

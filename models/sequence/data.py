@@ -91,13 +91,14 @@ def window_features(window: Sequence[RecentEvent], cfg: SeqConfig) -> dict[str, 
     (hash buckets), ``gap`` (log-bucketed gap to the previous event) and a float32 ``num``
     array of shape (len, N_NUM) with the features named in :data:`NUM_FEATURES`.
     """
-    n = len(window)
-    typ = np.zeros(n, np.int64)
-    item = np.zeros(n, np.int64)
-    cat = np.zeros(n, np.int64)
-    query = np.zeros(n, np.int64)
-    gap = np.zeros(n, np.int64)
-    num = np.zeros((n, N_NUM), np.float32)
+    typ: list[int] = []
+    item: list[int] = []
+    cat: list[int] = []
+    query: list[int] = []
+    gap: list[int] = []
+    rows: list[list[float]] = []
+    nb_item, nb_cat, nb_query, nb_gap = cfg.item_buckets - 1, cfg.category_buckets - 1, cfg.query_buckets - 1, cfg.gap_buckets - 1
+    log1p, exp = math.log1p, math.exp
     item_count: dict[int, int] = defaultdict(int)
     item_last_ts: dict[int, int] = {}
     carted: set[int] = set()
@@ -113,62 +114,73 @@ def window_features(window: Sequence[RecentEvent], cfg: SeqConfig) -> dict[str, 
     last_purchase_ts: int | None = None
     last_cart_ts: int | None = None
     prev: RecentEvent | None = None
+    # Plain Python lists, converted once at the end: this runs per scored event in the stream,
+    # and per-element numpy writes cost more than the arithmetic.
     for i, e in enumerate(window):
-        typ[i] = e.type + 1
-        item[i] = hash_bucket(e.item, cfg.item_buckets)
-        cat[i] = hash_bucket(e.category, cfg.category_buckets)
-        query[i] = hash_bucket(e.query, cfg.query_buckets)
-        gap[i] = gap_bucket(None if prev is None else e.ts - prev.ts, cfg.gap_buckets)
-        row = num[i]
-        row[0] = math.log1p(max(e.price, 0.0))
-        if e.item:
-            row[1] = math.log1p(item_count[e.item])
-            row[2] = e.item in carted
-            row[3] = e.item in bought
-            if e.item in item_last_ts:
-                row[4] = math.log1p(max(e.ts - item_last_ts[e.item], 0) / 1000) / 10
-            row[5] = prev is not None and prev.item == e.item
-        if e.category:
-            row[6] = math.log1p(cat_count[e.category])
-            row[7] = e.category in cat_carted
-            row[8] = prev is not None and prev.category == e.category
-        cart_prefix += e.type == CART
+        et, eitem, ecat, ets = e.type, e.item, e.category, e.ts
+        typ.append(et + 1)
+        item.append(1 + eitem % nb_item if eitem else 0)
+        cat.append(1 + ecat % nb_cat if ecat else 0)
+        query.append(1 + e.query % nb_query if e.query else 0)
+        gap.append(0 if prev is None else min(nb_gap, 1 + int(math.log2(1 + max(ets - prev.ts, 0) / 1000))))
+        row = [0.0] * N_NUM
+        row[0] = log1p(max(e.price, 0.0))
+        if eitem:
+            row[1] = log1p(item_count[eitem])
+            row[2] = float(eitem in carted)
+            row[3] = float(eitem in bought)
+            if eitem in item_last_ts:
+                row[4] = log1p(max(ets - item_last_ts[eitem], 0) / 1000) / 10
+            row[5] = float(prev is not None and prev.item == eitem)
+        if ecat:
+            row[6] = log1p(cat_count[ecat])
+            row[7] = float(ecat in cat_carted)
+            row[8] = float(prev is not None and prev.category == ecat)
+        cart_prefix += et == CART
         cart_prefix_at.append(cart_prefix)
-        while window[lo].ts < e.ts - cfg.session_gap_ms:
+        while window[lo].ts < ets - cfg.session_gap_ms:
             carts_before_lo = cart_prefix_at[lo]
             lo += 1
-        row[9] = math.log1p(i - lo + 1)
-        row[10] = math.log1p(cart_prefix - carts_before_lo)
-        row[11] = math.log1p(len(open_carts))
-        row[12] = math.log1p(n_purchases)
+        row[9] = log1p(i - lo + 1)
+        row[10] = log1p(cart_prefix - carts_before_lo)
+        row[11] = log1p(len(open_carts))
+        row[12] = log1p(n_purchases)
         if last_purchase_ts is not None:
-            row[13] = math.exp(-max(e.ts - last_purchase_ts, 0) / 3_600_000)
+            row[13] = exp(-max(ets - last_purchase_ts, 0) / 3_600_000)
         if last_cart_ts is not None:
-            row[14] = math.exp(-max(e.ts - last_cart_ts, 0) / 3_600_000)
-        angle = 2 * math.pi * (e.ts % DAY_MS) / DAY_MS
+            row[14] = exp(-max(ets - last_cart_ts, 0) / 3_600_000)
+        angle = 2 * math.pi * (ets % DAY_MS) / DAY_MS
         row[15] = math.sin(angle)
         row[16] = math.cos(angle)
+        rows.append(row)
         # Update the running state only after the row is written: features see earlier events only.
-        if e.item:
-            item_count[e.item] += 1
-            item_last_ts[e.item] = e.ts
-            if e.type == CART:
-                carted.add(e.item)
-                open_carts.add(e.item)
-            elif e.type == PURCHASE:
-                bought.add(e.item)
-                open_carts.discard(e.item)
-        if e.category:
-            cat_count[e.category] += 1
-            if e.type == CART:
-                cat_carted.add(e.category)
-        if e.type == PURCHASE:
+        if eitem:
+            item_count[eitem] += 1
+            item_last_ts[eitem] = ets
+            if et == CART:
+                carted.add(eitem)
+                open_carts.add(eitem)
+            elif et == PURCHASE:
+                bought.add(eitem)
+                open_carts.discard(eitem)
+        if ecat:
+            cat_count[ecat] += 1
+            if et == CART:
+                cat_carted.add(ecat)
+        if et == PURCHASE:
             n_purchases += 1
-            last_purchase_ts = e.ts
-        elif e.type == CART:
-            last_cart_ts = e.ts
+            last_purchase_ts = ets
+        elif et == CART:
+            last_cart_ts = ets
         prev = e
-    return {"type": typ, "item": item, "cat": cat, "query": query, "gap": gap, "num": num}
+    return {
+        "type": np.array(typ, np.int64),
+        "item": np.array(item, np.int64),
+        "cat": np.array(cat, np.int64),
+        "query": np.array(query, np.int64),
+        "gap": np.array(gap, np.int64),
+        "num": np.array(rows, np.float32).reshape(len(rows), N_NUM),
+    }
 
 
 def history_labels(history: Sequence[RecentEvent], cfg: SeqConfig, data_end_ms: int) -> dict[str, np.ndarray]:

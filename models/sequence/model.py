@@ -63,6 +63,9 @@ class SequenceModel(nn.Module):
         self.copy_q = nn.Linear(d, d)
         self.copy_k = nn.Linear(d, d)
         self.copy_gate = nn.Linear(d, 1)
+        self.copy_recency = nn.Embedding(cfg.max_len, 1)
+        nn.init.zeros_(self.copy_recency.weight)
+        self.copy_same = nn.Parameter(torch.zeros(()))
 
     # -- shared pieces --------------------------------------------------------------------------
     def embed(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -82,18 +85,25 @@ class SequenceModel(nn.Module):
         mask = torch.triu(torch.full((L, L), float("-inf"), device=x.device), diagonal=1)
         return self.out_norm(self.encoder(x, mask=mask, is_causal=True))
 
-    def _copy_attention(self, h: torch.Tensor, x: torch.Tensor, cats: torch.Tensor, causal: bool):
-        """Attention of each query position over earlier window positions that have a category.
+    def _copy_attention(self, hq: torch.Tensor, x: torch.Tensor, cats: torch.Tensor, q_pos: torch.Tensor):
+        """Attention of each query over the window positions at or before it that have a category.
 
-        h: (B, Q, d) queries; x: (B, L, d) keys; cats: (B, L). Returns weights (B, Q, L) and a
-        mask (B, Q) of queries with at least one position to copy from.
+        hq: (B, Q, d) query states at window positions q_pos (B, Q); x: (B, L, d) event
+        embeddings (the keys); cats: (B, L) category buckets. Besides the learned match of query
+        and key, two learned biases capture what the simple baselines know: recency (by distance
+        in events) and "same category as the current event". Returns weights (B, Q, L) and a
+        mask (B, Q) of queries that have at least one position to copy from.
         """
-        s = self.copy_q(h) @ self.copy_k(x).transpose(1, 2) / math.sqrt(h.shape[-1])
-        allowed = (cats > 0).unsqueeze(1).expand_as(s)
-        if causal:
-            L = x.shape[1]
-            allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
-        s = s.float().masked_fill(~allowed, float("-inf"))
+        L = x.shape[1]
+        s = self.copy_q(hq) @ self.copy_k(x).transpose(1, 2) / math.sqrt(hq.shape[-1])
+        dist = q_pos.unsqueeze(-1) - torch.arange(L, device=x.device)  # (B, Q, L)
+        has_cat = (cats > 0).unsqueeze(1)
+        allowed = (dist >= 0) & has_cat
+        q_cat = cats.gather(1, q_pos).unsqueeze(-1)
+        same = (cats.unsqueeze(1) == q_cat) & has_cat
+        s = (s.float() + self.copy_recency(dist.clamp(0, self.cfg.max_len - 1)).squeeze(-1).float()
+             + self.copy_same.float() * same)
+        s = s.masked_fill(~allowed, float("-inf"))
         has = allowed.any(-1)
         w = torch.softmax(s, dim=-1).nan_to_num(0.0)
         return w, has
@@ -138,7 +148,9 @@ class SequenceModel(nn.Module):
         """Mixture probability of the true next category at the masked positions (N,)."""
         target = b["next_cat"][m]
         gen = torch.log_softmax(self.cat_out(h[m]).float(), -1).gather(1, target[:, None]).squeeze(1).exp()
-        w, has = self._copy_attention(h, x, b["cat"], causal=True)  # (B, L, L)
+        B, L = b["cat"].shape
+        q_pos = torch.arange(L, device=h.device).expand(B, L)
+        w, has = self._copy_attention(h, x, b["cat"], q_pos)  # (B, L, L)
         hit = (b["cat"].unsqueeze(1) == b["next_cat"].unsqueeze(2)).float()  # (B, L, L)
         copy = (w * hit).sum(-1)[m]
         g = torch.sigmoid(self.copy_gate(h[m]).float().squeeze(-1))
@@ -152,17 +164,14 @@ class SequenceModel(nn.Module):
         h, x: (B, L, d); cats: (B, L); q_index: (B,) position of the query in each window.
         Copy attention uses only positions <= q_index.
         """
-        B, L, _ = h.shape
-        ar = torch.arange(B, device=h.device)
+        ar = torch.arange(h.shape[0], device=h.device)
         hq = h[ar, q_index]  # (B, d)
-        cats_ok = torch.where(torch.arange(L, device=h.device)[None, :] <= q_index[:, None], cats,
-                              torch.zeros_like(cats))
-        w, has = self._copy_attention(hq.unsqueeze(1), x, cats_ok, causal=False)
-        w, has = w.squeeze(1), has.squeeze(1)
+        w, has = self._copy_attention(hq.unsqueeze(1), x, cats, q_index.unsqueeze(1))
+        w, has = w.squeeze(1), has.squeeze(1)  # weights after q_index are 0
         gen = torch.softmax(self.cat_out(hq).float(), -1)
         g = torch.sigmoid(self.copy_gate(hq).float()).squeeze(-1)
         g = torch.where(has, g, torch.ones_like(g))
-        copy = torch.zeros_like(gen).scatter_add_(1, cats_ok, w)
+        copy = torch.zeros_like(gen).scatter_add_(1, cats, w)
         copy[:, 0] = 0.0  # bucket 0 is "absent"
         return g[:, None] * gen + (1.0 - g[:, None]) * copy
 

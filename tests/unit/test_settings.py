@@ -51,3 +51,10 @@ def test_describe_masks_secrets():
     rows = {var: value for var, value, _ in describe(s)}
     assert rows["INTENTSTREAM_PSEUDONYM_KEY"] == "***"
     assert "a-very-secret" not in str(rows)
+
+
+def test_cross_field_rules_name_both_variables(monkeypatch):
+    monkeypatch.setenv("INTENTSTREAM_STATE_TTL_MS", "1000")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert "INTENTSTREAM_STATE_TTL_MS" in str(exc.value) and "INTENTSTREAM_CHURN_AFTER_MS" in str(exc.value)

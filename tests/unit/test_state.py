@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.events import Event, parse_event
+from models.features.online import online_features
 from models.features.recent import RecentEvent
 from models.features.state import (
     APPLIED,
@@ -133,6 +134,10 @@ def test_any_arrival_order_within_the_lateness_gives_the_same_state(pair):
     assert status_a == status_b == [APPLIED] * len(in_order)
     assert_same_state(a, b)
     assert_same_state(UserState.from_bytes(a.to_bytes()), UserState.from_bytes(b.to_bytes()))
+    now = a.last_ts + 90_000
+    assert online_features(b, now, PROP_CFG) == pytest.approx(
+        online_features(a, now, PROP_CFG), rel=1e-6, abs=1e-9
+    )
 
 
 @settings(max_examples=100, deadline=None)

@@ -1,0 +1,194 @@
+"""The delayed-label join: label definitions at their edges, once-only resolution checked against a
+brute-force labeller, the bound on pending predictions, and the compact record format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.online.labels import (
+    CHURN,
+    INTENT,
+    LabelRule,
+    Pending,
+    Snapshot,
+    UserPending,
+    add,
+    next_due,
+    resolve_event,
+    resolve_watermark,
+)
+
+H = 1_800_000
+INTENT_RULE = LabelRule(INTENT, horizon_ms=H, max_pending=8)
+D = 30 * 86_400_000
+CHURN_RULE = LabelRule(CHURN, horizon_ms=D, max_pending=8)
+X = [1.0, 0.0, 2.0]
+
+
+def queued(rule: LabelRule, *times: int) -> Pending:
+    q = Pending()
+    for t in times:
+        add(q, rule, t, X, 0.5)
+    return q
+
+
+# --- intent ----------------------------------------------------------------------------------
+
+
+def test_intent_purchase_inside_horizon_is_positive_and_the_interval_is_open_at_t() -> None:
+    q = queued(INTENT_RULE, 1_000)
+    assert resolve_event(q, INTENT_RULE, "purchase", 1_000) == []  # same instant: could be in the features
+    assert resolve_event(q, INTENT_RULE, "click", 2_000) == []  # only purchases settle intent
+    assert [(s.ts, y) for s, y in resolve_event(q, INTENT_RULE, "purchase", 1_000 + H)] == [(1_000, 1)]
+    assert len(q) == 0
+
+
+def test_intent_purchase_after_horizon_settles_nothing_and_the_watermark_makes_it_negative() -> None:
+    q = queued(INTENT_RULE, 1_000)
+    assert resolve_event(q, INTENT_RULE, "purchase", 1_000 + H + 1) == []
+    assert resolve_watermark(q, INTENT_RULE, 1_000 + H) == []  # an event at t + H could still come
+    assert next_due(q, INTENT_RULE) == 1_000 + H + 1
+    assert [(s.ts, y) for s, y in resolve_watermark(q, INTENT_RULE, 1_000 + H + 1)] == [(1_000, 0)]
+    assert next_due(q, INTENT_RULE) is None
+
+
+def test_one_purchase_settles_every_view_whose_horizon_contains_it() -> None:
+    q = queued(INTENT_RULE, 0, 10, H + 5, H + 50)
+    got = [(s.ts, y) for s, y in resolve_event(q, INTENT_RULE, "purchase", H + 8)]
+    assert got == [(10, 1), (H + 5, 1)]  # 0 + H < H + 8: outside its horizon; H + 50 is after the buy
+    assert [s.ts for s in q.snapshots] == [0, H + 50]
+
+
+# --- churn -----------------------------------------------------------------------------------
+
+
+def test_churn_return_within_horizon_is_negative_after_it_positive() -> None:
+    q = queued(CHURN_RULE, 1_000)
+    assert resolve_event(q, CHURN_RULE, "click", 1_000) == []  # not newer
+    assert [y for _, y in resolve_event(q, CHURN_RULE, "click", 1_000 + D)] == [0]
+    q = queued(CHURN_RULE, 1_000)
+    assert [y for _, y in resolve_event(q, CHURN_RULE, "purchase", 1_000 + D + 1)] == [1]
+
+
+def test_churn_watermark_past_horizon_is_positive() -> None:
+    q = queued(CHURN_RULE, 1_000, 5_000)
+    assert resolve_watermark(q, CHURN_RULE, 1_000 + D) == []
+    assert [(s.ts, y) for s, y in resolve_watermark(q, CHURN_RULE, 1_000 + D + 1)] == [(1_000, 1)]
+    assert [s.ts for s in q.snapshots] == [5_000]
+
+
+# --- exactly once, never before the prediction, same labels as brute force --------------------
+
+events_strategy = st.lists(
+    st.tuples(st.integers(0, 3 * H), st.sampled_from(["click", "add_to_cart", "purchase"])), max_size=40
+)
+
+
+def brute_force(rule: LabelRule, t: int, events: list[tuple[int, str]]) -> int:
+    if rule.task == INTENT:
+        return int(any(t < ts <= t + rule.horizon_ms and k == "purchase" for ts, k in events))
+    return int(not any(t < ts <= t + rule.horizon_ms for ts, _ in events))
+
+
+@settings(max_examples=150, deadline=None)
+@given(events_strategy, st.sampled_from(["intent", "churn"]), st.integers(1, 6))
+def test_each_prediction_is_resolved_exactly_once_after_it_was_made_with_the_true_label(
+    raw: list[tuple[int, str]], task: str, bound: int
+) -> None:
+    rule = LabelRule(task, horizon_ms=H if task == INTENT else H // 2, max_pending=bound)
+    events = sorted(raw)
+    q = Pending()
+    made: list[int] = []  # stream positions where a prediction was queued
+    dropped: list[int] = []
+    resolved: list[tuple[int, int, int]] = []  # (position made, position resolved, label)
+
+    def take(done: list, at: int) -> None:
+        resolved.extend((int(s.x[0]), at, y) for s, y in done)  # x[0] carries the position made
+
+    for pos, (ts, kind) in enumerate(events):
+        take(resolve_event(q, rule, kind, ts), pos)
+        if task == CHURN or kind != "purchase":
+            made.append(pos)
+            evicted = add(q, rule, ts, [float(pos)], 0.5)
+            if evicted is not None:
+                dropped.append(int(evicted.x[0]))
+        take(resolve_watermark(q, rule, ts - 10), pos)
+    take(resolve_watermark(q, rule, 10 * H), len(events))
+
+    assert len(q) == 0 and q.dropped == len(dropped)
+    learned = [m for m, _, _ in resolved]
+    assert sorted(learned + dropped) == made  # every prediction: learned once, or dropped
+    for m, at, y in resolved:
+        assert m < at  # the label came after the prediction was made (later in the stream)
+        assert y == brute_force(rule, events[m][0], events)
+
+
+# --- bound -----------------------------------------------------------------------------------
+
+
+def test_pending_is_bounded_and_the_oldest_prediction_is_the_one_dropped() -> None:
+    rule = LabelRule(INTENT, horizon_ms=H, max_pending=4)
+    q = Pending()
+    evicted = [add(q, rule, t, X, 0.1) for t in range(10)]
+    assert len(q) == 4 and q.dropped == 6
+    assert [s.ts for s in q.snapshots] == [6, 7, 8, 9]
+    assert [e.ts for e in evicted if e is not None] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_late_prediction_is_kept_in_time_order() -> None:
+    q = queued(INTENT_RULE, 100, 300, 200)
+    assert [s.ts for s in q.snapshots] == [100, 200, 300]
+
+
+def test_bad_rules_are_refused() -> None:
+    with pytest.raises(ValueError):
+        LabelRule("intent", horizon_ms=0)
+    with pytest.raises(ValueError):
+        LabelRule("nope", horizon_ms=1)
+    with pytest.raises(ValueError):
+        LabelRule("intent", horizon_ms=1, max_pending=256)
+
+
+# --- storage ---------------------------------------------------------------------------------
+
+vectors = st.lists(st.floats(-1e6, 1e6, width=32), min_size=54, max_size=54)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**50), st.floats(0, 1), vectors), max_size=8), st.integers(0, 70_000))
+def test_pending_round_trips_exactly_and_costs_only_its_non_zero_features(snaps, dropped) -> None:
+    q = Pending(dropped=dropped)
+    for ts, p, x in snaps:
+        add(q, LabelRule(INTENT, H, max_pending=8), ts, x, p)
+    data = q.to_bytes()
+    back = Pending.from_bytes(data)
+    assert back == Pending(q.snapshots, min(dropped, 0xFFFF))
+    nonzero = sum(int(np.count_nonzero(s.x)) for s in q.snapshots)
+    assert len(data) == 6 + len(q) * (8 + 4 + 7) + 4 * nonzero
+
+
+def test_a_typical_snapshot_is_small() -> None:
+    x = np.zeros(54, dtype=np.float32)
+    x[:20] = np.arange(1, 21)  # about what a shopper's features look like: most are zero
+    q = Pending()
+    add(q, INTENT_RULE, 1, x, 0.2)
+    assert len(q.to_bytes()) == 6 + 19 + 80
+
+
+def test_records_of_another_version_or_cut_short_are_refused() -> None:
+    data = queued(INTENT_RULE, 5).to_bytes()
+    with pytest.raises(ValueError, match="version"):
+        Pending.from_bytes(bytes([9]) + data[1:])
+    with pytest.raises(ValueError, match="trailing"):
+        Pending.from_bytes(data + b"\x00")
+    assert Pending.from_bytes(b"") == Pending()
+
+
+def test_user_pending_holds_both_queues() -> None:
+    up = UserPending(queued(INTENT_RULE, 1, 2), queued(CHURN_RULE, 3))
+    back = UserPending.from_bytes(up.to_bytes())
+    assert back == up and [s.ts for s in back.churn.snapshots] == [3]
+    assert isinstance(back.intent.snapshots[0], Snapshot)

@@ -1,0 +1,296 @@
+"""Online learners: River's estimator checks, learning order (predict before learn, exactly once),
+restart in the middle, the pending bound, cold start, reasons, checkpoints and metrics."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import river
+from river import checks
+
+from models.events import Event
+from models.features.state import StateConfig, UserState, apply_event
+from models.online.estimators import AveragedLogisticRegression
+from models.online.learner import (
+    IncompatibleCheckpoint,
+    LearnerConfig,
+    OnlineLearner,
+    PartitionLearners,
+    UserPending,
+)
+from models.online.pipelines import build, linear_contributions
+
+CFG = StateConfig()
+T0 = 1_700_000_000_000
+MIN = 60_000
+
+
+def shop_events(seed: int, users: int = 12, n: int = 700) -> list[Event]:
+    """A small synthetic shop: users browse in bursts; carts make a purchase within minutes likely."""
+    rng = random.Random(seed)
+    t, out = T0, []
+    carts: dict[str, int] = {}
+    for i in range(n):
+        t += rng.randint(1, 4) * MIN
+        u = f"u{rng.randrange(users)}"
+        if carts.get(u, 0) and rng.random() < 0.5:
+            kind, carts[u] = "purchase", 0
+        elif rng.random() < 0.25:
+            kind, carts[u] = "add_to_cart", carts.get(u, 0) + 1
+        else:
+            kind = "click"
+        out.append(Event(f"e{i}", u, kind, t, item_id=f"i{rng.randrange(30)}", category_id=f"c{rng.randrange(5)}", price=9.5))
+    return out
+
+
+class Worker:
+    """What a stream worker holds: states, pending labels per user, the partition's learners."""
+
+    def __init__(self, learners: PartitionLearners) -> None:
+        self.learners = learners
+        self.states: dict[str, bytes] = {}
+        self.pending: dict[str, bytes] = {}
+        self.scores: list[tuple[float | None, float]] = []
+
+    def run(self, events: list[Event]) -> None:
+        for ev in events:
+            st = UserState.from_bytes(self.states[ev.user]) if ev.user in self.states else UserState.new()
+            up = UserPending.from_bytes(self.pending.get(ev.user, b""))
+            if apply_event(st, ev, CFG) != "applied":
+                continue
+            out = self.learners.on_event(up, st, ev)
+            self.scores.append((out.intent.p if out.intent else None, out.churn.p))
+            wm = ev.ts - CFG.allowed_lateness_ms
+            self.states[ev.user], self.pending[ev.user] = st.to_bytes(), up.to_bytes()
+            for user in list(self.pending):  # the due users at this watermark (a scan would find them)
+                ust, uup = UserState.from_bytes(self.states[user]), UserPending.from_bytes(self.pending[user])
+                due = self.learners.next_due(uup, ust, wm)
+                if due is not None and due <= wm:
+                    self.learners.on_watermark(uup, ust, wm)
+                    self.pending[user] = uup.to_bytes()
+
+
+def fresh(**kw) -> PartitionLearners:
+    return PartitionLearners.new(CFG, intent_warmup=20, churn_warmup=20, churn_horizon_ms=20 * MIN, **kw)
+
+
+# --- River contract --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params", list(AveragedLogisticRegression._unit_test_params()))
+def test_custom_estimator_passes_rivers_estimator_checks(params) -> None:
+    checks.check_estimator(AveragedLogisticRegression(**params))
+
+
+def test_averaged_logistic_regression_learns_a_separable_signal_and_is_deterministic() -> None:
+    rng = np.random.default_rng(0)
+    models = [AveragedLogisticRegression(lr=0.05), AveragedLogisticRegression(lr=0.05)]
+    for _ in range(2000):
+        a = float(rng.normal())
+        for m in models:
+            m.learn_one({"a": a, "noise": 0.3}, a > 0)
+    p_hi, p_lo = (models[0].predict_proba_one({"a": v, "noise": 0.3})[True] for v in (2.0, -2.0))
+    assert p_hi > 0.9 and p_lo < 0.1
+    assert models[0].avg_weights == models[1].avg_weights
+    assert models[0].predict_proba_one({"b": 1.0}) == models[0].predict_proba_one({})  # unseen feature: no weight
+
+
+# --- order of learning -----------------------------------------------------------------------
+
+
+class SpyModel(AveragedLogisticRegression):
+    """Records every prediction and every learning call, keyed by the float32 feature vector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple]] = []
+
+    @staticmethod
+    def key(x: dict) -> tuple:
+        return tuple(np.float32(x[k]).item() for k in sorted(x))
+
+    def predict_proba_one(self, x: dict) -> dict:
+        self.calls.append(("predict", self.key(x)))
+        return super().predict_proba_one(x)
+
+    def learn_one(self, x: dict, y) -> None:
+        self.calls.append(("learn", self.key(x)))
+        super().learn_one(x, y)
+
+
+def test_every_label_is_learned_once_and_only_after_its_prediction() -> None:
+    spies = {t: SpyModel() for t in ("intent", "churn")}
+    learners = PartitionLearners(
+        OnlineLearner(LearnerConfig("intent", warmup=0), model=spies["intent"]),
+        OnlineLearner(LearnerConfig("churn", warmup=0, horizon_ms=20 * MIN), model=spies["churn"]),
+    )
+    w = Worker(learners)
+    w.run(shop_events(1))
+    for task, spy in spies.items():
+        predicted: set[tuple] = set()
+        learned: list[tuple] = []
+        for kind, key in spy.calls:
+            if kind == "predict":
+                predicted.add(key)
+            else:
+                assert key in predicted, f"{task}: learned from a prediction not yet made"
+                learned.append(key)
+        assert len(learned) == len(set(learned)), f"{task}: a label was learned twice"
+        lr = learners.intent if task == "intent" else learners.churn
+        assert lr.n_learned == len(learned) > 50
+
+
+def test_learned_plus_pending_plus_dropped_accounts_for_every_prediction() -> None:
+    learners = fresh()
+    w = Worker(learners)
+    events = shop_events(2)
+    w.run(events)
+    queued = sum(1 for s in w.scores if s[0] is not None)
+    left = sum(len(UserPending.from_bytes(b).intent) for b in w.pending.values())
+    m = learners.intent.metrics()
+    assert m["learned"] + left + m["dropped"] == queued
+    assert m["n"] == m["learned"]
+
+
+# --- restart ---------------------------------------------------------------------------------
+
+
+def test_restart_in_the_middle_keeps_pending_predictions_and_gives_the_same_result() -> None:
+    events = shop_events(3)
+    straight = Worker(fresh())
+    straight.run(events)
+
+    first = Worker(fresh())
+    first.run(events[:350])
+    assert sum(len(UserPending.from_bytes(b).intent) for b in first.pending.values()) > 0  # something in flight
+    # The restart: only bytes survive (the table values and the partition's checkpoint).
+    restored = Worker(PartitionLearners.from_bytes(first.learners.to_bytes()))
+    restored.states, restored.pending = dict(first.states), dict(first.pending)
+    restored.scores = list(first.scores)
+    restored.run(events[350:])
+
+    assert restored.scores == straight.scores
+    assert restored.pending == straight.pending
+    assert restored.learners.metrics() == straight.learners.metrics()
+    assert restored.learners.to_bytes() == straight.learners.to_bytes()
+
+
+# --- bound, cold start, reasons ---------------------------------------------------------------
+
+
+def test_a_burst_keeps_at_most_max_pending_predictions_per_user() -> None:
+    learners = PartitionLearners.new(CFG, intent_max_pending=5)
+    st, up = UserState.new(), UserPending()
+    for i in range(40):
+        ev = Event(f"b{i}", "u", "click", T0 + i * 1000, item_id="x")
+        apply_event(st, ev, CFG)
+        learners.on_event(up, st, ev)
+    assert len(up.intent) == 5 and up.intent.dropped == 35
+    assert [s.ts for s in up.intent.snapshots] == [T0 + i * 1000 for i in range(35, 40)]
+    assert learners.intent.metrics()["dropped"] == 35
+    assert len(up.to_bytes()) < 1024
+
+
+def test_a_new_user_gets_the_running_base_rate_flagged_cold() -> None:
+    learners = fresh()
+    Worker(learners).run(shop_events(4))
+    assert learners.intent.warm()
+    st, ev = UserState.new(), Event("n1", "newbie", "click", T0 + 10**9, item_id="x")
+    apply_event(st, ev, CFG)
+    out = learners.on_event(UserPending(), st, ev)
+    lr = learners.intent
+    assert out.intent.cold and out.intent.p == pytest.approx(lr.base_rate())
+    assert out.intent.reasons[0]["feature"] == "cold_start"
+    expected = (lr.learned_pos + 0.03 * 20) / (lr.n_learned + 20)
+    assert lr.base_rate() == pytest.approx(expected)
+    # The second event of that user is scored by the model.
+    ev2 = Event("n2", "newbie", "add_to_cart", T0 + 10**9 + 1000, item_id="x")
+    apply_event(st, ev2, CFG)
+    assert not learners.on_event(UserPending(), st, ev2).intent.cold
+
+
+def test_an_untrained_model_serves_the_prior_flagged_cold() -> None:
+    lr = OnlineLearner(LearnerConfig("churn"))
+    p, reasons, cold = lr.predict({n: 1.0 for n in lr.names} | {"recent_events": 9.0})
+    assert cold and p == pytest.approx(0.5) and "warming up" in reasons[0]["text"]
+
+
+def test_linear_reasons_are_the_largest_log_odds_terms_and_they_add_up() -> None:
+    learners = fresh()
+    w = Worker(learners)
+    w.run(shop_events(5))
+    lr = learners.intent
+    st = UserState.from_bytes(next(iter(w.states.values())))
+    from models.features.online import online_features
+
+    x = online_features(st, st.last_ts, CFG)
+    x["recent_events"] = max(x["recent_events"], 2.0)
+    p, reasons, cold = lr.predict(x)
+    assert not cold
+    terms = linear_contributions(lr.model, x)
+    top = sorted(terms.items(), key=lambda kv: -abs(kv[1]))[:3]
+    assert [r["feature"] for r in reasons] == [k for k, _ in top]
+    assert [r["contribution"] for r in reasons] == [round(v, 4) for _, v in top]
+    logit = math.log(p / (1 - p))
+    assert logit == pytest.approx(lr.model["lr"].avg_intercept + sum(terms.values()), rel=1e-9, abs=1e-9)
+
+
+def test_tree_reasons_rank_features_by_how_much_making_them_ordinary_moves_the_score() -> None:
+    lr = OnlineLearner(LearnerConfig("intent", model="amf", warmup=10))
+    rng = random.Random(0)
+    for _ in range(300):
+        x = {n: 0.0 for n in lr.names} | {"recent_events": 3.0, "session_carts": float(rng.randint(0, 3))}
+        lr.model.learn_one(x, x["session_carts"] >= 2)
+        lr.n_learned += 1
+        lr.learned_pos += x["session_carts"] >= 2
+        v = np.fromiter((x[n] for n in lr.names), float)
+        d = v - lr._mean
+        lr._mean += d / lr.n_learned
+        lr._m2 += d * (v - lr._mean)
+    x = {n: 0.0 for n in lr.names} | {"recent_events": 3.0, "session_carts": 3.0}
+    p, reasons, cold = lr.predict(x)
+    assert not cold and reasons[0]["feature"] == "session_carts" and reasons[0]["contribution"] > 0
+    contributions = [abs(r["contribution"]) for r in reasons]
+    assert contributions == sorted(contributions, reverse=True)
+
+
+# --- checkpoints and metrics -----------------------------------------------------------------
+
+
+def test_checkpoint_round_trips_and_rejects_incompatible_bytes(monkeypatch) -> None:
+    learners = fresh()
+    Worker(learners).run(shop_events(6, n=200))
+    data = learners.intent.to_bytes()
+    back = OnlineLearner.from_bytes(data)
+    assert back.cfg == learners.intent.cfg and back.metrics() == learners.intent.metrics()
+    with pytest.raises(IncompatibleCheckpoint, match="magic"):
+        OnlineLearner.from_bytes(b"XXXX" + data[4:])
+    with pytest.raises(IncompatibleCheckpoint, match="format v7"):
+        OnlineLearner.from_bytes(data[:4] + (7).to_bytes(2, "little") + data[6:])
+    monkeypatch.setattr(river, "__version__", "0.1.0")
+    with pytest.raises(IncompatibleCheckpoint, match="river"):
+        OnlineLearner.from_bytes(data)
+
+
+def test_metrics_are_plain_values_for_the_endpoint() -> None:
+    learners = fresh()
+    Worker(learners).run(shop_events(7))
+    m = learners.metrics()
+    assert set(m) == {"intent", "churn"}
+    for d in m.values():
+        assert {"n", "positives", "base_rate", "log_loss", "roc_auc", "calibration_error", "dropped"} <= set(d)
+        assert all(v is None or isinstance(v, (int, float, str, bool)) for v in d.values())
+        assert d["n"] > 0 and 0 <= d["calibration_error"] <= 1
+
+
+def test_every_family_builds_and_learns() -> None:
+    for fam in ("linear", "linear_sgd", "amf", "arf"):
+        m = build(fam)
+        m.learn_one({"a": 1.0}, True)
+        m.learn_one({"a": -1.0}, False)
+        assert 0.0 <= m.predict_proba_one({"a": 1.0}).get(True, 0.0) <= 1.0
+    with pytest.raises(ValueError):
+        build("svm")
