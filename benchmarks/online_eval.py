@@ -49,7 +49,7 @@ from models.online.pipelines import build
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TAOBAO = ("userbehavior_users_tailsample_9days.csv.gz", "userbehavior_users_headcont_470users.csv.gz")
 CDNOW = "CDNOW_master_through_1998-03-31.txt.gz"
-BATCH_FAMILY = {"linear": "logistic_regression", "amf": "random_forest", "arf": "random_forest"}
+BATCH_FAMILY = {"linear": "logistic_regression", "linear_sgd": "logistic_regression", "amf": "random_forest", "arf": "random_forest"}
 
 
 def heldback(user: str) -> bool:

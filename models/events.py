@@ -72,7 +72,8 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """Compact dict for the internal topic: ``None`` fields are left out."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        # Not dataclasses.asdict: it deep-copies and is ~5x slower on this hot path.
+        return {k: v for k in _FIELDS if (v := getattr(self, k)) is not None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:
@@ -81,6 +82,9 @@ class Event:
 
     def replace(self, **changes: Any) -> Event:
         return dataclasses.replace(self, **changes)
+
+
+_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Event))
 
 
 def _id(obj: dict[str, Any], name: str, required: bool) -> str | None:

