@@ -33,7 +33,6 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from models.events import Event
@@ -66,8 +65,16 @@ def _parse_taobao(path: Path) -> list[Event]:
         for n, line in enumerate(f):
             user, item, cat, behavior, ts = line.strip().split(",")
             if behavior in kinds:
-                out.append(Event(f"taobao:{path.name}:{n + 1}", user, kinds[behavior], int(ts) * 1000,
-                                 item_id=item, category_id=cat))
+                out.append(
+                    Event(
+                        f"taobao:{path.name}:{n + 1}",
+                        user,
+                        kinds[behavior],
+                        int(ts) * 1000,
+                        item_id=item,
+                        category_id=cat,
+                    )
+                )
     return out
 
 
@@ -76,8 +83,12 @@ def baselines(test_hist, cfg: SeqConfig, data_end: int) -> dict[str, float]:
     w = build_windows(test_hist, cfg, data_end_ms=data_end)
     a = w.arrays
     m = a["target"] & a["intent_mask"]
-    out = {"intent_auc_purchases_in_window": roc_auc(a["intent"][m], a["num"][m][:, NUM_FEATURES.index("purchases")]),
-           "intent_auc_item_seen": roc_auc(a["intent"][m], a["num"][m][:, NUM_FEATURES.index("item_seen")])}
+    out = {
+        "intent_auc_purchases_in_window": roc_auc(
+            a["intent"][m], a["num"][m][:, NUM_FEATURES.index("purchases")]
+        ),
+        "intent_auc_item_seen": roc_auc(a["intent"][m], a["num"][m][:, NUM_FEATURES.index("item_seen")]),
+    }
     top_hits, recent_hits, n = 0, 0, 0
     for hist in test_hist.values():
         counts: Counter[int] = Counter()
@@ -118,11 +129,14 @@ def scoring_cost(scorer: SequenceScorer, windows, batch: int) -> dict[str, float
     out = {}
     if batch == 1:
         sample = windows[:50]
-        out["window_ms_per_event"] = _median_ms_per_event(lambda: [scorer.score_batch([w]) for w in sample], len(sample))
+        out["window_ms_per_event"] = _median_ms_per_event(
+            lambda: [scorer.score_batch([w]) for w in sample], len(sample)
+        )
         if scorer.config.arch == "gru":
             states = [scorer.score_batch([w[:-1]]).state for w in sample]
             out["step_ms_per_event"] = _median_ms_per_event(
-                lambda: [scorer.step([w], s) for w, s in zip(sample, states)], len(sample))
+                lambda: [scorer.step([w], s) for w, s in zip(sample, states, strict=True)], len(sample)
+            )
     else:
         out["window_ms_per_event"] = _median_ms_per_event(lambda: scorer.score_batch(ws), len(ws))
         if scorer.config.arch == "gru":
@@ -147,7 +161,10 @@ def scoring_interleaved(paths: list[Path], test_hist, rounds: int = 7) -> dict:
         if sc.config.arch == "gru":
             st1 = [sc.score_batch([w[:-1]]).state for w in single]
             st256 = sc.score_batch([w[:-1] for w in ws]).state
-            cases[f"{name} step batch=1"] = (lambda sc=sc, st1=st1: [sc.step([w], s) for w, s in zip(single, st1)], len(single))
+            cases[f"{name} step batch=1"] = (
+                lambda sc=sc, st1=st1: [sc.step([w], s) for w, s in zip(single, st1, strict=True)],
+                len(single),
+            )
             cases[f"{name} step batch=256"] = (lambda sc=sc, st=st256: sc.step(ws, st), len(ws))
         feats = lambda sc=sc: [window_features(w, sc.config) for w in ws]  # noqa: E731
         cases[f"{name} features only"] = (feats, len(ws))
@@ -159,7 +176,10 @@ def scoring_interleaved(paths: list[Path], test_hist, rounds: int = 7) -> dict:
             t = time.perf_counter()
             fn()
             times[k].append(1000 * (time.perf_counter() - t) / n)
-    return {k: round(statistics.median(v), 4) for k, v in times.items()} | {"window_len": L, "load_avg": os.getloadavg()}
+    return {k: round(statistics.median(v), 4) for k, v in times.items()} | {
+        "window_len": L,
+        "load_avg": os.getloadavg(),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -171,10 +191,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-seconds", type=float, default=600.0, help="training time cap per model")
     ap.add_argument("--quick", action="store_true", help="2 epochs, for a smoke run")
     ap.add_argument("--save-dir", type=Path, default=None, help="keep the trained checkpoints here")
-    ap.add_argument("--score-only", type=Path, nargs="+", default=None, metavar="CKPT",
-                    help="skip training: measure scoring cost of these checkpoints, interleaved")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="override a SeqConfig field for every model, e.g. --set d_model=32")
+    ap.add_argument(
+        "--score-only",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="CKPT",
+        help="skip training: measure scoring cost of these checkpoints, interleaved",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a SeqConfig field for every model, e.g. --set d_model=32",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -190,10 +221,16 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU",
-        "command": "python -m benchmarks.sequence_arch " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "data": {"events": len(events), "users": len({e.user for e in events}), "test_users": len(test_users),
-                 "train_events": len(train_events), "test_events": len(test_events),
-                 "split": "by user (stable_hash(user) % 4 == 0 held back); validation = last 20% of time of training users"},
+        "command": "python -m benchmarks.sequence_arch "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "data": {
+            "events": len(events),
+            "users": len({e.user for e in events}),
+            "test_users": len(test_users),
+            "train_events": len(train_events),
+            "test_events": len(test_events),
+            "split": "by user (stable_hash(user) % 4 == 0 held back); validation = last 20% of time of training users",
+        },
         "models": {},
     }
     if args.score_only:
@@ -204,11 +241,15 @@ def main(argv: list[str] | None = None) -> dict:
     report["baselines_test"] = baselines(test_hist, base_cfg, t_end)
     print(json.dumps(report["baselines_test"]), file=sys.stderr)
 
-    scoring_windows = [h[-args.max_len:] for h in test_hist.values() if len(h) >= args.max_len]
+    scoring_windows = [h[-args.max_len :] for h in test_hist.values() if len(h) >= args.max_len]
     scoring_windows = (scoring_windows * (256 // max(len(scoring_windows), 1) + 1))[:256]
     for arch in args.archs.split(","):
-        fields = {"arch": arch, "max_len": args.max_len, "n_layers": 1 if arch == "gru" else 2,
-                  "max_epochs": 2 if args.quick else args.max_epochs}
+        fields = {
+            "arch": arch,
+            "max_len": args.max_len,
+            "n_layers": 1 if arch == "gru" else 2,
+            "max_epochs": 2 if args.quick else args.max_epochs,
+        }
         for item in args.set:
             key, value = item.split("=", 1)
             kind = type(getattr(SeqConfig, key))
@@ -225,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
             "params": sum(p.numel() for p in res.model.parameters()),
             "val": {k: v for k, v in res.metrics["val"].items() if k != "train_loss"},
             "test": test,
-            "epochs": res.metrics["epochs"], "best_epoch": res.metrics["best_epoch"],
+            "epochs": res.metrics["epochs"],
+            "best_epoch": res.metrics["best_epoch"],
             "train_events_per_s_1_thread": res.train_events_per_s,
             "scoring_1_thread_batch_1": scoring_cost(scorer, scoring_windows, 1),
             "scoring_1_thread_batch_256": scoring_cost(scorer, scoring_windows, 256),

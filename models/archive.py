@@ -36,18 +36,20 @@ from models.events import Event
 
 HOUR_MS = 3_600_000
 
-SCHEMA = pa.schema([
-    pa.field("event_id", pa.string(), nullable=False),
-    pa.field("user", pa.string(), nullable=False),
-    pa.field("type", pa.string(), nullable=False),
-    pa.field("ts", pa.int64(), nullable=False),  # epoch milliseconds, UTC
-    pa.field("session_id", pa.string()),
-    pa.field("item_id", pa.string()),
-    pa.field("category_id", pa.string()),
-    pa.field("price", pa.float64()),
-    pa.field("quantity", pa.int32()),
-    pa.field("query", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("user", pa.string(), nullable=False),
+        pa.field("type", pa.string(), nullable=False),
+        pa.field("ts", pa.int64(), nullable=False),  # epoch milliseconds, UTC
+        pa.field("session_id", pa.string()),
+        pa.field("item_id", pa.string()),
+        pa.field("category_id", pa.string()),
+        pa.field("price", pa.float64()),
+        pa.field("quantity", pa.int32()),
+        pa.field("query", pa.string()),
+    ]
+)
 _FIELDS = SCHEMA.names
 
 

@@ -190,8 +190,13 @@ class Registry:
         state["current"] = version
         _atomic_write_json(self.root / _STATE, state)
 
-    def promote_if_better(self, version: str, metric: str, higher_is_better: bool = True,
-                          loader: Callable[[Path], Any] | None = None) -> bool:
+    def promote_if_better(
+        self,
+        version: str,
+        metric: str,
+        higher_is_better: bool = True,
+        loader: Callable[[Path], Any] | None = None,
+    ) -> bool:
         """Promote ``version`` if its ``metadata["metrics"][metric]`` beats the current version's
         (or there is no current version). Returns whether it was promoted."""
         new = self.verify(version).get("metrics", {}).get(metric)

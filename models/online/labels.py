@@ -22,14 +22,24 @@ interval is open at ``t``: an event with the same timestamp may already be in th
 
 The watermark (largest event time seen on the partition minus the allowed lateness) is a promise
 that no event older than it will be applied, so a label it decides is final. A label decided by an
-event is final too: it is removed from the queue the moment it is returned. That is what makes
-"learned exactly once" hold by construction: a :class:`Snapshot` leaves its :class:`Pending` queue
-in the same call that hands it out with its label, and it only enters the queue after the
-prediction was made (:func:`add` takes the prediction ``p`` as an argument).
+event is final too, and is never decided again. "Learned exactly once" holds by construction: a
+:class:`Snapshot` leaves its :class:`Pending` queue in the same call that hands it out with its
+label, and it only enters the queue after the prediction was made (:func:`add` takes the
+prediction ``p`` as an argument).
+
+**Labels are held until the horizon has passed** (``LabelRule.hold``, on by default). An event
+that settles a label early (a return within D, a purchase within H) only writes the label into the
+snapshot; the snapshot is handed out to be learned when the watermark passes ``t + horizon``, like
+every other. So every prediction is learned at the same event-time delay, and the mix of labels a
+model learns from at any moment is the true mix of some earlier moment. Handing out early labels at
+once biases the model towards them: on CDNOW a churn label of 0 (the customer came back) is known
+within days, a label of 1 only after 90 days, so for the first three months a model that learns
+labels as they come sees almost only zeros, and its scores were off by an order of magnitude
+(docs/ONLINE.md). For intent the hold costs at most H (30 min) of learning delay.
 
 **Bound.** A user's queue holds at most ``rule.max_pending`` snapshots. When a new one would
-exceed it, the *oldest* unresolved snapshot is dropped (never learned, counted in
-:attr:`Pending.dropped`). For intent the oldest is the one furthest from any future purchase and the
+exceed it, the *oldest* snapshot leaves: learned early if it holds a label already, otherwise
+dropped (never learned, counted in :attr:`Pending.dropped`). For intent the oldest is the one furthest from any future purchase and the
 closest to being resolved negative anyway; dropping keeps the record small for bursty users (a
 Taobao user can view 30 items in ten minutes) at the cost of learning from fewer of a burst's
 events. For churn the queue holds the prediction at the user's newest event plus at most a few
@@ -47,10 +57,12 @@ Nothing here reads a clock, imports River or knows what the features mean: vecto
 >>> q = Pending()
 >>> add(q, rule, 1_000, [1.0, 0.0, 2.5], 0.2)
 >>> add(q, rule, 2_000, [0.0, 0.0, 1.0], 0.3)
->>> [(s.ts, y) for s, y in resolve_event(q, rule, "purchase", 1_500)]  # bought 0.5 s after the first
-[(1000, 1)]
->>> [(s.ts, y) for s, y in resolve_watermark(q, rule, 2_000 + 30 * 60_000 + 1)]  # horizon over
-[(2000, 0)]
+>>> resolve_event(q, rule, "purchase", 1_500)  # bought 0.5 s after the first: label held
+[]
+>>> [(s.ts, s.y) for s in q.snapshots]
+[(1000, 1), (2000, -1)]
+>>> [(s.ts, y) for s, y in resolve_watermark(q, rule, 2_000 + 30 * 60_000 + 1)]  # horizons over
+[(1000, 1), (2000, 0)]
 >>> len(q), Pending.from_bytes(q.to_bytes()) == q
 (0, True)
 """
@@ -86,6 +98,7 @@ class LabelRule:
     max_pending: int = 8
     scan_every_ms: int | None = None
     scan_until_ms: int | None = None
+    hold: bool = True
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -95,11 +108,11 @@ class LabelRule:
         if not 1 <= self.max_pending <= 255:
             raise ValueError("max_pending must be in [1, 255] (it is stored in one byte)")
         if self.task == CHURN:
-            # Defaults: three scans per horizon, until one horizon of silence.
+            # Defaults: three scans per horizon, until two horizons of silence.
             if self.scan_every_ms is None:
                 object.__setattr__(self, "scan_every_ms", self.horizon_ms // 3)
             if self.scan_until_ms is None:
-                object.__setattr__(self, "scan_until_ms", self.horizon_ms)
+                object.__setattr__(self, "scan_until_ms", 2 * self.horizon_ms)
 
 
 @dataclasses.dataclass(slots=True)
@@ -109,18 +122,20 @@ class Snapshot:
     ts: int
     p: float
     x: np.ndarray  # float32 feature vector, in the learner's feature order
+    y: int = -1  # the label once an event has settled it and it is held (see LabelRule.hold); -1: open
 
     def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, Snapshot)
             and self.ts == other.ts
             and np.float32(self.p) == np.float32(other.p)
+            and self.y == other.y
             and np.array_equal(self.x, other.x)
         )
 
 
 _HEAD = struct.Struct("<BHBH")  # version, dropped (saturating), snapshots, features per snapshot
-_SNAP = struct.Struct("<qf")  # ts, p
+_SNAP = struct.Struct("<qfb")  # ts, p, held label (-1: open)
 VERSION = 1
 
 
@@ -143,7 +158,7 @@ class Pending:
             if len(x) != n_feat:
                 raise ValueError("all snapshots of a queue must have the same number of features")
             nz = x != 0
-            parts += [_SNAP.pack(s.ts, s.p), np.packbits(nz, bitorder="little").tobytes(), x[nz].tobytes()]
+            parts += [_SNAP.pack(s.ts, s.p, s.y), np.packbits(nz, bitorder="little").tobytes(), x[nz].tobytes()]
         return b"".join(parts)
 
     @classmethod
@@ -157,7 +172,7 @@ class Pending:
         off, mask_len = _HEAD.size, (n_feat + 7) // 8
         snaps = []
         for _ in range(n):
-            ts, p = _SNAP.unpack_from(data, off)
+            ts, p, y = _SNAP.unpack_from(data, off)
             off += _SNAP.size
             nz = np.unpackbits(np.frombuffer(data, np.uint8, mask_len, off), count=n_feat, bitorder="little")
             off += mask_len
@@ -165,7 +180,7 @@ class Pending:
             x = np.zeros(n_feat, dtype=np.float32)
             x[nz.astype(bool)] = np.frombuffer(data, np.float32, k, off)
             off += 4 * k
-            snaps.append(Snapshot(ts, p, x))
+            snaps.append(Snapshot(ts, p, x, y))
         if off != len(data):
             raise ValueError(f"pending-label record has {len(data) - off} trailing bytes")
         return cls(snaps, dropped)
@@ -173,7 +188,7 @@ class Pending:
 
 def add(pending: Pending, rule: LabelRule, ts: int, x: Sequence[float] | np.ndarray, p: float) -> Snapshot | None:
     """Queue the prediction ``p`` made at ``ts`` from features ``x``; return the snapshot the bound
-    evicted, if any. Snapshots stay sorted by ``ts`` (a late event's prediction goes in its place)."""
+    evicted, if any (the caller learns it if it holds a label, ``y >= 0``; otherwise it is lost). Snapshots stay sorted by ``ts`` (a late event's prediction goes in its place)."""
     snap = Snapshot(int(ts), float(np.float32(p)), np.asarray(x, dtype=np.float32).copy())
     snaps = pending.snapshots
     i = len(snaps)
@@ -181,40 +196,51 @@ def add(pending: Pending, rule: LabelRule, ts: int, x: Sequence[float] | np.ndar
         i -= 1
     snaps.insert(i, snap)
     if len(snaps) > rule.max_pending:
-        pending.dropped += 1
-        return snaps.pop(0)
+        evicted = snaps.pop(0)
+        if evicted.y < 0:
+            pending.dropped += 1
+        return evicted
     return None
 
 
 def resolve_event(pending: Pending, rule: LabelRule, event_type: str, event_ts: int) -> list[tuple[Snapshot, int]]:
-    """Labels that an event of the same user settles, removed from the queue, oldest first.
+    """Labels that an event of the same user settles, oldest first.
 
-    Intent: a purchase at ``T`` makes every snapshot with ``ts < T <= ts + H`` positive; other
-    events settle nothing. Churn: any event at ``T`` settles every snapshot with ``ts < T``:
-    negative if ``T <= ts + D`` (the user came back in time), positive otherwise.
+    Intent: a purchase at ``T`` makes every open snapshot with ``ts < T <= ts + H`` positive;
+    other events settle nothing. Churn: any event at ``T`` settles every open snapshot with
+    ``ts < T``: negative if ``T <= ts + D`` (the user came back in time), positive otherwise.
+
+    With ``rule.hold`` (the default) a settled snapshot stays queued with its label and is
+    handed out by :func:`resolve_watermark` once its horizon has passed, so this returns ``[]``;
+    without it the settled snapshots leave the queue and are returned now.
     """
     snaps = pending.snapshots
-    if not snaps:
+    if not snaps or (rule.task == INTENT and event_type != "purchase"):
         return []
     h = rule.horizon_ms
-    out: list[tuple[Snapshot, int]] = []
-    keep: list[Snapshot] = []
-    if rule.task == INTENT:
-        if event_type != "purchase":
-            return []
-        for s in snaps:
-            (out.append((s, 1)) if s.ts < event_ts <= s.ts + h else keep.append(s))
-    else:
-        for s in snaps:
-            (out.append((s, int(event_ts > s.ts + h))) if s.ts < event_ts else keep.append(s))
-    if out:
-        pending.snapshots = keep
-    return out
+    settled: list[tuple[Snapshot, int]] = []
+    for s in snaps:
+        if s.y >= 0 or s.ts >= event_ts:
+            continue
+        if rule.task == INTENT:
+            if event_ts <= s.ts + h:
+                settled.append((s, 1))
+        else:
+            settled.append((s, int(event_ts > s.ts + h)))
+    if rule.hold:
+        for s, y in settled:
+            s.y = y
+        return []
+    if settled:
+        gone = {id(s) for s, _ in settled}
+        pending.snapshots = [s for s in snaps if id(s) not in gone]
+    return settled
 
 
 def resolve_watermark(pending: Pending, rule: LabelRule, watermark_ms: int) -> list[tuple[Snapshot, int]]:
-    """Labels that the event-time watermark settles: every snapshot whose horizon ended before it
-    (``ts + H < watermark``) gets the "nothing happened" label: 0 for intent, 1 for churn."""
+    """Labels due at the event-time watermark: every snapshot whose horizon ended before it
+    (``ts + H < watermark``) leaves the queue with its held label, or if none, the "nothing
+    happened" label: 0 for intent, 1 for churn."""
     snaps = pending.snapshots
     h = rule.horizon_ms
     n = 0
@@ -222,8 +248,8 @@ def resolve_watermark(pending: Pending, rule: LabelRule, watermark_ms: int) -> l
         n += 1  # sorted by ts, so the expired ones are a prefix
     if not n:
         return []
-    y = 0 if rule.task == INTENT else 1
-    out = [(s, y) for s in snaps[:n]]
+    default = 0 if rule.task == INTENT else 1
+    out = [(s, s.y if s.y >= 0 else default) for s in snaps[:n]]
     del snaps[:n]
     return out
 
@@ -244,7 +270,7 @@ class UserPending:
     >>> up = UserPending()
     >>> add(up.intent, LabelRule("intent", 1_800_000), 5, [0.0, 3.0], 0.1)
     >>> UserPending.from_bytes(up.to_bytes()) == up, len(up.to_bytes())
-    (True, 31)
+    (True, 32)
     """
 
     intent: Pending = dataclasses.field(default_factory=Pending)

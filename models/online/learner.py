@@ -36,8 +36,11 @@ That is an occlusion attribution: it explains this score, not the model globally
 ...     ev = Event(f"e{i}", "u1", kind, t0 + i * 60_000, item_id="i1")
 ...     _ = apply_event(state, ev, StateConfig())
 ...     out = learners.on_event(pending, state, ev)
->>> out.intent is None, len(pending.intent), len(pending.churn)  # a purchase is not scored for intent
-(True, 0, 1)
+>>> out.intent is None, [s.y for s in pending.intent.snapshots]  # no intent score for a purchase;
+(True, [1, 1])
+>>> len(pending.churn)  # the buy settled the views' labels, held until their horizon has passed
+3
+>>> _ = learners.on_watermark(pending, state, t0 + 2 * 60_000 + 30 * 60_000 + 1)  # both horizons over
 >>> learners.intent.metrics()["n"], learners.intent.metrics()["positives"]  # both views led to the buy
 (2, 2)
 >>> PartitionLearners.from_bytes(learners.to_bytes()).intent.metrics()["n"]
@@ -148,9 +151,11 @@ class OnlineLearner:
     True
     >>> lr.observe(q, Event("e", "u", "click", 1_000, item_id="i"), x, 0.03)
     True
-    >>> lr.resolve(q, Event("b", "u", "purchase", 2_000))  # the buy settles the view: learned once
+    >>> lr.resolve(q, Event("b", "u", "purchase", 2_000))  # the buy settles the view; learning waits
+    0
+    >>> lr.resolve(q, 1_000 + 30 * 60_000 + 1)  # the horizon has passed: learned, once
     1
-    >>> lr.resolve(q, 10**12)  # nothing left to learn
+    >>> lr.resolve(q, 10**12)
     0
     """
 
@@ -222,9 +227,16 @@ class OnlineLearner:
         """
         if self.cfg.task == INTENT and event.type == "purchase":
             return False
-        if labels.add(pending, self.rule, event.ts, self._vector(features), p) is not None:
-            self.metrics_.dropped += 1
+        self._evicted(labels.add(pending, self.rule, event.ts, self._vector(features), p))
         return True
+
+    def _evicted(self, snap: labels.Snapshot | None) -> None:
+        if snap is None:
+            return
+        if snap.y >= 0:  # settled and held: the bound releases it early rather than lose it
+            self._learn([(snap, snap.y)], None)
+        else:
+            self.metrics_.dropped += 1
 
     def observe_scan(self, pending: Pending, watermark_ms: int, features: dict[str, float], p: float) -> bool:
         """Queue a churn prediction made for a *silent* user at ``watermark_ms`` (features read at
@@ -239,19 +251,23 @@ class OnlineLearner:
             return False
         if newest is not None and watermark_ms - newest < self.rule.scan_every_ms:  # type: ignore[operator]
             return False
-        if labels.add(pending, self.rule, watermark_ms, self._vector(features), p) is not None:
-            self.metrics_.dropped += 1
+        self._evicted(labels.add(pending, self.rule, watermark_ms, self._vector(features), p))
         return True
 
     def resolve(self, pending: Pending, event_or_watermark: Event | int, *, collect: list | None = None) -> int:
-        """Learn from every label that the event (of this user) or the watermark settles; return
-        how many. Each resolved prediction is scored into the metrics with the probability it was
+        """Settle what the event (of this user) or the watermark settles, and learn every label that
+        is due; return how many were learned (with held labels, an event learns nothing: its labels
+        are learned when the watermark passes their horizon). Each resolved prediction is scored into the metrics with the probability it was
         served with, then learned (``learn_one``) once. ``collect``, if given, receives
         ``(ts, x, y, p)`` per label (evaluation only)."""
         if isinstance(event_or_watermark, Event):
             done = labels.resolve_event(pending, self.rule, event_or_watermark.type, event_or_watermark.ts)
         else:
             done = labels.resolve_watermark(pending, self.rule, int(event_or_watermark))
+        self._learn(done, collect)
+        return len(done)
+
+    def _learn(self, done: list[tuple[labels.Snapshot, int]], collect: list | None) -> None:
         for snap, y in done:
             self.metrics_.update(y, snap.p)
             x = dict(zip(self.names, snap.x.tolist(), strict=True))
@@ -264,7 +280,6 @@ class OnlineLearner:
                 self._m2 += d * (snap.x - self._mean)
             if collect is not None:
                 collect.append((snap.ts, snap.x, y, snap.p))
-        return len(done)
 
     def next_due(self, pending: Pending) -> int | None:
         """The watermark at which this user's queue next needs :meth:`resolve` (None: nothing queued)."""

@@ -48,8 +48,13 @@ def code_version() -> str:
     if env:
         return env
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -66,8 +71,15 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def save(path: str | os.PathLike, model: SequenceModel, cfg: SeqConfig, *, vocab: dict[int, str],
-         metrics: dict[str, Any] | None = None, data_range: tuple[int, int] | None = None) -> None:
+def save(
+    path: str | os.PathLike,
+    model: SequenceModel,
+    cfg: SeqConfig,
+    *,
+    vocab: dict[int, str],
+    metrics: dict[str, Any] | None = None,
+    data_range: tuple[int, int] | None = None,
+) -> None:
     path = Path(path)
     blob = {
         "format": FORMAT,
@@ -105,7 +117,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> L
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
     if blob.get("feature_schema_version") != FEATURE_SCHEMA_VERSION:
         raise CheckpointError(
-            f"{path}: feature schema {blob.get('feature_schema_version')} != this code's {FEATURE_SCHEMA_VERSION}")
+            f"{path}: feature schema {blob.get('feature_schema_version')} != this code's {FEATURE_SCHEMA_VERSION}"
+        )
     try:
         cfg = SeqConfig.from_dict(blob["config"])
         model = SequenceModel(cfg)
@@ -114,7 +127,12 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> L
         raise CheckpointError(f"{path}: config or weights do not fit this code ({e})") from e
     model.to(map_location).eval()
     dr = blob.get("data_range")
-    return Loaded(model=model, config=cfg, vocab={int(k): v for k, v in blob["vocab"].items()},
-                  metrics=blob.get("metrics", {}), data_range=tuple(dr) if dr else (0, 0),
-                  code_version=blob.get("code_version", "unknown"),
-                  feature_schema_version=blob["feature_schema_version"])
+    return Loaded(
+        model=model,
+        config=cfg,
+        vocab={int(k): v for k, v in blob["vocab"].items()},
+        metrics=blob.get("metrics", {}),
+        data_range=tuple(dr) if dr else (0, 0),
+        code_version=blob.get("code_version", "unknown"),
+        feature_schema_version=blob["feature_schema_version"],
+    )

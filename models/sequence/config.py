@@ -40,7 +40,7 @@ class SeqConfig:
     # the model memorise the training users' own items instead of learning behaviour that
     # carries over to new users (measured in docs/SEQUENCE.md). The next-category output and
     # the copy mechanism work on category buckets either way.
-    id_embeddings: bool = True
+    id_embeddings: bool = False
     # -- labels --
     intent_ms: int = 30 * MINUTE_MS  # purchase intent: a purchase in (t, t + intent_ms]
     churn_ms: int = 3 * DAY_MS  # churn risk: no event at all in (t, t + churn_ms]

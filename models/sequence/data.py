@@ -97,7 +97,12 @@ def window_features(window: Sequence[RecentEvent], cfg: SeqConfig) -> dict[str, 
     query: list[int] = []
     gap: list[int] = []
     rows: list[list[float]] = []
-    nb_item, nb_cat, nb_query, nb_gap = cfg.item_buckets - 1, cfg.category_buckets - 1, cfg.query_buckets - 1, cfg.gap_buckets - 1
+    nb_item, nb_cat, nb_query, nb_gap = (
+        cfg.item_buckets - 1,
+        cfg.category_buckets - 1,
+        cfg.query_buckets - 1,
+        cfg.gap_buckets - 1,
+    )
     log1p, exp = math.log1p, math.exp
     item_count: dict[int, int] = defaultdict(int)
     item_last_ts: dict[int, int] = {}
@@ -245,7 +250,9 @@ def user_histories(events: Iterable[Event]) -> dict[str, list[RecentEvent]]:
     by_user: dict[str, list[Event]] = defaultdict(list)
     for e in events:
         by_user[e.user].append(e)
-    return {u: [RecentEvent.from_event(e) for e in sorted(evs, key=lambda e: e.ts)] for u, evs in by_user.items()}
+    return {
+        u: [RecentEvent.from_event(e) for e in sorted(evs, key=lambda e: e.ts)] for u, evs in by_user.items()
+    }
 
 
 def build_windows(
@@ -290,7 +297,7 @@ def build_windows(
                 out["length"].append(np.array(end - start))
             end = min(end + stride, n)
     if not out:
-        raise ValueError("no training windows: no events (or none in the target time range)")
+        raise ValueError("no windows: no events, or none in the target time range")
     return Windows({k: np.stack(v) for k, v in out.items()})
 
 

@@ -46,12 +46,18 @@ class SequenceModel(nn.Module):
         self.in_norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
         if cfg.arch == "gru":
-            self.rnn = nn.GRU(d, d, num_layers=cfg.n_layers, batch_first=True,
-                              dropout=cfg.dropout if cfg.n_layers > 1 else 0.0)
+            self.rnn = nn.GRU(
+                d,
+                d,
+                num_layers=cfg.n_layers,
+                batch_first=True,
+                dropout=cfg.dropout if cfg.n_layers > 1 else 0.0,
+            )
         else:
             self.pos_emb = nn.Embedding(cfg.max_len, d)
-            layer = nn.TransformerEncoderLayer(d, cfg.n_heads, 4 * d, cfg.dropout, batch_first=True,
-                                               norm_first=True)
+            layer = nn.TransformerEncoderLayer(
+                d, cfg.n_heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True
+            )
             self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
             self.out_norm = nn.LayerNorm(d)
         # The binary heads also see the raw numeric features: the repeat signals are strong on
@@ -101,8 +107,11 @@ class SequenceModel(nn.Module):
         allowed = (dist >= 0) & has_cat
         q_cat = cats.gather(1, q_pos).unsqueeze(-1)
         same = (cats.unsqueeze(1) == q_cat) & has_cat
-        s = (s.float() + self.copy_recency(dist.clamp(0, self.cfg.max_len - 1)).squeeze(-1).float()
-             + self.copy_same.float() * same)
+        s = (
+            s.float()
+            + self.copy_recency(dist.clamp(0, self.cfg.max_len - 1)).squeeze(-1).float()
+            + self.copy_same.float() * same
+        )
         s = s.masked_fill(~allowed, float("-inf"))
         has = allowed.any(-1)
         w = torch.softmax(s, dim=-1).nan_to_num(0.0)
@@ -127,21 +136,28 @@ class SequenceModel(nn.Module):
         zero = h.sum() * 0.0  # keeps the graph valid when a batch has no label of a kind
 
         m = tgt & b["intent_mask"]
-        parts["intent"] = (F.binary_cross_entropy_with_logits(intent_logit[m].float(), b["intent"][m])
-                           if m.any() else zero)
+        parts["intent"] = (
+            F.binary_cross_entropy_with_logits(intent_logit[m].float(), b["intent"][m]) if m.any() else zero
+        )
         m = tgt & b["churn_mask"]
-        parts["churn"] = (F.binary_cross_entropy_with_logits(churn_logit[m].float(), b["churn"][m])
-                          if m.any() else zero)
+        parts["churn"] = (
+            F.binary_cross_entropy_with_logits(churn_logit[m].float(), b["churn"][m]) if m.any() else zero
+        )
         m = tgt & (b["next_type"] >= 0)
-        parts["next_type"] = (F.cross_entropy(self.next_type_head(h[m]).float(), b["next_type"][m])
-                              if m.any() else zero)
+        parts["next_type"] = (
+            F.cross_entropy(self.next_type_head(h[m]).float(), b["next_type"][m]) if m.any() else zero
+        )
         m = tgt & (b["next_cat"] >= 0)
         if m.any():
             parts["next_category"] = -torch.log(self._next_cat_prob_of(h, x, b, m) + 1e-8).mean()
         else:
             parts["next_category"] = zero
-        loss = (cfg.w_intent * parts["intent"] + cfg.w_churn * parts["churn"]
-                + cfg.w_next_type * parts["next_type"] + cfg.w_next_category * parts["next_category"])
+        loss = (
+            cfg.w_intent * parts["intent"]
+            + cfg.w_churn * parts["churn"]
+            + cfg.w_next_type * parts["next_type"]
+            + cfg.w_next_category * parts["next_category"]
+        )
         return loss, parts
 
     def _next_cat_prob_of(self, h, x, b, m) -> torch.Tensor:
@@ -157,8 +173,9 @@ class SequenceModel(nn.Module):
         g = torch.where(has[m], g, torch.ones_like(g))
         return g * gen + (1.0 - g) * copy
 
-    def next_category_dist(self, h: torch.Tensor, x: torch.Tensor, cats: torch.Tensor,
-                           q_index: torch.Tensor) -> torch.Tensor:
+    def next_category_dist(
+        self, h: torch.Tensor, x: torch.Tensor, cats: torch.Tensor, q_index: torch.Tensor
+    ) -> torch.Tensor:
         """Full next-category distribution (N, category_buckets) for chosen query positions.
 
         h, x: (B, L, d); cats: (B, L); q_index: (B,) position of the query in each window.
@@ -196,8 +213,9 @@ class SequenceModel(nn.Module):
             h = x.clone()
             h[ar, last] = out.squeeze(1)
         elif self.cfg.arch == "gru":
-            packed = nn.utils.rnn.pack_padded_sequence(x, b["length"].cpu(), batch_first=True,
-                                                       enforce_sorted=False)
+            packed = nn.utils.rnn.pack_padded_sequence(
+                x, b["length"].cpu(), batch_first=True, enforce_sorted=False
+            )
             out, state = self.rnn(packed)
             h, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         else:

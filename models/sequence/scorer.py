@@ -81,16 +81,24 @@ class SequenceScorer:
         st = state.transpose(0, 1).cpu().numpy() if state is not None else None
         return Scores(pi.cpu().numpy(), pc.cpu().numpy(), tb, tp, names, st)
 
-    def score_batch(self, windows: Sequence[Sequence[RecentEvent]], now_ms: int | None = None,
-                    k: int | None = None) -> Scores:
+    def score_batch(
+        self, windows: Sequence[Sequence[RecentEvent]], now_ms: int | None = None, k: int | None = None
+    ) -> Scores:
         """Score each window at its last event; for the GRU also returns the per-user state."""
         b = self._batch(windows, now_ms)
         return self._scores(self.model.score_last(b, k or self.config.top_k))
 
-    def step(self, windows: Sequence[Sequence[RecentEvent]], state: np.ndarray, now_ms: int | None = None,
-             k: int | None = None) -> Scores:
+    def step(
+        self,
+        windows: Sequence[Sequence[RecentEvent]],
+        state: np.ndarray,
+        now_ms: int | None = None,
+        k: int | None = None,
+    ) -> Scores:
         """GRU only: score after the newest event (the last of each window), advancing ``state``
         (n, n_layers, d_model) from the previous call by that one event."""
         b = self._batch(windows, now_ms)
-        h0 = torch.from_numpy(np.ascontiguousarray(np.asarray(state, np.float32).transpose(1, 0, 2))).to(self.device)
+        h0 = torch.from_numpy(np.ascontiguousarray(np.asarray(state, np.float32).transpose(1, 0, 2))).to(
+            self.device
+        )
         return self._scores(self.model.score_last(b, k or self.config.top_k, h0=h0))

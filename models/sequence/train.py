@@ -43,8 +43,9 @@ class TrainResult:
     device: str
 
     def save(self, path: str) -> None:
-        checkpoint.save(path, self.model, self.config, vocab=self.vocab, metrics=self.metrics,
-                        data_range=self.data_range)
+        checkpoint.save(
+            path, self.model, self.config, vocab=self.vocab, metrics=self.metrics, data_range=self.data_range
+        )
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -87,14 +88,27 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def predict(model: SequenceModel, w: Windows, device: torch.device, batch_size: int = 64,
-            k: int = 10) -> dict[str, np.ndarray]:
+def predict(
+    model: SequenceModel, w: Windows, device: torch.device, batch_size: int = 64, k: int = 10
+) -> dict[str, np.ndarray]:
     """Predictions at every target position: p_intent, p_churn, next-type probs, top-k categories,
     with the matching labels and masks (flattened over target positions)."""
     model.eval()
-    out: dict[str, list[np.ndarray]] = {k_: [] for k_ in
-                                        ("p_intent", "p_churn", "topk", "intent", "intent_mask",
-                                         "churn", "churn_mask", "next_cat", "next_type", "p_type")}
+    out: dict[str, list[np.ndarray]] = {
+        k_: []
+        for k_ in (
+            "p_intent",
+            "p_churn",
+            "topk",
+            "intent",
+            "intent_mask",
+            "churn",
+            "churn_mask",
+            "next_cat",
+            "next_type",
+            "p_type",
+        )
+    }
     amp, _ = autocast_for(device)
     for s in range(0, len(w), batch_size):
         b = to_batch(w, np.arange(s, min(s + batch_size, len(w))), device)
@@ -128,13 +142,19 @@ def metrics_from(pred: dict[str, np.ndarray], k: int = 10) -> dict[str, float]:
         "churn_auc": roc_auc(pred["churn"][cm], pred["p_churn"][cm]),
         "churn_n": int(cm.sum()),
         f"hr@{k}": float(hits.any(1).mean()) if len(hits) else float("nan"),
-        f"mrr@{k}": float(np.where(rank > 0, 1.0 / np.maximum(rank, 1), 0.0).mean()) if len(hits) else float("nan"),
+        f"mrr@{k}": float(np.where(rank > 0, 1.0 / np.maximum(rank, 1), 0.0).mean())
+        if len(hits)
+        else float("nan"),
         "next_cat_n": int(has_next.sum()),
-        "next_type_acc": float((pred["p_type"][nt].argmax(1) == pred["next_type"][nt]).mean()) if nt.any() else float("nan"),
+        "next_type_acc": float((pred["p_type"][nt].argmax(1) == pred["next_type"][nt]).mean())
+        if nt.any()
+        else float("nan"),
     }
 
 
-def evaluate(model: SequenceModel, w: Windows, device: torch.device | None = None, k: int = 10) -> dict[str, float]:
+def evaluate(
+    model: SequenceModel, w: Windows, device: torch.device | None = None, k: int = 10
+) -> dict[str, float]:
     device = device or next(model.parameters()).device
     return metrics_from(predict(model, w, device, k=k), k=k)
 
@@ -150,7 +170,9 @@ def _progress(log: TextIO | None, epoch: int, n_epochs: int, done: int, total: i
         return
     width = 30
     fill = int(width * done / max(total, 1))
-    log.write(f"\repoch {epoch}/{n_epochs} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} loss {loss:.4f}")
+    log.write(
+        f"\repoch {epoch}/{n_epochs} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} loss {loss:.4f}"
+    )
     log.flush()
 
 
@@ -231,9 +253,23 @@ def train(
     model.load_state_dict(best[2])
     model.eval()
     t0, t1 = min(e.ts for e in events), max(e.ts for e in events)
-    metrics = {"val": best[3], "best_epoch": best[1], "epochs": len(history), "history": history,
-               "cutoff_ms": cutoff, "train_windows": len(train_w), "train_targets": train_w.n_targets,
-               "val_targets": val_w.n_targets}
-    return TrainResult(model=model, config=cfg, vocab=vocab, metrics=metrics, data_range=(t0, t1),
-                       cutoff_ms=cutoff, train_events_per_s=trained_events / max(train_time, 1e-9),
-                       device=str(dev))
+    metrics = {
+        "val": best[3],
+        "best_epoch": best[1],
+        "epochs": len(history),
+        "history": history,
+        "cutoff_ms": cutoff,
+        "train_windows": len(train_w),
+        "train_targets": train_w.n_targets,
+        "val_targets": val_w.n_targets,
+    }
+    return TrainResult(
+        model=model,
+        config=cfg,
+        vocab=vocab,
+        metrics=metrics,
+        data_range=(t0, t1),
+        cutoff_ms=cutoff,
+        train_events_per_s=trained_events / max(train_time, 1e-9),
+        device=str(dev),
+    )

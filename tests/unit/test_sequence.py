@@ -21,17 +21,35 @@ from models.sequence.data import (
     window_features,
 )
 from models.sequence.scorer import SequenceScorer
-from models.sequence.train import evaluate, roc_auc, train
+from models.sequence.train import roc_auc, train
 
 T0 = 1_700_000_000_000
 DAY = 86_400_000
 
-TINY = SeqConfig(max_len=16, d_model=16, item_buckets=512, category_buckets=256, query_buckets=64,
-                 batch_size=16, lr=1e-2, max_epochs=3, patience=3, dropout=0.0)
+TINY = SeqConfig(
+    max_len=16,
+    d_model=16,
+    item_buckets=512,
+    category_buckets=256,
+    query_buckets=64,
+    batch_size=16,
+    lr=1e-2,
+    max_epochs=3,
+    patience=3,
+    dropout=0.0,
+)
 
 
-def ev(i: int, user: str, typ: str, ts: int, item: str | None = "i", cat: str | None = "c", price=None,
-       query=None) -> Event:
+def ev(
+    i: int,
+    user: str,
+    typ: str,
+    ts: int,
+    item: str | None = "i",
+    cat: str | None = "c",
+    price=None,
+    query=None,
+) -> Event:
     return Event(f"e{i}", user, typ, ts, item_id=item, category_id=cat, price=price, query=query)
 
 
@@ -78,13 +96,16 @@ def trained(one_thread):
 
 def test_window_features_see_only_earlier_events():
     cfg = SeqConfig(max_len=8)
-    rec = [RecentEvent.from_event(e) for e in [
-        ev(1, "u", "click", T0, item="a", cat="x"),
-        ev(2, "u", "add_to_cart", T0 + 1000, item="a", cat="x"),
-        ev(3, "u", "click", T0 + 2000, item="b", cat="x"),
-        ev(4, "u", "click", T0 + 3000, item="a", cat="y"),
-        ev(5, "u", "search", T0 + 4000, item=None, cat=None, query="Shoes"),
-    ]]
+    rec = [
+        RecentEvent.from_event(e)
+        for e in [
+            ev(1, "u", "click", T0, item="a", cat="x"),
+            ev(2, "u", "add_to_cart", T0 + 1000, item="a", cat="x"),
+            ev(3, "u", "click", T0 + 2000, item="b", cat="x"),
+            ev(4, "u", "click", T0 + 3000, item="a", cat="y"),
+            ev(5, "u", "search", T0 + 4000, item=None, cat=None, query="Shoes"),
+        ]
+    ]
     f = window_features(rec, cfg)
     col = {name: f["num"][:, i].tolist() for i, name in enumerate(NUM_FEATURES)}
     assert col["item_seen"] == pytest.approx([0, np.log(2), 0, np.log(3), 0])
@@ -101,12 +122,15 @@ def test_window_features_see_only_earlier_events():
 
 def test_labels_respect_horizons_and_data_end():
     cfg = SeqConfig(intent_ms=30 * MINUTE_MS, churn_ms=DAY)
-    hist = [RecentEvent.from_event(e) for e in [
-        ev(1, "u", "click", T0),
-        ev(2, "u", "click", T0 + 40 * MINUTE_MS),
-        ev(3, "u", "purchase", T0 + 60 * MINUTE_MS),
-        ev(4, "u", "click", T0 + 3 * DAY),
-    ]]
+    hist = [
+        RecentEvent.from_event(e)
+        for e in [
+            ev(1, "u", "click", T0),
+            ev(2, "u", "click", T0 + 40 * MINUTE_MS),
+            ev(3, "u", "purchase", T0 + 60 * MINUTE_MS),
+            ev(4, "u", "click", T0 + 3 * DAY),
+        ]
+    ]
     lab = history_labels(hist, cfg, data_end_ms=T0 + 3 * DAY)
     # The purchase is 60 min after event 1 (too late) and 20 min after event 2.
     assert lab["intent"].tolist()[:2] == [0.0, 1.0]
@@ -126,8 +150,12 @@ def test_every_event_is_a_target_exactly_once():
 
 def test_time_split_has_no_label_leak():
     cfg = SeqConfig(max_len=8, val_fraction=0.5)
-    evs = [ev(0, "u", "click", T0), ev(1, "u", "click", T0 + 2 * DAY - 10 * MINUTE_MS),
-           ev(2, "u", "purchase", T0 + 2 * DAY + MINUTE_MS), ev(3, "u", "click", T0 + 4 * DAY)]
+    evs = [
+        ev(0, "u", "click", T0),
+        ev(1, "u", "click", T0 + 2 * DAY - 10 * MINUTE_MS),
+        ev(2, "u", "purchase", T0 + 2 * DAY + MINUTE_MS),
+        ev(3, "u", "click", T0 + 4 * DAY),
+    ]
     tr, va, cutoff = time_split(evs, cfg)
     assert cutoff == T0 + 2 * DAY
     # Event 1's purchase lies after the cutoff: training must not see that label at all.
@@ -154,7 +182,10 @@ def test_tiny_model_learns_planted_pattern(trained):
 
 
 def test_transformer_variant_trains():
-    cfg = SeqConfig(**{**TINY.to_dict(), "arch": "transformer", "n_layers": 1, "max_epochs": 2})
+    # Also covers the identity-embedding inputs (off by default).
+    cfg = SeqConfig(
+        **{**TINY.to_dict(), "arch": "transformer", "n_layers": 1, "max_epochs": 2, "id_embeddings": True}
+    )
     res = train(planted(30), cfg, log=None, device="cpu")
     assert res.metrics["val"]["intent_auc"] > 0.7
 
@@ -164,8 +195,10 @@ def test_save_load_gives_identical_scores(trained, tmp_path):
     trained.save(path)
     scorer = SequenceScorer.load(path)
     hist = user_histories(planted())
-    windows = [h[-TINY.max_len:] for h in hist.values()]
-    a = SequenceScorer(checkpoint.Loaded(trained.model, TINY, trained.vocab, {}, (0, 0), "", 1)).score_batch(windows)
+    windows = [h[-TINY.max_len :] for h in hist.values()]
+    a = SequenceScorer(checkpoint.Loaded(trained.model, TINY, trained.vocab, {}, (0, 0), "", 1)).score_batch(
+        windows
+    )
     b = scorer.score_batch(windows)
     np.testing.assert_allclose(a.p_intent, b.p_intent, rtol=0, atol=1e-6)
     np.testing.assert_allclose(a.p_churn, b.p_churn, rtol=0, atol=1e-6)
@@ -178,7 +211,9 @@ def test_save_load_gives_identical_scores(trained, tmp_path):
 def test_scores_separate_carts_from_browsing(trained):
     scorer = SequenceScorer(checkpoint.Loaded(trained.model, TINY, trained.vocab, {}, (0, 0), "", 1))
     t = T0 + 20 * DAY
-    browse = [RecentEvent.from_event(ev(i, "x", "click", t + i * 30_000, item=f"i{i}", cat="c1")) for i in range(4)]
+    browse = [
+        RecentEvent.from_event(ev(i, "x", "click", t + i * 30_000, item=f"i{i}", cat="c1")) for i in range(4)
+    ]
     cart = browse + [RecentEvent.from_event(ev(9, "x", "add_to_cart", t + 200_000, item="i3", cat="c1"))]
     s = scorer.score_batch([browse, cart])
     assert s.p_intent[1] > s.p_intent[0] + 0.1
@@ -227,8 +262,10 @@ def test_trains_and_scores_on_cuda_with_mixed_precision(tmp_path):
     res.save(tmp_path / "seq.pt")
     cpu = SequenceScorer.load(tmp_path / "seq.pt")
     gpu = SequenceScorer.load(tmp_path / "seq.pt", device="cuda")
-    windows = [h[-TINY.max_len:] for h in user_histories(planted()).values()]
-    np.testing.assert_allclose(cpu.score_batch(windows).p_intent, gpu.score_batch(windows).p_intent, atol=1e-3)
+    windows = [h[-TINY.max_len :] for h in user_histories(planted()).values()]
+    np.testing.assert_allclose(
+        cpu.score_batch(windows).p_intent, gpu.score_batch(windows).p_intent, atol=1e-3
+    )
 
 
 def test_registry_serves_checkpoints_and_refuses_a_broken_one(trained, tmp_path):
