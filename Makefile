@@ -37,6 +37,9 @@ test: venv tools ## run the whole test suite (unit, stream, integration on a rea
 test-fast: venv ## run the unit tests only
 	$(PY) -m pytest -q -m "not integration and not slow" tests/unit $(PYTEST_ARGS)
 
+bench: venv ## benchmarks on the embedded broker: throughput, latency, memory vs baselines (BENCH_ARGS=...; docs/BENCHMARKS.md)
+	$(VENV)/bin/intentstream bench all $(BENCH_ARGS)
+
 lint: venv ## ruff over the code
 	$(VENV)/bin/ruff check stream models tests benchmarks
 
@@ -46,4 +49,4 @@ worker: venv ## run one worker (embedded broker unless KAFKA_BOOTSTRAP_SERVERS i
 clean: ## remove local state (.intentstream) and caches, keep .venv
 	rm -rf .intentstream .pytest_cache .ruff_cache .hypothesis build *.egg-info
 
-.PHONY: help venv tools demo test test-fast lint worker clean
+.PHONY: help venv tools demo test test-fast bench lint worker clean

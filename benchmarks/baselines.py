@@ -14,7 +14,8 @@ it writes to ``--result`` once ``--count`` events have been handled:
 
 Both record wall-clock times (``time.time()``, the harness runs on the same machine) when the
 first event arrives, when 10% and 90% of ``count`` have been handled, and when all have been
-handled and the sink flushed. Start-up (group join, fetching metadata) is not in these figures.
+handled and the sink flushed, and the process's CPU time (all threads) at the first and the last.
+Start-up (group join, fetching metadata) is not in these figures.
 
 Run by hand: ``python -m benchmarks.baselines raw --bootstrap 127.0.0.1:9092 --source shop.events
 --sink bench.sink --count 50000 --result /tmp/raw.json``.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import time
 import uuid
 from pathlib import Path
@@ -46,10 +48,14 @@ class Milestones:
         for mark, name in self.marks.items():
             if before < mark <= self.n and name not in self.times:
                 self.times[name] = now
+                if name == "first":
+                    self.times["cpu_first"] = time.process_time()
         return self.n >= self.count
 
     def write(self, path: Path, **extra: object) -> None:
         self.times["done"] = time.time()
+        self.times["cpu_done"] = time.process_time()
+        self.times["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"count": self.n, **self.times, **extra}))
         tmp.replace(path)  # the harness polls for the file: make it appear complete

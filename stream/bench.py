@@ -13,28 +13,35 @@ Scenarios (``intentstream bench [pipeline|baselines|state|all]``):
     topic, then one worker (``intentstream worker`` as a child process, in its own process group)
     is started on it. ``/metrics`` is polled every 0.1 s; "handled" is the sum of
     ``intentstream_events_consumed_total`` over the real event types plus late and duplicate
-    events (the events that went through the whole pipeline: ingest, repartition, process).
-    ``sustained_events_per_s`` is the rate between 10% and 90% of the backlog handled (start-up,
-    the wait before the second agent starts, and the tail are left out); ``backlog_events_per_s``
-    is the whole backlog divided by the time from the first processed batch of either agent to the
-    last event handled (start-up left out, the stall before ``process`` starts included).
-    ``startup_s`` is process start to ``/readyz`` 200, ``stall_s`` first batch to first event handled.
+    events: events that went through the whole pipeline (ingest, repartition, process).
+
+    * ``events_per_s`` (the headline): the backlog divided by the time from the first processed
+      batch of either agent to the last event handled. Start-up (process start, group join,
+      recovery) is left out; the wait before the second agent gets its first events is not.
+    * ``steady_events_per_s``: the rate between 10% and 90% of the backlog handled, which leaves
+      that wait and the tail out too (for the two-agent worker it is mostly the second agent's
+      rate, once the first one has worked through the backlog).
+    * ``cpu_us_per_event``: the worker's CPU time (all threads, psutil) over the same window as
+      ``events_per_s``, per event. Less sensitive to a busy neighbour than the rates.
+    * ``startup_s``: process start to ``/readyz`` 200; ``stall_s``: first batch to first event handled.
 
     **Event-to-signal latency** at an offered load of ``--rate`` events/s (default: half the median
-    sustained throughput measured in the same run). A fresh worker is warmed up with a
-    few thousand events (until they are all handled), then events are produced at a steady rate
-    while a consumer reads the signal topics. Each event's send time is recorded (wall clock,
-    just before ``producer.send``; the producer lingers up to 5 ms, as a real client would) and
-    matched to the signals by ``event_id``. ``latency_ms`` uses the signal's Kafka timestamp
-    (create time, set by the worker's producer when the signal is sent); ``receive_latency_ms``
-    uses the time our consumer received it (adds the signal producer's linger and the fetch).
+    ``events_per_s`` measured in the same run). A fresh worker is warmed up with a quarter of
+    ``--events`` (at most 2,000; until they are all handled), then events are produced at a
+    steady rate for ``latency_seconds`` (at most ``--events`` of them) while a consumer reads the
+    signal topics. Each event's send time is recorded (wall clock, just before ``producer.send``;
+    the producer lingers up to 5 ms, as a real client would) and matched to the signals by
+    ``event_id``. ``latency_ms`` uses the signal's Kafka timestamp (create time, set by the
+    worker's producer when the signal is sent); ``receive_latency_ms`` uses the time our consumer
+    received it (adds the signal producer's linger and the fetch).
 
     **Memory.** The worker's resident set size (psutil) after the throughput backlog.
 
 ``baselines``
     The same backlog through (a) a raw aiokafka consume -> ``json.loads`` -> produce loop and
     (b) a plain Faust pass-through agent (see :mod:`benchmarks.baselines`), measured the same way
-    (10% to 90%). With ``pipeline`` in the same run, ``ratios`` gives pipeline / baseline.
+    (first event to last, 10% to 90%, CPU per event). With ``pipeline`` in the same run, ``ratios``
+    gives pipeline / baseline for each (for CPU per event, above 1 means the pipeline costs more).
 
 ``state``
     ``benchmarks.state_bench.run(users, seed)``: bytes per user of the stored state and
@@ -44,7 +51,8 @@ Scenarios (``intentstream bench [pipeline|baselines|state|all]``):
     A worker on a ``rocksdb://`` store fills its table with ``--restart-users`` users (one event
     each), is stopped with SIGTERM and started again on the same data directory:
     ``restart_ready_s`` is process start to ``/readyz`` 200 with that state, ``cold_ready_s`` the
-    same on an empty store, in the same run.
+    same on an empty store, in the same run; ``first_event_after_restart_s`` the time from
+    producing one more event, once ready, until it is handled.
 
 Medians over ``--repeats`` are reported; the repeats of the pipeline and of the baselines are
 interleaved so that a noisy neighbour hurts all of them alike. The result is printed as a table
@@ -97,7 +105,7 @@ class BenchConfig:
     partitions: int = 4
     repeats: int = 3
     seed: int = 0
-    rate: float | None = None  # offered load for the latency run; None = half the sustained max
+    rate: float | None = None  # offered load for the latency run; None = half the measured events_per_s
     latency_seconds: float = 20.0  # length of the steady-load phase (capped by ``events``)
     restart: bool = False
     restart_users: int = 100_000
@@ -271,6 +279,17 @@ class Child:
             return psutil.Process(self.proc.pid).memory_info().rss  # type: ignore[union-attr]
         return None
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the process (all its threads) so far."""
+        try:
+            import psutil
+        except ImportError:
+            return None
+        with contextlib.suppress(psutil.Error, AttributeError):
+            t = psutil.Process(self.proc.pid).cpu_times()  # type: ignore[union-attr]
+            return t.user + t.system
+        return None
+
     def stop(self, timeout: float = 15.0) -> int | None:
         proc, self.proc = self.proc, None
         if proc is None:
@@ -344,6 +363,7 @@ class Bench:
         n = len(events)
         timeline: list[tuple[float, float]] = []
         t_ready = t_first_batch = None
+        cpu_first = cpu_done = None
         deadline = time.time() + 60 + n / 200
         with self.worker(s, port) as w:
             while time.time() < deadline and w.alive():
@@ -356,9 +376,10 @@ class Bench:
                     continue
                 m = parse_metrics(text)
                 if t_first_batch is None and m["batches"] > 0:
-                    t_first_batch = now
+                    t_first_batch, cpu_first = now, w.cpu_seconds()
                 timeline.append((now, m["handled"]))
                 if m["handled"] >= n:
+                    cpu_done = w.cpu_seconds()
                     break
             rss = w.rss_bytes()
             signals = parse_metrics(_scrape(port, "/metrics")[1]).get("signals")
@@ -372,8 +393,9 @@ class Bench:
             "events": n,
             "handled": handled,
             "complete": handled >= n,
-            "sustained_events_per_s": 0.8 * n / (t90 - t10) if t10 and t90 and t90 > t10 else None,
-            "backlog_events_per_s": n / (t_done - t_first_batch) if t_done and t_first_batch else None,
+            "events_per_s": n / (t_done - t_first_batch) if t_done and t_first_batch else None,
+            "steady_events_per_s": 0.8 * n / (t90 - t10) if t10 and t90 and t90 > t10 else None,
+            "cpu_us_per_event": 1e6 * (cpu_done - cpu_first) / n if cpu_done is not None and cpu_first is not None else None,
             "startup_s": t_ready - started if t_ready else None,
             "stall_s": t_first_event - t_first_batch if t_first_event and t_first_batch else None,
             "worker_rss_mb": rss / 2**20 if rss else None,
@@ -408,9 +430,10 @@ class Bench:
         return {
             "events": n,
             "complete": n >= len(events),
-            "sustained_events_per_s": 0.8 * n / (r["p90"] - r["p10"]) if r["p90"] > r["p10"] else None,
-            "backlog_events_per_s": n / (r["done"] - r["first"]) if r["done"] > r["first"] else None,
-            "rss_mb": rss / 2**20 if rss else None,
+            "events_per_s": n / (r["done"] - r["first"]) if r["done"] > r["first"] else None,
+            "steady_events_per_s": 0.8 * n / (r["p90"] - r["p10"]) if r["p90"] > r["p10"] else None,
+            "cpu_us_per_event": 1e6 * (r["cpu_done"] - r["cpu_first"]) / n,
+            "max_rss_mb": r.get("max_rss_mb") or (rss / 2**20 if rss else None),
             "preload_events_per_s": produce_rate,
         }
 
@@ -527,9 +550,20 @@ class Bench:
             time.sleep(2.0)  # a commit interval: the offsets and the last table writes are flushed
             t_stop = time.time()
         out["stop_s"] = time.time() - t_stop
+        # One more event of a known user after the restart: the first batch of a restarted worker
+        # also pays for whatever it rebuilds lazily (the churn-scan index), which /readyz does not show.
+        key, value, _ = events.records[-1]
+        probe = json.loads(value) | {"event_id": f"restart-probe-{self.run_id}", "ts": time.time_ns() // 1_000_000 - 1_000}
         with self.worker(s, port) as w:
             out["restart_ready_s"] = _wait_ready(w, port, 300)
             out["restart_rss_mb"] = (w.rss_bytes() or 0) / 2**20
+            t_probe = time.time()
+            asyncio.run(produce(s, self.bootstrap, s.events_topic, Events([(key, json.dumps(probe).encode(), "")], 1)))
+            while time.time() < t_probe + 120 and w.alive():
+                if parse_metrics(_scrape(port, "/metrics")[1])["handled"] >= 1:
+                    out["first_event_after_restart_s"] = time.time() - t_probe
+                    break
+                time.sleep(POLL_S)
         return out
 
 
@@ -592,7 +626,7 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
                 if want >= {"pipeline", "baselines"}:
                     result["ratios"] = _ratios(result["pipeline"], result["baselines"])
                 if "pipeline" in want:
-                    rate = config.rate or 0.5 * (result["pipeline"].get("sustained_events_per_s") or 0)
+                    rate = config.rate or 0.5 * (result["pipeline"].get("events_per_s") or 0)
                     if rate > 0:
                         say(f"latency at {rate:,.0f} events/s")
                         # Warm-up (a quarter of --events, at most 2,000) plus --latency-seconds of load,
@@ -601,7 +635,7 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
                         lat_events = make_events(min(2_000, config.events // 4) + measured, config.users, config.seed + 2)
                         result["latency"] = bench.latency(lat_events, rate)
                     else:
-                        result["latency"] = {"skipped": "no sustained throughput measured; pass --rate"}
+                        result["latency"] = {"skipped": "no throughput measured; pass --rate"}
                     if config.restart:
                         say(f"restart with {config.restart_users:,} users (rocksdb://)")
                         result["restart"] = bench.restart(config.restart_users)
@@ -627,9 +661,11 @@ def _summary(runs: list[dict]) -> dict:
 def _ratios(pipeline: dict, baselines: dict) -> dict:
     out = {}
     for name, b in baselines.items():
-        for metric in ("sustained_events_per_s", "backlog_events_per_s"):
+        for metric in ("events_per_s", "steady_events_per_s"):
             p, q = pipeline.get(metric), b.get(metric)
-            out[f"{metric.removesuffix('_events_per_s')}_vs_{name}"] = p / q if p and q else None
+            out[f"{metric.removesuffix('events_per_s')}pipeline_vs_{name}"] = p / q if p and q else None
+        p, q = pipeline.get("cpu_us_per_event"), b.get("cpu_us_per_event")
+        out[f"cpu_per_event_pipeline_vs_{name}"] = p / q if p and q else None
     return out
 
 
@@ -665,14 +701,16 @@ def table(result: dict) -> str:
     p = result.get("pipeline")
     if p:
         rows += [
-            ("pipeline sustained (10-90%) events/s", _fmt(p.get("sustained_events_per_s"))),
-            ("pipeline backlog (first batch-last) events/s", _fmt(p.get("backlog_events_per_s"))),
+            ("pipeline events/s (first batch to last handled)", _fmt(p.get("events_per_s"))),
+            ("pipeline steady events/s (10% to 90% handled)", _fmt(p.get("steady_events_per_s"))),
+            ("pipeline worker CPU per event", _fmt(p.get("cpu_us_per_event"), " us")),
             ("worker start-up to /readyz", _fmt(p.get("startup_s"), " s")),
             ("stall: first batch to first event handled", _fmt(p.get("stall_s"), " s")),
             ("worker RSS after backlog", _fmt(p.get("worker_rss_mb"), " MiB")),
         ]
     for name, b in (result.get("baselines") or {}).items():
-        rows.append((f"{name} sustained events/s", _fmt(b.get("sustained_events_per_s"))))
+        rows.append((f"{name} events/s", _fmt(b.get("events_per_s"))))
+        rows.append((f"{name} CPU per event", _fmt(b.get("cpu_us_per_event"), " us")))
     for name, r in (result.get("ratios") or {}).items():
         rows.append((f"ratio {name}", _fmt(r, "x")))
     lat = result.get("latency")
@@ -691,6 +729,7 @@ def table(result: dict) -> str:
         rows += [
             (f"restart with {rs.get('users'):,} users: ready in", _fmt(rs.get("restart_ready_s"), " s")),
             ("cold start (empty store): ready in", _fmt(rs.get("cold_ready_s"), " s")),
+            ("first event handled after the restart in", _fmt(rs.get("first_event_after_restart_s"), " s")),
         ]
     width = max((len(k) for k, _ in rows), default=0)
     return "\n".join(f"{k:<{width}}  {v:>14}" for k, v in rows)

@@ -208,6 +208,47 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return main(settings, args.scenario, config, Path(args.json) if args.json else None)
 
 
+# ---------------------------------------------------------------------------------------- train, refresh, evaluate
+def _history(args: argparse.Namespace) -> list:
+    from models.training import load_history
+
+    events, info = load_history(args.input or (), args.format, args.archive, days=args.days)
+    print(json.dumps({"history": info, "events": len(events)}), file=sys.stderr)
+    return events
+
+
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    """Train the sequence model and store it as a new registry version (docs/EVALUATION.md)."""
+    from models.registry import Registry
+    from models.training import seq_config_with, train_to_registry
+
+    registry = Registry(settings.registry_dir / "sequence")
+    _, _, summary = train_to_registry(_history(args), registry, seq_config_with(args.set), device=args.device,
+                                      max_seconds=args.max_seconds, promote=args.promote)  # fmt: skip
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_refresh(settings: Settings, args: argparse.Namespace) -> int:
+    """Train, re-score the current model on the new validation split, promote only if better."""
+    from models.registry import Registry
+    from models.training import refresh, seq_config_with
+
+    registry = Registry(settings.registry_dir / "sequence")
+    out = refresh(_history(args), registry, seq_config_with(args.set), device=args.device, max_seconds=args.max_seconds)
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    """Replay train then test through the stream's state and models; write report.json and plots."""
+    from stream.evaluate import run
+
+    report = run(args)
+    print(json.dumps({"task": report["task"], "models": report["models"], "out": str(args.out)}))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -268,6 +309,28 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--restart", action="store_true", help="also time a restart with 100k users of rocksdb state (slow)")
     bn.add_argument("--json", default=None, help="also write the JSON result to this file")
     bn.set_defaults(fn=cmd_bench)
+
+    for name, fn, help_ in (
+        ("train", cmd_train, "train the sequence model on history and store it in the registry (INTENTSTREAM_MODEL_DIR)"),
+        ("refresh", cmd_refresh, "train, compare with the current model on the same validation split, promote if better"),
+    ):
+        tr = sub.add_parser(name, help=help_)
+        tr.add_argument("--input", action="append", type=Path, help="history file (repeatable); needs --format")
+        tr.add_argument("--format", default=None, help="format of --input: taobao | cdnow | yoochoose | diginetica-* | jsonl")
+        tr.add_argument("--archive", type=Path, default=None, help="event archive directory (Parquet by hour)")
+        tr.add_argument("--days", type=float, default=30.0, help="with --archive: the last N days (default 30)")
+        tr.add_argument("--device", default=None, help="cuda | cpu (default: cuda when present)")
+        tr.add_argument("--max-seconds", type=float, default=None, help="cap on training time")
+        tr.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a SeqConfig field")
+        if name == "train":
+            tr.add_argument("--promote", action="store_true", help="make the new version current")
+        tr.set_defaults(fn=fn)
+
+    ev = sub.add_parser("evaluate", help="evaluate intent/churn/latent on dataset files (docs/EVALUATION.md)")
+    from stream.evaluate import add_arguments
+
+    add_arguments(ev)
+    ev.set_defaults(fn=cmd_evaluate)
     return p
 
 

@@ -76,14 +76,15 @@ def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
     assert result["meta"]["events"] == 2000 and result["meta"]["repeats"] == 1
 
     pipeline = result["pipeline"]
-    for key in ("sustained_events_per_s", "backlog_events_per_s", "startup_s", "stall_s", "worker_rss_mb"):
+    for key in ("events_per_s", "steady_events_per_s", "cpu_us_per_event", "startup_s", "stall_s", "worker_rss_mb"):
         assert _number_or_none(pipeline[key]), key
     assert len(pipeline["runs"]) == 1
     assert set(result["baselines"]) == {"raw_aiokafka", "faust_passthrough"}
     for b in result["baselines"].values():
-        assert _number_or_none(b["sustained_events_per_s"]) and len(b["runs"]) == 1
+        assert _number_or_none(b["events_per_s"]) and _number_or_none(b["cpu_us_per_event"])
+        assert len(b["runs"]) == 1
     assert all(_number_or_none(v) for v in result["ratios"].values())
-    assert len(result["ratios"]) == 4
+    assert len(result["ratios"]) == 6
 
     latency = result["latency"]
     assert latency["offered_events_per_s"] == 200
