@@ -102,9 +102,18 @@ def create_app(settings: Settings, bootstrap: str, *, registry: CollectorRegistr
         key_type=bytes,
         value_type=bytes,
     )
+    # The online models of each input partition, checkpointed here so they move with the
+    # partition on a rebalance and survive restarts (docs/ONLINE.md). Key: partition number.
+    models = app.Table(
+        "online-models",
+        default=None,
+        partitions=settings.events_partitions,
+        key_type=bytes,
+        value_type=bytes,
+    )
     from stream.agents.runtime import Runtime
 
-    runtime = Runtime(app, settings, topics, table, registry=registry)
+    runtime = Runtime(app, settings, topics, table, models, registry=registry)
     runtime.register()
     app.runtime = runtime  # type: ignore[attr-defined]
     return app

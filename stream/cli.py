@@ -209,10 +209,14 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------- train, refresh, evaluate
-def _history(args: argparse.Namespace) -> list:
+def _history(settings: Settings, args: argparse.Namespace) -> list:
     from models.training import load_history
 
-    events, info = load_history(args.input or (), args.format, args.archive, days=args.days)
+    # Without a source, the archive under DATA_DIR (what a deployment's trainer mounts or syncs).
+    archive = args.archive if (args.archive or args.input) else str(settings.data_dir / "archive")
+    events, info = load_history(args.input or (), args.format, archive, days=args.days)
+    if not events:
+        raise ConfigError(f"intentstream {args.command}: no events in {', '.join(info) or 'the input'}")
     print(json.dumps({"history": info, "events": len(events)}), file=sys.stderr)
     return events
 
@@ -223,7 +227,7 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     from models.training import seq_config_with, train_to_registry
 
     registry = Registry(settings.registry_dir / "sequence")
-    _, _, summary = train_to_registry(_history(args), registry, seq_config_with(args.set), device=args.device,
+    _, _, summary = train_to_registry(_history(settings, args), registry, seq_config_with(args.set), device=args.device,
                                       max_seconds=args.max_seconds, promote=args.promote)  # fmt: skip
     print(json.dumps(summary))
     return 0
@@ -235,7 +239,7 @@ def cmd_refresh(settings: Settings, args: argparse.Namespace) -> int:
     from models.training import refresh, seq_config_with
 
     registry = Registry(settings.registry_dir / "sequence")
-    out = refresh(_history(args), registry, seq_config_with(args.set), device=args.device, max_seconds=args.max_seconds)
+    out = refresh(_history(settings, args), registry, seq_config_with(args.set), device=args.device, max_seconds=args.max_seconds)
     print(json.dumps(out))
     return 0
 
@@ -317,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         tr = sub.add_parser(name, help=help_)
         tr.add_argument("--input", action="append", type=Path, help="history file (repeatable); needs --format")
         tr.add_argument("--format", default=None, help="format of --input: taobao | cdnow | yoochoose | diginetica-* | jsonl")
-        tr.add_argument("--archive", type=Path, default=None, help="event archive directory (Parquet by hour)")
+        tr.add_argument("--archive", default=None, help="event archive directory or URI (default without --input: DATA_DIR/archive)")
         tr.add_argument("--days", type=float, default=30.0, help="with --archive: the last N days (default 30)")
         tr.add_argument("--device", default=None, help="cuda | cpu (default: cuda when present)")
         tr.add_argument("--max-seconds", type=float, default=None, help="cap on training time")

@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     hysteresis: float = Field(0.1, ge=0, lt=0.5)
     cooldown_ms: int = Field(30 * MINUTE_MS, ge=0)
     latent_top_k: int = Field(5, ge=1, le=50)
-    churn_scan_interval_s: float = Field(5.0, gt=0)
+    online_learning: bool = Field(True, description="River models learn from delayed labels and serve once warm")
+    model_checkpoint_s: float = Field(30.0, gt=0, description="seconds between online-model checkpoints per partition")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

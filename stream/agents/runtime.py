@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from models.events import Event, InvalidEvent
 from models.features.state import StateConfig
+from models.online.learner import IncompatibleCheckpoint, PartitionLearners
 from stream import lag
 from stream.health import Health, register_views
 from stream.logic.ingest import DeadLetter, Pseudonymizer, ingest_one
@@ -90,10 +91,11 @@ class Runtime:
         settings: Settings,
         topics: Topics,
         table: faust.Table,
+        models: faust.Table,
         *,
         registry: CollectorRegistry | None = None,
     ) -> None:
-        self.app, self.settings, self.topics, self.table = app, settings, topics, table
+        self.app, self.settings, self.topics, self.table, self.models = app, settings, topics, table, models
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.health = Health(metrics=self.metrics)
@@ -102,7 +104,10 @@ class Runtime:
         self.health.add_probe("recovery", lambda: "table recovery in progress" if app.in_recovery else None)
         self.pseudonymize = Pseudonymizer(settings.secret_key())
         self.scorer = RuleScorer(settings.churn_after_ms)
-        self.pipeline = Pipeline(pipeline_config(settings), self.scorer)
+        self.pipeline = Pipeline(
+            pipeline_config(settings), self.scorer, learners=self._restore_learners if settings.online_learning else None
+        )
+        self._checkpointed: dict[int, float] = {}
         self._index_stale = True
         self._assigned: set[int] = set()
 
@@ -140,6 +145,9 @@ class Runtime:
         @app.timer(interval=5.0)
         async def refresh_gauges() -> None:
             self.metrics.users_in_state.set(len(self.pipeline.activity))
+            for task, n in self.pipeline.pending.items():
+                self.metrics.set_pending_labels("purchase_intent" if task == "intent" else "churn_risk", n)
+            self._publish_online_quality()
 
         register_views(app, self.metrics, self.health)
 
@@ -234,7 +242,50 @@ class Runtime:
                 scan = self.pipeline.scan(partition, {u: self._load(u) for u in due})
                 self._write(scan, {u: fe for u in scan.records.keys() | set(scan.deleted)})
                 self._emit(scan, {})
+        self._checkpoint(last_of_partition)
         m.observe_batch(len(batch), time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ online models
+    def _restore_learners(self, partition: int) -> PartitionLearners:
+        """The partition's online models from their last checkpoint, or fresh ones."""
+        raw = self.models.get(str(partition).encode())
+        if raw is not None:
+            try:
+                return PartitionLearners.from_bytes(raw)
+            except IncompatibleCheckpoint as exc:
+                log.warning("online models of partition %d not restored (%s): starting fresh", partition, exc)
+        s = self.settings
+        return PartitionLearners.new(
+            state=self.pipeline.cfg.state, intent_horizon_ms=s.intent_horizon_ms, churn_horizon_ms=s.churn_after_ms
+        )
+
+    def _checkpoint(self, last_of_partition: dict[int, faust.EventT]) -> None:
+        """Write each partition's models to the models table every ``model_checkpoint_s``: a
+        restart or rebalance loses at most the learning done since (docs/ONLINE.md)."""
+        now = time.monotonic()
+        for partition, fe in last_of_partition.items():
+            pl = self.pipeline.learners.get(partition)
+            if pl is None or now - self._checkpointed.get(partition, 0.0) < self.settings.model_checkpoint_s:
+                continue
+            self._checkpointed[partition] = now
+            with _as_current(fe):
+                self.models[str(partition).encode()] = pl.to_bytes()
+
+    def _publish_online_quality(self) -> None:
+        """Progressive-validation quality per task, pooled over this worker's partitions
+        (each partition's figure weighted by its number of learned labels)."""
+        for task, label in (("intent", "purchase_intent"), ("churn", "churn_risk")):
+            rows = [m for pl in self.pipeline.learners.values() if (m := pl.metrics()[task]).get("n")]
+
+            def pooled(key: str, rows: list[dict] = rows) -> float | None:
+                vals = [(r[key], r["n"]) for r in rows if r.get(key) is not None]
+                return sum(v * n for v, n in vals) / sum(n for _, n in vals) if vals else None
+
+            if rows:
+                self.metrics.set_online_quality(
+                    label, roc_auc=pooled("roc_auc"), log_loss=pooled("log_loss"),
+                    calibration_error=pooled("calibration_error"),
+                )  # fmt: skip
 
     def _load(self, user: str) -> UserRecord | None:
         raw = self.table.get(user.encode())

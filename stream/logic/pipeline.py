@@ -20,28 +20,40 @@ from dataclasses import dataclass, field
 
 from models.events import Event
 from models.features.state import StateConfig, UserState, apply_event, is_expired
+from models.online.labels import UserPending
+from models.online.learner import PartitionLearners, Prediction
 from stream.logic.policy import PolicyRule, PolicyState, latent_changed, signal_id
 from stream.logic.scoring import Scorer
 
 
 @dataclass(slots=True)
 class UserRecord:
-    """The table value of one user: model state plus signal-policy memory."""
+    """The table value of one user: model state, signal-policy memory and the online models'
+    pending predictions (feature snapshots waiting for their delayed labels)."""
 
     state: UserState
     policy: PolicyState = field(default_factory=PolicyState)
+    pending: UserPending = field(default_factory=UserPending)
 
-    _LEN = struct.Struct("<H")
+    VERSION = 1
+    _HEAD = struct.Struct("<BHH")
 
     def to_bytes(self) -> bytes:
-        s = self.state.to_bytes()
-        return self._LEN.pack(len(s)) + s + self.policy.to_bytes()
+        s, p = self.state.to_bytes(), self.policy.to_bytes()
+        return self._HEAD.pack(self.VERSION, len(s), len(p)) + s + p + self.pending.to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UserRecord:
-        (n,) = cls._LEN.unpack_from(data)
-        body = memoryview(data)
-        return cls(UserState.from_bytes(bytes(body[2 : 2 + n])), PolicyState.from_bytes(bytes(body[2 + n :])))
+        version = data[0]
+        if version == 1:
+            _v, ns, np_ = cls._HEAD.unpack_from(data)
+            o = cls._HEAD.size
+            return cls(
+                UserState.from_bytes(data[o : o + ns]),
+                PolicyState.from_bytes(data[o + ns : o + ns + np_]),
+                UserPending.from_bytes(data[o + ns + np_ :]),
+            )
+        raise ValueError(f"unknown user record version {version}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +99,21 @@ class Pipeline:
     ``clock`` only stamps ``emitted_at`` on signals; it never drives a decision.
     """
 
-    def __init__(self, cfg: PipelineConfig, scorer: Scorer, clock: Callable[[], int] = wall_ms) -> None:
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        scorer: Scorer,
+        clock: Callable[[], int] = wall_ms,
+        learners: Callable[[int], PartitionLearners | None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.scorer = scorer
         self.clock = clock
+        # The online models, one pair per input partition (they move with it on a rebalance).
+        # ``learners(partition)`` creates or restores them; None disables online learning.
+        self._make_learners = learners
+        self.learners: dict[int, PartitionLearners] = {}
+        self.pending = {"intent": 0, "churn": 0}  # predictions waiting for labels, this worker
         self.watermarks: dict[int, int] = {}  # input partition -> watermark (event time, ms)
         # user -> (partition, watermark at which to look at the user next): lets the churn scan
         # find silent users without reading every record; rebuilt from the table after a rebalance.
@@ -119,32 +142,73 @@ class Pipeline:
             if wm > self.watermarks.get(partition, -(2**62)):
                 self.watermarks[partition] = wm
             touched[ev.user] = (partition, ev)
-            self._score_event(rec, ev, out)
+            learners = self.learners_for(partition)
+            if learners is None:
+                self._score_event(rec, ev, out, None, None)
+            else:
+                before = self._pending_sizes(rec)
+                scores = learners.on_event(rec.pending, rec.state, ev)
+                self._count_pending(before, rec)
+                self._score_event(rec, ev, out, scores.intent, learners)
         for user, (partition, _ev) in touched.items():
             rec = records[user]
             out.records[user] = rec  # type: ignore[assignment]
-            self.activity[user] = (partition, self._next_check(rec))  # type: ignore[arg-type]
+            self.activity[user] = (partition, self._next_check(rec, partition))  # type: ignore[arg-type]
         return out
 
-    def _next_check(self, rec: UserRecord, wm: int | None = None) -> int:
+    def learners_for(self, partition: int) -> PartitionLearners | None:
+        if self._make_learners is None:
+            return None
+        pl = self.learners.get(partition)
+        if pl is None:
+            pl = self.learners[partition] = self._make_learners(partition)
+        return pl
+
+    @staticmethod
+    def _pending_sizes(rec: UserRecord) -> tuple[int, int]:
+        return len(rec.pending.intent.snapshots), len(rec.pending.churn.snapshots)
+
+    def _count_pending(self, before: tuple[int, int], rec: UserRecord) -> None:
+        after = self._pending_sizes(rec)
+        self.pending["intent"] += after[0] - before[0]
+        self.pending["churn"] += after[1] - before[1]
+
+    def _next_check(self, rec: UserRecord, partition: int, wm: int | None = None) -> int:
         last, cfg = rec.state.last_ts, self.cfg
         expiry = last + cfg.state_ttl_ms
         if rec.policy.churn.active:
-            return expiry
-        if wm is None or wm < last + cfg.churn_risk_after_ms:
-            return min(last + cfg.churn_risk_after_ms, expiry)
-        # Silent and below threshold: look again after another quarter of the risk horizon.
-        return min(wm + cfg.churn_risk_after_ms // 4, expiry)
+            due = expiry
+        elif wm is None or wm < last + cfg.churn_risk_after_ms:
+            due = min(last + cfg.churn_risk_after_ms, expiry)
+        else:
+            # Silent and below threshold: look again after another quarter of the risk horizon.
+            due = min(wm + cfg.churn_risk_after_ms // 4, expiry)
+        pl = self.learners.get(partition)
+        if pl is not None:
+            # Also wake up when a pending prediction's label window closes, so it is learned.
+            label_due = pl.next_due(rec.pending, rec.state, wm)
+            if label_due is not None:
+                due = min(due, label_due)
+        return due
 
-    def _score_event(self, rec: UserRecord, ev: Event, out: BatchResult) -> None:
+    def _score_event(
+        self, rec: UserRecord, ev: Event, out: BatchResult, learned: Prediction | None, pl: PartitionLearners | None
+    ) -> None:
         cfg, policy = self.cfg, rec.policy
         # A returning user is no longer at risk of churning: re-arm the churn signal.
         if policy.churn.active:
             policy.churn.active = False
         if ev.type != "purchase":
-            score, reasons, cold = self.scorer.intent(rec.state, ev.ts)
+            if learned is not None and pl is not None and pl.intent.warm():
+                score, reasons, cold = learned.p, learned.reasons, learned.cold
+                version = f"river-{pl.intent.cfg.model}:n{pl.intent.n_learned}"
+            else:
+                score, reasons, cold = self.scorer.intent(rec.state, ev.ts)
+                version = self.scorer.versions["online"]
             if cfg.intent.step(policy.intent, score, ev.ts):
-                out.signals.append(self._signal("purchase_intent", ev.user, score, cfg.intent.threshold, ev.ts, ev.event_id, reasons, cold))
+                sig = self._signal("purchase_intent", ev.user, score, cfg.intent.threshold, ev.ts, ev.event_id, reasons, cold)
+                sig.value["model_versions"]["online"] = version
+                out.signals.append(sig)
         else:
             cfg.intent.step(policy.intent, 0.0, ev.ts)  # the purchase happened: intent resolved
         top = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k)
@@ -178,26 +242,48 @@ class Pipeline:
             if rec is None:
                 self.activity.pop(user, None)
                 continue
+            pl = self.learners_for(partition)
+            learned = None
+            if pl is not None:
+                # Settle the labels whose windows the watermark closed (learn_one, exactly once).
+                before = self._pending_sizes(rec)
+                learned, _n = pl.on_watermark(rec.pending, rec.state, wm)
+                self._count_pending(before, rec)
             if is_expired(rec.state, wm, self.cfg.state_ttl_ms):
+                # The TTL exceeds the churn horizon (settings check), so the churn outcome is known.
                 out.deleted.append(user)
                 self.activity.pop(user, None)
+                self._count_pending(self._pending_sizes(rec), UserRecord(rec.state))
                 continue
-            score, reasons = self.scorer.churn(rec.state, wm)
-            if self.cfg.churn.step(rec.policy.churn, score, wm):
-                last_id = f"silence:{rec.state.last_ts}"
-                out.signals.append(self._signal("churn_risk", user, score, self.cfg.churn.threshold, wm, last_id, reasons, False))
+            if wm - rec.state.last_ts >= self.cfg.churn_risk_after_ms:
+                if learned is not None and pl is not None and pl.churn.warm():
+                    score, reasons = learned.p, learned.reasons
+                    version = f"river-{pl.churn.cfg.model}:n{pl.churn.n_learned}"
+                else:
+                    score, reasons = self.scorer.churn(rec.state, wm)
+                    version = self.scorer.versions["online"]
+                if self.cfg.churn.step(rec.policy.churn, score, wm):
+                    last_id = f"silence:{rec.state.last_ts}"
+                    sig = self._signal("churn_risk", user, score, self.cfg.churn.threshold, wm, last_id, reasons, False)
+                    sig.value["model_versions"]["online"] = version
+                    out.signals.append(sig)
             out.records[user] = rec
-            self.activity[user] = (partition, self._next_check(rec, wm))
+            self.activity[user] = (partition, self._next_check(rec, partition, wm))
         return out
 
     def forget_partitions(self, keep: set[int]) -> None:
-        """Drop watermarks and activity of partitions this worker no longer owns."""
+        """Drop watermarks, activity and models of partitions this worker no longer owns; the
+        pending counts are rebuilt by :meth:`remember` as the records are indexed again."""
         self.watermarks = {p: w for p, w in self.watermarks.items() if p in keep}
         self.activity = {u: a for u, a in self.activity.items() if a[0] in keep}
+        self.learners = {p: m for p, m in self.learners.items() if p in keep}
+        self.pending = {"intent": 0, "churn": 0}
 
     def remember(self, user: str, partition: int, rec: UserRecord) -> None:
         """Index a recovered record (after a rebalance) for the churn scan."""
-        self.activity[user] = (partition, self._next_check(rec))
+        self._count_pending((0, 0), rec)
+        self.learners_for(partition)
+        self.activity[user] = (partition, self._next_check(rec, partition))
         wm = rec.state.last_ts - self.cfg.state.allowed_lateness_ms
         if wm > self.watermarks.get(partition, -(2**62)):
             self.watermarks[partition] = wm
