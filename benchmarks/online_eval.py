@@ -49,7 +49,12 @@ from models.online.pipelines import build
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TAOBAO = ("userbehavior_users_tailsample_9days.csv.gz", "userbehavior_users_headcont_470users.csv.gz")
 CDNOW = "CDNOW_master_through_1998-03-31.txt.gz"
-BATCH_FAMILY = {"linear": "logistic_regression", "linear_sgd": "logistic_regression", "amf": "random_forest", "arf": "random_forest"}
+BATCH_FAMILY = {
+    "linear": "logistic_regression",
+    "linear_sgd": "logistic_regression",
+    "amf": "random_forest",
+    "arf": "random_forest",
+}
 
 
 def heldback(user: str) -> bool:
@@ -211,7 +216,9 @@ def eval_intent(families: list[str], horizon_ms: int = 30 * MINUTE_MS, max_pendi
         learn_all = [i for i in labels if not heldback(events[i].user) and i in p_online]
         res = {
             "progressive_learning_users": learners.intent.metrics(),
-            "online_learning_users_all_time": _auc([labels[i] for i in learn_all], [p_online[i] for i in learn_all]),
+            "online_learning_users_all_time": _auc(
+                [labels[i] for i in learn_all], [p_online[i] for i in learn_all]
+            ),
             "online_heldback_users_after_split": _auc([labels[i] for i in test], [p_online[i] for i in test]),
             "replay_seconds": round(wall, 1),
             "learner_us_per_call": round(replay.seconds / replay.calls * 1e6, 1),
@@ -223,7 +230,11 @@ def eval_intent(families: list[str], horizon_ms: int = 30 * MINUTE_MS, max_pendi
         res["costs"] = model_costs(fam, [dict(zip(names, feats[i].tolist(), strict=True)) for i in sample],
                                    [labels[i] for i in sample])  # fmt: skip
         if X is None:
-            train = [i for i in labels if not heldback(events[i].user) and events[i].ts + horizon_ms <= split_ts and i in feats]
+            train = [
+                i
+                for i in labels
+                if not heldback(events[i].user) and events[i].ts + horizon_ms <= split_ts and i in feats
+            ]
             X, y = np.stack([feats[i] for i in train]), np.array([labels[i] for i in train])
             Xt, yt = np.stack([feats[i] for i in test]), np.array([labels[i] for i in test])
             batch = {k: _auc(yt, m.predict_proba(Xt)[:, 1]) for k, m in batch_models(X, y).items()}

@@ -39,17 +39,19 @@ labels as they come sees almost only zeros, and its scores were off by an order 
 
 **Bound.** A user's queue holds at most ``rule.max_pending`` snapshots. When a new one would
 exceed it, the *oldest* snapshot leaves: learned early if it holds a label already, otherwise
-dropped (never learned, counted in :attr:`Pending.dropped`). For intent the oldest is the one furthest from any future purchase and the
-closest to being resolved negative anyway; dropping keeps the record small for bursty users (a
+dropped (never learned, counted in :attr:`Pending.dropped`). For intent the oldest is the one
+furthest from any future purchase and the closest to being resolved negative anyway; dropping keeps the record small for bursty users (a
 Taobao user can view 30 items in ten minutes) at the cost of learning from fewer of a burst's
-events. For churn the queue holds the prediction at the user's newest event plus at most a few
-scan predictions (one every ``scan_every_ms``), so with the defaults it never reaches the bound.
+events. For churn the learner queues at most one event prediction per ``min_gap_ms`` (a day by
+default) plus a scan prediction per ``scan_every_ms`` of silence; a user active every day for a
+month fills the bound, and then the oldest, whose label a newer event has already settled, is
+learned early rather than dropped.
 
 **Storage.** :meth:`Pending.to_bytes` writes a version byte, the dropped count, the number of
-snapshots, then per snapshot: ``ts`` (int64 ms), ``p`` (float32), a bit mask of the non-zero
-features and those values as float32. Most features of a shopper are zero at any moment (no
-search, one-hot ``last_is_*``, empty cart), so a 54-feature snapshot takes ~100-150 bytes instead
-of 216 + 12. float32 is far more precision than the models use.
+snapshots, then per snapshot: ``ts`` (int64 ms), ``p`` (float32), the held label (int8, -1 while
+open), a bit mask of the non-zero features and those values as float32. Many features of a
+shopper are zero at any moment (no search, one-hot ``last_is_*``, empty cart), so a 54-feature
+snapshot takes ~100-200 bytes instead of 229. float32 is far more precision than the models use.
 
 Nothing here reads a clock, imports River or knows what the features mean: vectors in, labels out.
 
@@ -158,7 +160,11 @@ class Pending:
             if len(x) != n_feat:
                 raise ValueError("all snapshots of a queue must have the same number of features")
             nz = x != 0
-            parts += [_SNAP.pack(s.ts, s.p, s.y), np.packbits(nz, bitorder="little").tobytes(), x[nz].tobytes()]
+            parts += [
+                _SNAP.pack(s.ts, s.p, s.y),
+                np.packbits(nz, bitorder="little").tobytes(),
+                x[nz].tobytes(),
+            ]
         return b"".join(parts)
 
     @classmethod
@@ -186,7 +192,9 @@ class Pending:
         return cls(snaps, dropped)
 
 
-def add(pending: Pending, rule: LabelRule, ts: int, x: Sequence[float] | np.ndarray, p: float) -> Snapshot | None:
+def add(
+    pending: Pending, rule: LabelRule, ts: int, x: Sequence[float] | np.ndarray, p: float
+) -> Snapshot | None:
     """Queue the prediction ``p`` made at ``ts`` from features ``x``; return the snapshot the bound
     evicted, if any (the caller learns it if it holds a label, ``y >= 0``; otherwise it is lost). Snapshots stay sorted by ``ts`` (a late event's prediction goes in its place)."""
     snap = Snapshot(int(ts), float(np.float32(p)), np.asarray(x, dtype=np.float32).copy())
@@ -203,7 +211,9 @@ def add(pending: Pending, rule: LabelRule, ts: int, x: Sequence[float] | np.ndar
     return None
 
 
-def resolve_event(pending: Pending, rule: LabelRule, event_type: str, event_ts: int) -> list[tuple[Snapshot, int]]:
+def resolve_event(
+    pending: Pending, rule: LabelRule, event_type: str, event_ts: int
+) -> list[tuple[Snapshot, int]]:
     """Labels that an event of the same user settles, oldest first.
 
     Intent: a purchase at ``T`` makes every open snapshot with ``ts < T <= ts + H`` positive;
@@ -260,7 +270,6 @@ def next_due(pending: Pending, rule: LabelRule) -> int | None:
     if not pending.snapshots:
         return None
     return pending.snapshots[0].ts + rule.horizon_ms + 1
-
 
 
 @dataclasses.dataclass(slots=True)

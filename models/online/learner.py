@@ -38,8 +38,9 @@ That is an occlusion attribution: it explains this score, not the model globally
 ...     out = learners.on_event(pending, state, ev)
 >>> out.intent is None, [s.y for s in pending.intent.snapshots]  # no intent score for a purchase;
 (True, [1, 1])
->>> len(pending.churn)  # the buy settled the views' labels, held until their horizon has passed
-3
+>>> # the buy settled the views' labels, held until their horizon has passed
+>>> len(pending.churn)  # one churn prediction a day per user (min_gap_ms = D / 30)
+1
 >>> _ = learners.on_watermark(pending, state, t0 + 2 * 60_000 + 30 * 60_000 + 1)  # both horizons over
 >>> learners.intent.metrics()["n"], learners.intent.metrics()["positives"]  # both views led to the buy
 (2, 2)
@@ -99,6 +100,7 @@ class LearnerConfig:
     prior: float | None = None
     prior_weight: float = 20.0
     min_history: int | None = None  # events (the current one included) below which a user is cold
+    min_gap_ms: int | None = None  # least event time between two queued event predictions of a user
     metrics_window: int = 10_000
     top_reasons: int = 3
     explain_candidates: int = 8  # tree models: features tried by the occlusion attribution
@@ -114,6 +116,9 @@ class LearnerConfig:
             ("horizon_ms", 30 * MINUTE_MS if intent else 30 * DAY_MS),
             ("prior", 0.03 if intent else 0.5),
             ("min_history", 2 if intent else 1),
+            # Churn: one prediction a day per user at D = 30 d is plenty (the labels of an active
+            # user's clicks in one session are the same); intent: every event counts.
+            ("min_gap_ms", 0 if intent else self.horizon_ms // 30 if self.horizon_ms else DAY_MS),
         ):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
@@ -223,10 +228,14 @@ class OnlineLearner:
         """Queue the prediction ``p`` made for ``event`` from ``features`` until its label is known.
 
         Intent predictions are queued for non-purchase events only (the product's definition);
-        churn predictions for every event. Returns whether a prediction was queued.
+        churn predictions for events at least ``min_gap_ms`` after the user's newest queued one
+        (default D/30). Returns whether a prediction was queued.
         """
         if self.cfg.task == INTENT and event.type == "purchase":
             return False
+        snaps = pending.snapshots
+        if snaps and self.cfg.min_gap_ms and event.ts - snaps[-1].ts < self.cfg.min_gap_ms:
+            return False  # a prediction of this user this recent is already queued
         self._evicted(labels.add(pending, self.rule, event.ts, self._vector(features), p))
         return True
 
@@ -254,7 +263,9 @@ class OnlineLearner:
         self._evicted(labels.add(pending, self.rule, watermark_ms, self._vector(features), p))
         return True
 
-    def resolve(self, pending: Pending, event_or_watermark: Event | int, *, collect: list | None = None) -> int:
+    def resolve(
+        self, pending: Pending, event_or_watermark: Event | int, *, collect: list | None = None
+    ) -> int:
         """Settle what the event (of this user) or the watermark settles, and learn every label that
         is due; return how many were learned (with held labels, an event learns nothing: its labels
         are learned when the watermark passes their horizon). Each resolved prediction is scored into the metrics with the probability it was
@@ -356,7 +367,9 @@ class PartitionLearners:
     def new(cls, state: StateConfig | None = None, **kw: Any) -> PartitionLearners:
         """Fresh learners; ``intent_<field>=`` / ``churn_<field>=`` set :class:`LearnerConfig` fields."""
         st = state or StateConfig()
-        per = {t: {k[len(t) + 1 :]: v for k, v in kw.items() if k.startswith(t + "_")} for t in (INTENT, CHURN)}
+        per = {
+            t: {k[len(t) + 1 :]: v for k, v in kw.items() if k.startswith(t + "_")} for t in (INTENT, CHURN)
+        }
         unknown = set(kw) - {f"{t}_{k}" for t in per for k in per[t]}
         if unknown:
             raise TypeError(f"unknown arguments {sorted(unknown)}")
@@ -365,7 +378,9 @@ class PartitionLearners:
             OnlineLearner(LearnerConfig(CHURN, state=st, **per[CHURN])),
         )
 
-    def on_event(self, pending: UserPending, state: UserState, event: Event, *, explain: bool = True) -> Scores:
+    def on_event(
+        self, pending: UserPending, state: UserState, event: Event, *, explain: bool = True
+    ) -> Scores:
         """Per *applied* event (after ``apply_event``): learn what the event settles, score it, queue
         the predictions. ``pending`` is updated in place; store it back with the user's record."""
         learned = self.intent.resolve(pending.intent, event) + self.churn.resolve(pending.churn, event)
@@ -385,7 +400,9 @@ class PartitionLearners:
         scan visits): learn what the watermark settles, then score churn at the watermark for a
         silent user (queued as a scan prediction when due). Returns ``(churn prediction or None if
         the user is not silent, labels learned)``."""
-        learned = self.intent.resolve(pending.intent, watermark_ms) + self.churn.resolve(pending.churn, watermark_ms)
+        learned = self.intent.resolve(pending.intent, watermark_ms) + self.churn.resolve(
+            pending.churn, watermark_ms
+        )
         if not state.last_ts or watermark_ms <= state.last_ts:
             return None, learned
         f = online_features(state, watermark_ms, self.state_cfg)
@@ -397,7 +414,11 @@ class PartitionLearners:
         """The watermark at which this user next needs :meth:`on_watermark`: a label expiring, or
         the next churn scan while the user is silent but not yet past ``scan_until_ms`` (at the
         current ``watermark_ms``, if given: past it, no scan is due any more)."""
-        dues = [d for d in (self.intent.next_due(pending.intent), self.churn.next_due(pending.churn)) if d is not None]
+        dues = [
+            d
+            for d in (self.intent.next_due(pending.intent), self.churn.next_due(pending.churn))
+            if d is not None
+        ]
         rule = self.churn.rule
         silent_too_long = watermark_ms is not None and watermark_ms - state.last_ts > rule.scan_until_ms  # type: ignore[operator]
         if state.last_ts and not silent_too_long:

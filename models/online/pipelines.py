@@ -41,7 +41,9 @@ DEFAULT_MODEL = {"intent": "linear", "churn": "linear"}
 def build(family: str, seed: int = 42) -> base.Classifier:
     """A fresh, untrained River classifier of ``family`` (one of :data:`FAMILIES`)."""
     if family == "linear":
-        return compose.Pipeline(("scale", preprocessing.StandardScaler()), ("lr", AveragedLogisticRegression()))
+        return compose.Pipeline(
+            ("scale", preprocessing.StandardScaler()), ("lr", AveragedLogisticRegression())
+        )
     if family == "linear_sgd":
         return compose.Pipeline(
             ("scale", preprocessing.StandardScaler()),
