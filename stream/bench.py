@@ -74,7 +74,6 @@ import math
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -88,6 +87,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stream.broker import EmbeddedBroker, client_config, create_topics, free_port
+from stream.procs import stop_process_group
 from stream.settings import Settings, env_var
 
 #: Repository root: the baselines and the state benchmark live in ``benchmarks/`` beside ``stream/``.
@@ -292,21 +292,7 @@ class Child:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        # The group may hold children of the child: make sure nothing of it is left.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        return proc.returncode
+        return None if proc is None else stop_process_group(proc, timeout)
 
     def __enter__(self) -> Child:
         return self.start()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+from stream.procs import stop_process_group
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,16 +94,8 @@ class EmbeddedBroker:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        if proc is not None:
+            stop_process_group(proc, timeout)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start() if self.process is None else self

@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from stream.broker import EmbeddedBroker, client_config, create_topics, free_port
+from stream.procs import stop_process_group
 from stream.settings import Settings
 
 HOUR_MS = 3_600_000
@@ -169,15 +170,8 @@ def run_demo(settings: Settings, *, seconds: float | None, rate: float, users: i
             asyncio.run(_demo_loop(settings, bootstrap, web_port, header, seconds, rate, users, worker))
         return 0
     finally:
-        if worker is not None and worker.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait(5)
+        if worker is not None:
+            stop_process_group(worker, 15)
         broker.stop()
 
 
