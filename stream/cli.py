@@ -212,8 +212,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 def _history(settings: Settings, args: argparse.Namespace) -> list:
     from models.training import load_history
 
-    # Without a source, the archive under DATA_DIR (what a deployment's trainer mounts or syncs).
-    archive = args.archive if (args.archive or args.input) else str(settings.data_dir / "archive")
+    # Without a source, the archive the workers write (INTENTSTREAM_ARCHIVE_DIR, default DATA_DIR/archive).
+    archive = args.archive if (args.archive or args.input) else settings.archive_root
     events, info = load_history(args.input or (), args.format, archive, days=args.days)
     if not events:
         raise ConfigError(f"intentstream {args.command}: no events in {', '.join(info) or 'the input'}")
@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         tr = sub.add_parser(name, help=help_)
         tr.add_argument("--input", action="append", type=Path, help="history file (repeatable); needs --format")
         tr.add_argument("--format", default=None, help="format of --input: taobao | cdnow | yoochoose | diginetica-* | jsonl")
-        tr.add_argument("--archive", default=None, help="event archive directory or URI (default without --input: DATA_DIR/archive)")
+        tr.add_argument("--archive", default=None, help="event archive directory or URI (default without --input: INTENTSTREAM_ARCHIVE_DIR)")
         tr.add_argument("--days", type=float, default=30.0, help="with --archive: the last N days (default 30)")
         tr.add_argument("--device", default=None, help="cuda | cpu (default: cuda when present)")
         tr.add_argument("--max-seconds", type=float, default=None, help="cap on training time")

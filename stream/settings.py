@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     hysteresis: float = Field(0.1, ge=0, lt=0.5)
     cooldown_ms: int = Field(30 * MINUTE_MS, ge=0)
     latent_top_k: int = Field(5, ge=1, le=50)
+    archive_dir: str | None = Field(
+        None, description="event archive (Parquet by hour; a directory or s3:// path); default DATA_DIR/archive, 'off' disables"
+    )
+    archive_flush_s: float = Field(60.0, gt=0, description="seconds between archive files (at most this much is lost in a crash)")
     online_learning: bool = Field(True, description="River models learn from delayed labels and serve once warm")
     model_checkpoint_s: float = Field(30.0, gt=0, description="seconds between online-model checkpoints per partition")
 
@@ -124,6 +128,12 @@ class Settings(BaseSettings):
     @property
     def registry_dir(self) -> Path:
         return self.model_dir or self.data_dir / "models"
+
+    @property
+    def archive_root(self) -> str | None:
+        if self.archive_dir == "off":
+            return None
+        return self.archive_dir or str(self.data_dir / "archive")
 
     @property
     def repartition_topic(self) -> str:

@@ -18,15 +18,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from models.features.state import StateConfig
+
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
+_RECENT_N = StateConfig().recent_n
 
 
 @dataclasses.dataclass(frozen=True)
 class SeqConfig:
     # -- network --
     arch: str = "gru"  # "gru" (cheap incremental scoring) | "transformer" (SASRec-like, causal)
-    max_len: int = 100  # events per window; the stream keeps the same N in ``recent``
+    # Events per window = the events the stream keeps per user (``UserState.recent``), so the
+    # model is trained on exactly the windows it is served. Tied to the state's default, so a
+    # change of ``recent_n`` carries over; measured choice in docs/SEQUENCE.md ("Window length").
+    max_len: int = _RECENT_N
     d_model: int = 64
     n_layers: int = 1
     n_heads: int = 2  # transformer only

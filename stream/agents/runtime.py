@@ -25,12 +25,14 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import faust
 from faust.streams import _current_event  # see _as_current(): Faust tables key writes by it
 from prometheus_client import CollectorRegistry
 
+from models.archive import EventArchive
 from models.events import Event, InvalidEvent
 from models.features.state import StateConfig
 from models.online.learner import IncompatibleCheckpoint, PartitionLearners
@@ -108,6 +110,14 @@ class Runtime:
             pipeline_config(settings), self.scorer, learners=self._restore_learners if settings.online_learning else None
         )
         self._checkpointed: dict[int, float] = {}
+        # Validated, pseudonymised events also go to the Parquet archive that training reads, so
+        # training is not limited by the topic's retention. Files are written by one background
+        # thread, every archive_flush_s: a crash loses at most that much of the archive (never
+        # of the stream), and the archive's atomic writes never leave a half file.
+        self.archive = EventArchive(settings.archive_root) if settings.archive_root else None
+        self._archive_buffer: list[Event] = []
+        self._archive_flushed = time.monotonic()
+        self._archive_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive")
         self._index_stale = True
         self._assigned: set[int] = set()
 
@@ -148,6 +158,7 @@ class Runtime:
             for task, n in self.pipeline.pending.items():
                 self.metrics.set_pending_labels("purchase_intent" if task == "intent" else "churn_risk", n)
             self._publish_online_quality()
+            self._archive([], [])  # flush a quiet stream's archive buffer too
 
         register_views(app, self.metrics, self.health)
 
@@ -243,7 +254,24 @@ class Runtime:
                 self._write(scan, {u: fe for u in scan.records.keys() | set(scan.deleted)})
                 self._emit(scan, {})
         self._checkpoint(last_of_partition)
+        self._archive([ev for _p, ev in pairs], result.rejected)
         m.observe_batch(len(batch), time.perf_counter() - t0)
+
+    def _archive(self, events: list[Event], rejected: list) -> None:
+        if self.archive is None:
+            return
+        dropped = {id(r.event) for r in rejected}
+        self._archive_buffer.extend(ev for ev in events if id(ev) not in dropped)
+        if self._archive_buffer and time.monotonic() - self._archive_flushed >= self.settings.archive_flush_s:
+            events, self._archive_buffer = self._archive_buffer, []
+            self._archive_flushed = time.monotonic()
+            self._archive_pool.submit(self._write_archive, events)
+
+    def _write_archive(self, events: list[Event]) -> None:
+        try:
+            self.archive.write(events)  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - the archive must never stop the stream
+            log.error("archive write of %d events failed: %s", len(events), exc)
 
     # ------------------------------------------------------------------ online models
     def _restore_learners(self, partition: int) -> PartitionLearners:

@@ -127,3 +127,24 @@ def _wait_metric(worker, needle, timeout=15.0):
         time.sleep(0.5)
         text = worker.metrics()
     return text
+
+
+def test_validated_events_are_archived_pseudonymised(system):
+    from models.archive import EventArchive
+
+    settings, new_worker = system
+    worker = new_worker(INTENTSTREAM_ARCHIVE_FLUSH_S="1")
+    worker.start()
+    produce(settings.kafka_bootstrap_servers, settings.events_topic,
+            [(b"frank", ev(i, "click", user="frank", item_id=f"i{i}", category_id="tools")) for i in range(4)]
+            + [(b"frank", b"not json")])  # fmt: skip
+    consume(settings.kafka_bootstrap_servers, [settings.latent_topic], until=lambda m: len(m) >= 1, timeout=30)
+    archive = EventArchive(worker.env["INTENTSTREAM_DATA_DIR"] + "/archive")
+    import time
+
+    deadline, got = time.monotonic() + 20, []
+    while time.monotonic() < deadline and len(got) < 4:
+        time.sleep(0.5)
+        got = archive.read(T0 - 1, T0 + 3_600_000)
+    assert sorted(e.event_id for e in got) == ["e0", "e1", "e2", "e3"]
+    assert {e.user for e in got} == {Pseudonymizer(KEY.encode())("frank")}

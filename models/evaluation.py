@@ -1,0 +1,560 @@
+"""Offline evaluation of the product's three tasks through the stream's own code path.
+
+Everything a worker does per event is replayed here in event-time order, with nothing added:
+``apply_event`` builds the per-user :class:`~models.features.state.UserState`,
+:func:`~models.features.online.online_features` reads the online features from it,
+:class:`~models.online.learner.PartitionLearners` scores, queues and learns with delayed labels
+(the watermark, largest event time minus the allowed lateness, settles expired labels), and the
+sequence model reads ``state.recent``, the ring the stream keeps. So the figures are what the
+served scores would have been, not what a re-implementation of the features would give.
+
+Protocol (:func:`evaluate`):
+
+1. The *train* events are replayed first (they warm the state and teach the online models); the
+   sequence model is trained on the train events only (its own early stopping uses the last 20%
+   of the train time range, never the test events).
+2. The *test* events are replayed next. The online models keep learning on them with delayed
+   labels (progressive validation: each event is scored before its own label can be known, as in
+   production). Only test events are scored.
+3. Labels follow ``../shared/data/README.md`` (:mod:`models.datasets.tasks`); a label whose window
+   runs past the end of the test data is excluded (intent: ``t + H > end``; churn: the cut-off
+   plus the horizon must lie inside the data, otherwise it is an error).
+
+Models compared on exactly the same rows:
+
+==========  ======================================================================================
+baseline    intent: ``log1p_purchase_total`` (how much the user has bought so far; ties broken by
+            items in the cart); churn: days since the last purchase (recency); latent: the user's
+            own 10 most frequent categories so far (exact counts).
+online      intent/churn: the River learner's probability (``PartitionLearners``); latent: the
+            state's decayed category affinity (``state.categories``, at most ``top_k_categories``).
+sequence    the GRU on ``state.recent``: ``p_intent``, ``p_churn`` (trained with
+            ``churn_ms`` = the churn horizon) or the top-10 category buckets.
+blend       intent/churn: the mean of the online and sequence logits (a fixed rule: nothing is
+            fitted, so nothing can leak from the test part); latent: reciprocal-rank fusion of
+            the sequence list and the online list, ``sum 1 / (10 + rank)``.
+==========  ======================================================================================
+
+Category hits of the sequence model (and the blend) are counted on hash buckets (the model
+predicts buckets; two categories share a bucket with probability ~1e-4); the baseline and the
+online list are compared by category id.
+
+This module does not import ``stream/``; the ``intentstream evaluate`` command is a thin wrapper.
+Plots need matplotlib (the ``eval`` extra); without it the report is still written.
+
+>>> from models.events import Event
+>>> evs = [Event(f"e{i}", "u", "add_to_cart" if i % 3 else "click", 1_700_000_000_000 + i * 60_000,
+...              item_id=str(i % 4), category_id=f"c{i % 2}") for i in range(40)]
+>>> rep = StreamReplay(StateConfig())
+>>> [rep.event(e)[0] for e in evs[:2]]
+['applied', 'applied']
+>>> rep.states["u"].totals
+[1, 0, 1, 0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import json
+import math
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.datasets import tasks
+from models.datasets.tasks import DAY_MS, MINUTE_MS
+from models.events import Event
+from models.features.hashing import stable_hash
+from models.features.online import online_features
+from models.features.state import APPLIED, StateConfig, UserState, apply_event
+from models.online.learner import PartitionLearners, Scores, UserPending
+from models.sequence.config import SeqConfig
+from models.sequence.data import hash_bucket
+
+TASKS = ("intent", "churn", "latent")
+MODELS = ("baseline", "online", "sequence", "blend")
+RRF_K = 10  # reciprocal-rank fusion constant: ranks 1 and 10 weigh 1/11 and 1/20
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how. ``horizon_ms`` defaults to 30 min (intent) or 90 days (churn);
+    ``cutoff_ms`` (churn) to the end of the data minus the horizon. ``seq`` overrides the sequence
+    model's config (its ``churn_ms`` is set to the churn horizon for the churn task)."""
+
+    task: str
+    horizon_ms: int | None = None
+    cutoff_ms: int | None = None
+    seq: SeqConfig = dataclasses.field(default_factory=SeqConfig)
+    seq_max_seconds: float | None = None
+    state: StateConfig = dataclasses.field(default_factory=StateConfig)
+    online_model: str | None = None  # None: the learner's default family for the task
+    k: int = 10
+    score_batch: int = 256
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.horizon_ms is None:
+            object.__setattr__(self, "horizon_ms", 90 * DAY_MS if self.task == "churn" else 30 * MINUTE_MS)
+
+
+# ---------------------------------------------------------------------------------------- replay
+class StreamReplay:
+    """One partition's stream processing over events given in event-time order.
+
+    ``event(ev)`` does what a worker does for one event: apply it to the user's state and, when
+    learners are given, let them settle labels, score and queue (``on_event``); then the watermark
+    advances to ``ev.ts - allowed_lateness`` and every user whose next label or churn scan is due
+    by then gets ``on_watermark``. Due times live in a heap with lazy re-checks (a user who acted
+    since an entry was pushed may no longer be due).
+    """
+
+    def __init__(self, cfg: StateConfig, learners: PartitionLearners | None = None) -> None:
+        self.cfg = cfg
+        self.learners = learners
+        self.states: dict[str, UserState] = {}
+        self.pending: dict[str, UserPending] = {}
+        self._due: list[tuple[int, str]] = []
+        self.watermark = -(2**62)
+
+    def event(self, ev: Event) -> tuple[str, UserState, Scores | None]:
+        st = self.states.get(ev.user)
+        if st is None:
+            st = self.states[ev.user] = UserState.new(self.cfg)
+        status = apply_event(st, ev, self.cfg)
+        scores = None
+        if status == APPLIED and self.learners is not None:
+            up = self.pending.get(ev.user)
+            if up is None:
+                up = self.pending[ev.user] = UserPending()
+            scores = self.learners.on_event(up, st, ev, explain=False)
+            self._schedule(ev.user)
+        self.advance(ev.ts - self.cfg.allowed_lateness_ms)
+        return status, st, scores
+
+    def _schedule(self, user: str) -> None:
+        assert self.learners is not None
+        due = self.learners.next_due(self.pending[user], self.states[user], self.watermark)
+        if due is not None:
+            heapq.heappush(self._due, (due, user))
+
+    def advance(self, watermark: int) -> None:
+        """Move the watermark forward (never back) and run the due watermark callbacks."""
+        if watermark <= self.watermark:
+            return
+        self.watermark = watermark
+        if self.learners is None:
+            return
+        while self._due and self._due[0][0] <= watermark:
+            due, user = heapq.heappop(self._due)
+            up, st = self.pending[user], self.states[user]
+            real = self.learners.next_due(up, st, watermark)
+            if real is None:
+                continue
+            if real > watermark:  # stale entry: the user acted since; keep the real due time
+                if real != due:
+                    heapq.heappush(self._due, (real, user))
+                continue
+            self.learners.on_watermark(up, st, watermark, explain=False)
+            self._schedule(user)
+
+
+# ---------------------------------------------------------------------------------------- splits
+def split_by_user(events: Sequence[Event], fraction: float) -> tuple[list[Event], list[Event]]:
+    """(train, test) with the users where ``stable_hash(user) % round(1 / fraction) == 0`` in test.
+
+    ``fraction`` must be 1/n (0.5, 0.25, 0.2, 0.1...): with 0.25 this is exactly the held-back
+    quarter of users of ``benchmarks/sequence_arch.py`` and docs/SEQUENCE.md, so the figures of
+    the two documents are on the same users.
+
+    >>> evs = [Event(str(i), f"u{i}", "click", i, item_id="x") for i in range(400)]
+    >>> tr, te = split_by_user(evs, 0.25)
+    >>> 60 < len(te) < 140, not ({e.user for e in tr} & {e.user for e in te})
+    (True, True)
+    """
+    n = round(1 / fraction)
+    if not 0 < fraction < 1 or abs(n * fraction - 1) > 1e-6:
+        raise ValueError(f"--split-users must be 1/n (0.5, 0.25, 0.2, 0.1...), got {fraction}")
+    test_users = {u for u in {e.user for e in events} if stable_hash(u) % n == 0}
+    return [e for e in events if e.user not in test_users], [e for e in events if e.user in test_users]
+
+
+# ---------------------------------------------------------------------------------------- metrics
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def binary_metrics(y: np.ndarray, s: np.ndarray) -> dict[str, Any]:
+    """ROC AUC, PR AUC and row counts; AUCs are None when only one class is present."""
+    y = np.asarray(y, int)
+    out: dict[str, Any] = {"rows": int(len(y)), "positives": int(y.sum())}
+    try:
+        out["roc_auc"] = round(tasks.roc_auc(y, s), 4)
+        out["pr_auc"] = round(tasks.pr_auc(y, s), 4)
+    except ValueError:
+        out["roc_auc"] = out["pr_auc"] = None
+    return out
+
+
+def ranking_metrics(ranked: list[list[Any]], targets: list[Any], k: int) -> dict[str, Any]:
+    if not targets:
+        return {"rows": 0, f"hr@{k}": None, f"mrr@{k}": None}
+    return {
+        "rows": len(targets),
+        f"hr@{k}": round(tasks.hit_rate_at_k(ranked, targets, k), 4),
+        f"mrr@{k}": round(tasks.mrr_at_k(ranked, targets, k), 4),
+    }
+
+
+# ---------------------------------------------------------------------------------------- sequence
+def _train_sequence(train: Sequence[Event], cfg: EvalConfig, out: Path):
+    """Train the sequence model on the train part only; returns (scorer, training summary)."""
+    from models.sequence.scorer import SequenceScorer
+    from models.sequence.train import train as train_seq
+
+    seq_cfg = cfg.seq
+    if cfg.task == "churn":
+        seq_cfg = dataclasses.replace(seq_cfg, churn_ms=cfg.horizon_ms)
+    t0 = time.perf_counter()
+    res = train_seq(list(train), seq_cfg, log=None, max_seconds=cfg.seq_max_seconds)
+    path = out / "sequence.pt"
+    res.save(str(path))
+    scorer = SequenceScorer.load(path)  # through the checkpoint, as a worker loads it
+    summary = {
+        "config": {k: v for k, v in seq_cfg.to_dict().items() if v != getattr(SeqConfig, k)},
+        "max_len": seq_cfg.max_len,
+        "device": res.device,
+        "epochs": res.metrics["epochs"],
+        "best_epoch": res.metrics["best_epoch"],
+        "val_on_train_part": {k: res.metrics["val"][k] for k in ("intent_auc", "hr@10", "churn_auc")},
+        "train_seconds": round(time.perf_counter() - t0, 1),
+    }
+    return scorer, summary
+
+
+def _score_windows(scorer, windows: list, batch: int, k: int):
+    """(p_intent, p_churn, top buckets) for each window, in batches."""
+    pi, pc, tb = [], [], []
+    for s in range(0, len(windows), batch):
+        out = scorer.score_batch(windows[s : s + batch], k=k)
+        pi.append(out.p_intent)
+        pc.append(out.p_churn)
+        tb.append(out.top_buckets)
+    if not windows:
+        return np.zeros(0), np.zeros(0), np.zeros((0, k), np.int64)
+    return np.concatenate(pi), np.concatenate(pc), np.concatenate(tb)
+
+
+# ---------------------------------------------------------------------------------------- tasks
+def _sorted(events: Sequence[Event]) -> list[Event]:
+    return sorted(events, key=lambda e: e.ts)
+
+
+def _eval_intent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Path) -> tuple[dict, dict]:
+    learners = PartitionLearners.new(cfg.state, intent_horizon_ms=cfg.horizon_ms,
+                                     **({"intent_model": cfg.online_model} if cfg.online_model else {}))  # fmt: skip
+    replay = StreamReplay(cfg.state, learners)
+    for ev in train:
+        replay.event(ev)
+    labels = dict(tasks.intent_labels(test, cfg.horizon_ms, end_ts=test[-1].ts))
+    y, online, base, windows = [], [], [], []
+    skipped = 0
+    for i, ev in enumerate(test):
+        status, st, scores = replay.event(ev)
+        if i not in labels:
+            continue
+        if status != APPLIED or scores is None or scores.intent is None:
+            skipped += 1  # a duplicate or too-late event: the stream would not score it either
+            continue
+        f = online_features(st, ev.ts, cfg.state)
+        y.append(labels[i])
+        online.append(scores.intent.p)
+        base.append(f["log1p_purchase_total"] + 1e-3 * f["cart_items"])
+        windows.append(st.recent)
+    scorer, seq_summary = _train_sequence(train, cfg, out)
+    p_seq, _, _ = _score_windows(scorer, windows, cfg.score_batch, cfg.k)
+    scores_by_model = {
+        "baseline": np.asarray(base),
+        "online": np.asarray(online),
+        "sequence": p_seq,
+        "blend": _sigmoid((_logit(np.asarray(online)) + _logit(p_seq)) / 2),
+    }
+    yv = np.asarray(y)
+    report = {
+        "labelled_test_events": len(labels),
+        "not_scored_late_or_duplicate": skipped,
+        "excluded_label_past_end": sum(1 for e in test if e.type != "purchase") - len(labels),
+        "online_progressive_metrics": learners.intent.metrics(),
+        "sequence_training": seq_summary,
+        "models": {m: binary_metrics(yv, s) for m, s in scores_by_model.items()},
+    }
+    return report, {"y": yv, "scores": scores_by_model, "probabilistic": ("online", "sequence", "blend")}
+
+
+def _eval_churn(train: list[Event], test: list[Event], cfg: EvalConfig, out: Path,
+                data_end_ms: int) -> tuple[dict, dict]:  # fmt: skip
+    # Churn is one cut-off over one history: train and test are the same users split by time.
+    events = _sorted({e.event_id: e for e in [*train, *test]}.values())
+    H = cfg.horizon_ms
+    cutoff = cfg.cutoff_ms if cfg.cutoff_ms is not None else data_end_ms - H
+    if cutoff + H > data_end_ms:
+        raise ValueError("the churn horizon after the cut-off runs past the end of the data")
+    before = [e for e in events if e.ts <= cutoff]
+    if not before:
+        raise ValueError("no events at or before the cut-off")
+    learners = PartitionLearners.new(cfg.state, churn_horizon_ms=H,
+                                     **({"churn_model": cfg.online_model} if cfg.online_model else {}))  # fmt: skip
+    replay = StreamReplay(cfg.state, learners)
+    for ev in before:
+        replay.event(ev)
+    replay.advance(cutoff)  # the partition's watermark has reached the cut-off
+    labels = tasks.churn_labels(events, cutoff, H)
+    users = list(labels)
+    y = np.array([labels[u] for u in users])
+    online, base, windows = [], [], []
+    for u in users:
+        st = replay.states[u]
+        f = online_features(st, cutoff, cfg.state)
+        online.append(learners.churn.predict(f, explain=False).p)
+        base.append(f["days_since_purchase"] if f["has_purchased"] else (cutoff - st.first_seen) / DAY_MS)
+        windows.append(st.recent)
+    scorer, seq_summary = _train_sequence(before, cfg, out)
+    _, p_seq, _ = _score_windows(scorer, windows, cfg.score_batch, cfg.k)
+    scores_by_model = {
+        "baseline": np.asarray(base),
+        "online": np.asarray(online),
+        "sequence": p_seq,
+        "blend": _sigmoid((_logit(np.asarray(online)) + _logit(p_seq)) / 2),
+    }
+    report = {
+        "cutoff_ms": cutoff,
+        "horizon_days": H / DAY_MS,
+        "customers_at_cutoff": len(users),
+        "events_before_cutoff": len(before),
+        "online_progressive_metrics": learners.churn.metrics(),
+        "sequence_training": seq_summary,
+        "models": {m: binary_metrics(y, s) for m, s in scores_by_model.items()},
+    }
+    return report, {"y": y, "scores": scores_by_model, "probabilistic": ("online", "sequence", "blend")}
+
+
+def _rrf(lists: Sequence[Sequence[Any]], k: int) -> list[Any]:
+    score: dict[Any, float] = defaultdict(float)
+    for lst in lists:
+        for r, c in enumerate(lst[:k], 1):
+            score[c] += 1.0 / (RRF_K + r)
+    return [c for c, _ in sorted(score.items(), key=lambda kv: -kv[1])][:k]
+
+
+def _eval_latent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Path) -> tuple[dict, dict]:
+    replay = StreamReplay(cfg.state)  # no online learner: the state's affinity is the online list
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for ev in train:
+        if replay.event(ev)[0] == APPLIED and ev.category_id:
+            counts[ev.user][ev.category_id] += 1
+    targets = dict(tasks.next_category_targets(test))
+    nb = cfg.seq.category_buckets
+
+    def bucket(cat: str) -> int:
+        return hash_bucket(stable_hash(cat), nb)
+
+    tgt, base, online, windows = [], [], [], []
+    skipped = 0
+    for i, ev in enumerate(test):
+        status, st, _ = replay.event(ev)
+        if status == APPLIED and ev.category_id:
+            counts[ev.user][ev.category_id] += 1
+        if i not in targets:
+            continue
+        if status != APPLIED:
+            skipped += 1
+            continue
+        tgt.append(targets[i])
+        base.append([c for c, _ in counts[ev.user].most_common(cfg.k)])
+        online.append([c for c, _ in sorted(st.categories.items(), key=lambda kv: -kv[1])][: cfg.k])
+        windows.append(st.recent)
+    scorer, seq_summary = _train_sequence(train, cfg, out)
+    _, _, top = _score_windows(scorer, windows, cfg.score_batch, cfg.k)
+    seq_lists = [list(map(int, row)) for row in top]
+    tgt_b = [bucket(c) for c in tgt]
+    blend = [_rrf([s, [bucket(c) for c in o]], cfg.k) for s, o in zip(seq_lists, online, strict=True)]
+    models = {
+        "baseline": ranking_metrics(base, tgt, cfg.k),
+        "online": ranking_metrics(online, tgt, cfg.k),
+        "sequence": ranking_metrics(seq_lists, tgt_b, cfg.k),
+        "blend": ranking_metrics(blend, tgt_b, cfg.k),
+    }
+    hr_curves = {
+        "baseline": [tasks.hit_rate_at_k(base, tgt, k) for k in range(1, cfg.k + 1)] if tgt else [],
+        "online": [tasks.hit_rate_at_k(online, tgt, k) for k in range(1, cfg.k + 1)] if tgt else [],
+        "sequence": [tasks.hit_rate_at_k(seq_lists, tgt_b, k) for k in range(1, cfg.k + 1)] if tgt else [],
+        "blend": [tasks.hit_rate_at_k(blend, tgt_b, k) for k in range(1, cfg.k + 1)] if tgt else [],
+    }
+    report = {
+        "targets": len(targets),
+        "not_scored_late_or_duplicate": skipped,
+        "sequence_training": seq_summary,
+        "models": models,
+    }
+    return report, {"hr_curves": hr_curves}
+
+
+# ---------------------------------------------------------------------------------------- entry
+def evaluate(
+    train: Sequence[Event],
+    test: Sequence[Event],
+    cfg: EvalConfig,
+    out_dir: str | Path,
+    *,
+    data_end_ms: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run one task (see the module docstring), write ``report.json`` and the plots to
+    ``out_dir``, and return the report. ``data_end_ms`` is the end of the data (churn; defaults to
+    the last event time); ``meta`` is copied into the report (command line, split description)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_s, test_s = _sorted(train), _sorted(test)
+    if cfg.task != "churn" and (not train_s or not test_s):
+        raise ValueError("both the train and the test part need events")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        if cfg.task == "intent":
+            body, curves = _eval_intent(train_s, test_s, cfg, Path(tmp))
+        elif cfg.task == "latent":
+            body, curves = _eval_latent(train_s, test_s, cfg, Path(tmp))
+        else:
+            end = data_end_ms if data_end_ms is not None else max(e.ts for e in [*train_s, *test_s])
+            body, curves = _eval_churn(train_s, test_s, cfg, Path(tmp), end)
+    report: dict[str, Any] = {
+        "task": cfg.task,
+        **(meta or {}),
+        "horizon_ms": cfg.horizon_ms,
+        "data": {
+            "train_events": len(train_s),
+            "test_events": len(test_s),
+            "train_users": len({e.user for e in train_s}),
+            "test_users": len({e.user for e in test_s}),
+            "shared_users": len({e.user for e in train_s} & {e.user for e in test_s}),
+        },
+        **body,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    report["plots"] = _plots(cfg.task, curves, out)
+    report = _plain(report)
+    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    return report
+
+
+def _plain(o: Any) -> Any:
+    """Strict-JSON values: numpy scalars as Python numbers, NaN (a metric with one class) as None."""
+    if isinstance(o, dict):
+        return {str(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, (float, np.floating)):
+        return float(o) if math.isfinite(o) else None
+    return o
+
+
+# ---------------------------------------------------------------------------------------- plots
+def _roc_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-s, kind="stable")
+    ys, ss = y[order], s[order]
+    cut = np.r_[np.nonzero(np.diff(ss))[0], len(ss) - 1]  # one point per distinct threshold
+    tp, fp = np.cumsum(ys)[cut], np.cumsum(1 - ys)[cut]
+    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
+
+
+def _pr_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-s, kind="stable")
+    ys, ss = y[order], s[order]
+    cut = np.r_[np.nonzero(np.diff(ss))[0], len(ss) - 1]
+    tp = np.cumsum(ys)[cut]
+    return tp / max(tp[-1], 1), tp / (cut + 1)
+
+
+def _plots(task: str, curves: dict, out: Path) -> list[str]:
+    """PNG plots; an empty list (and no error) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display on servers and in CI
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
+
+    if task == "latent":
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for m, hr in curves["hr_curves"].items():
+            ax.plot(range(1, len(hr) + 1), hr, marker="o", label=m)
+        ax.set(xlabel="k", ylabel="HR@k", title="latent need: next category hit rate")
+        ax.legend()
+        save(fig, "hit_rate_at_k.png")
+        return written
+    y = curves["y"].astype(int)
+    if y.min() == y.max():
+        return written
+    scores = curves["scores"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for m, s in scores.items():
+        fpr, tpr = _roc_curve(y, s)
+        ax.plot(fpr, tpr, label=f"{m} ({tasks.roc_auc(y, s):.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{task}: ROC")
+    ax.legend()
+    save(fig, "roc.png")
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for m, s in scores.items():
+        r, p = _pr_curve(y, s)
+        ax.plot(r, p, label=f"{m} ({tasks.pr_auc(y, s):.3f})")
+    ax.axhline(y.mean(), color="k", ls=":", lw=0.8)
+    ax.set(xlabel="recall", ylabel="precision", title=f"{task}: precision-recall")
+    ax.legend()
+    save(fig, "pr.png")
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for m in curves["probabilistic"]:  # the baseline is a score, not a probability
+        s = scores[m]
+        edges = np.quantile(s, np.linspace(0, 1, 11))
+        idx = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, 9)
+        pts = [(s[idx == b].mean(), y[idx == b].mean()) for b in range(10) if (idx == b).any()]
+        ax.plot(*zip(*pts, strict=True), marker="o", label=m)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(
+        xlabel="mean predicted probability (deciles)", ylabel="observed rate", title=f"{task}: calibration"
+    )
+    ax.legend()
+    save(fig, "calibration.png")
+    fig, axes = plt.subplots(1, len(scores), figsize=(3.2 * len(scores), 3))
+    for ax, (m, s) in zip(np.atleast_1d(axes), scores.items(), strict=True):
+        bins = np.linspace(s.min(), s.max() + 1e-9, 30)
+        ax.hist(s[y == 0], bins=bins, alpha=0.6, density=True, label="y=0")
+        ax.hist(s[y == 1], bins=bins, alpha=0.6, density=True, label="y=1")
+        ax.set_title(m)
+    np.atleast_1d(axes)[0].legend()
+    save(fig, "score_distribution.png")
+    return written
+
+
+__all__ = ["EvalConfig", "StreamReplay", "TASKS", "binary_metrics", "evaluate", "split_by_user"]

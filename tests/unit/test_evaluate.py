@@ -1,0 +1,147 @@
+"""``intentstream evaluate`` on tiny synthetic data: report shape, row counts, label exclusion, plots."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from models.datasets import tasks
+from models.evaluation import EvalConfig, StreamReplay, evaluate, split_by_user
+from models.events import Event
+from models.features.state import StateConfig
+from models.sequence.config import SeqConfig
+from stream.cli import build_parser
+
+T0 = 1_700_000_000_000
+MIN = 60_000
+DAY = 86_400_000
+# A sequence model small enough to train in well under a second.
+TINY = SeqConfig(max_len=8, d_model=8, item_buckets=256, category_buckets=128, query_buckets=32,
+                 batch_size=16, max_epochs=1)  # fmt: skip
+
+
+def shoppers(n_users: int = 12, seed: int = 0) -> list[Event]:
+    """Users who view, sometimes cart, and buy a carted item a few minutes later."""
+    rng = random.Random(seed)
+    out: list[Event] = []
+    for u in range(n_users):
+        t = T0 + rng.randrange(0, 60) * MIN
+        for j in range(30):
+            t += rng.randrange(1, 8) * MIN
+            item = f"i{rng.randrange(6)}"
+            kind = "add_to_cart" if rng.random() < 0.2 else "click"
+            out.append(
+                Event(f"u{u}-{j}", f"u{u}", kind, t, item_id=item, category_id=f"c{u % 3}{rng.randrange(3)}")
+            )
+            if kind == "add_to_cart" and rng.random() < 0.6:
+                t += 2 * MIN
+                out.append(
+                    Event(f"u{u}-{j}b", f"u{u}", "purchase", t, item_id=item, category_id=f"c{u % 3}0")
+                )
+    return sorted(out, key=lambda e: e.ts)
+
+
+def test_replay_advances_the_watermark_and_learns_with_delay():
+    from models.online.learner import PartitionLearners
+
+    learners = PartitionLearners.new(StateConfig())
+    rep = StreamReplay(StateConfig(), learners)
+    for ev in shoppers(4):
+        rep.event(ev)
+    # Everything older than the horizon before the last event has been learned, nothing later.
+    assert learners.intent.metrics()["n"] > 0
+    assert rep.watermark == max(e.ts for e in shoppers(4)) - StateConfig().allowed_lateness_ms
+
+
+def test_intent_report_is_well_formed_and_excludes_labels_past_the_end(tmp_path):
+    events = shoppers(12)
+    train, test = split_by_user(events, 0.25)
+    assert train and test and not ({e.user for e in train} & {e.user for e in test})
+    rep = evaluate(train, test, EvalConfig("intent", seq=TINY), tmp_path)
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["models"] == rep["models"]
+    assert set(rep["models"]) == {"baseline", "online", "sequence", "blend"}
+    # Exactly the product's labelled rows are scored: non-purchase test events whose 30-minute
+    # window ends inside the test data.
+    end = max(e.ts for e in test)
+    expected = sum(1 for e in test if e.type != "purchase" and e.ts + 30 * MIN <= end)
+    assert rep["labelled_test_events"] == expected
+    assert rep["excluded_label_past_end"] == sum(1 for e in test if e.type != "purchase") - expected > 0
+    labels = dict(tasks.intent_labels(sorted(test, key=lambda e: e.ts), 30 * MIN))
+    for m in rep["models"].values():
+        assert m["rows"] == expected
+        assert m["positives"] == sum(labels.values())
+        assert 0.0 <= m["roc_auc"] <= 1.0 and 0.0 <= m["pr_auc"] <= 1.0
+    assert rep["data"]["test_users"] == len({e.user for e in test})
+    for name in ("roc.png", "pr.png", "calibration.png", "score_distribution.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+    assert set(rep["plots"]) == {"roc.png", "pr.png", "calibration.png", "score_distribution.png"}
+
+
+def test_latent_report_has_ranking_metrics_for_every_target(tmp_path):
+    events = shoppers(12, seed=1)
+    train, test = split_by_user(events, 0.25)
+    rep = evaluate(train, test, EvalConfig("latent", seq=TINY), tmp_path)
+    n_targets = len(tasks.next_category_targets(sorted(test, key=lambda e: e.ts)))
+    assert rep["targets"] == n_targets
+    for m in rep["models"].values():
+        assert m["rows"] == n_targets
+        assert 0.0 <= m["hr@10"] <= 1.0 and 0.0 <= m["mrr@10"] <= m["hr@10"]
+    # Each user stays within 3 home categories, so their own top-10 always holds the next one
+    # once it has been seen: the frequency baseline must be nearly perfect here.
+    assert rep["models"]["baseline"]["hr@10"] > 0.9
+    assert (tmp_path / "hit_rate_at_k.png").exists()
+
+
+def test_churn_at_a_cutoff_labels_every_customer_seen_and_refuses_a_short_horizon(tmp_path):
+    rng = random.Random(3)
+    events = []
+    for u in range(60):
+        loyal = u % 2 == 0
+        t = T0 + rng.randrange(0, 20) * DAY
+        for j in range(12 if loyal else 2):
+            events.append(Event(f"{u}-{j}", f"c{u}", "purchase", t, price=10.0))
+            t += (rng.randrange(5, 25) if loyal else rng.randrange(1, 5)) * DAY
+    events.sort(key=lambda e: e.ts)
+    end = max(e.ts for e in events)
+    cfg = EvalConfig("churn", horizon_ms=60 * DAY, seq=TINY)
+    rep = evaluate(events, [], cfg, tmp_path, data_end_ms=end)
+    cutoff = end - 60 * DAY
+    truth = tasks.churn_labels(events, cutoff, 60 * DAY)
+    assert rep["cutoff_ms"] == cutoff and rep["customers_at_cutoff"] == len(truth)
+    assert rep["models"]["baseline"]["positives"] == sum(truth.values())
+    # Recency separates the one-off buyers from the regulars.
+    assert rep["models"]["baseline"]["roc_auc"] > 0.8
+    with pytest.raises(ValueError, match="past the end"):
+        evaluate(events, [], EvalConfig("churn", horizon_ms=60 * DAY, cutoff_ms=end - DAY, seq=TINY), tmp_path / "x",
+                 data_end_ms=end)  # fmt: skip
+
+
+def test_cli_parses_the_evaluate_command(tmp_path):
+    args = build_parser().parse_args(
+        [
+            "evaluate",
+            "--task",
+            "intent",
+            "--format",
+            "jsonl",
+            "--train",
+            "a.jsonl",
+            "--split-users",
+            "0.25",
+            "--horizon",
+            "30m",
+            "--out",
+            str(tmp_path),
+        ]  # fmt: skip
+    )
+    assert args.horizon == 30 * MIN and args.split_users == 0.25 and args.fn.__name__ == "cmd_evaluate"
+
+
+def test_split_by_user_refuses_fractions_that_are_not_one_over_n():
+    with pytest.raises(ValueError):
+        split_by_user(shoppers(2), 0.3)
+    train, test = split_by_user(shoppers(40), 0.5)  # 1/2 is accepted
+    assert train and test
