@@ -1,0 +1,419 @@
+"""Reliability on the real broker: crashes, rebalances and privacy over long simulated replays.
+
+Each test replays simulated shoppers (``ShopperSimulator``) into the events topic, keyed by the
+raw user id as a shop's producer would, injects a fault while the workers are busy, waits until
+the application's consumer group has committed every input offset (the workers commit only after
+a batch is handled and the producer is flushed, so nothing is in flight any more), then checks the
+outcome against a clean run computed by the pure pipeline over the same events:
+
+* **state**: every user's record, read from outside through the table's changelog topic (last
+  value per key), equals the clean run's: the exact parts exactly (totals, sessions, the dedupe and
+  recent rings, cart, first/last event time, signal-policy memory), decayed values within float32
+  rounding. A lost event or a double count changes ``totals`` and the rings.
+* **signals**: latent needs (a pure function of each user's events) are exactly the clean run's
+  set of ``signal_id`` (none missing, none unexpected). Purchase intent is scored by per-partition
+  online learners once warm, which depend on cross-user order, so its exact set is not a clean-run
+  quantity; instead every emission a user's record remembers must be on the topic. A repeated
+  ``signal_id`` must be a copy but for ``emitted_at``: that is the at-least-once guarantee with
+  idempotent outputs (see docs/RELIABILITY.md).
+* **dead letters**: a simulated replay has no bad input, so the only dead letters allowed are
+  the replays that state de-duplication caught (``duplicate_event_id``, or ``late_event`` for a
+  replay older than the dedupe ring), each for an event id that was produced.
+
+Why the clean run is computed and not run on a second system: the workers execute the same
+``Pipeline`` with the same configuration; only batch boundaries and the interleaving of different
+users differ, and neither changes a user's record or signals (per-user order is kept by keying).
+That is checked here once (``test_expected_outcome_does_not_depend_on_batching``). The pure run
+takes ~7 s for 50,000 events where a second broker-backed run would take a minute.
+
+Each test prints one ``RELIABILITY {...}`` line with its figures (run with ``-s`` to see them).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import signal
+import time
+
+import pytest
+
+from stream.logic.ingest import Pseudonymizer
+from stream.logic.pipeline import Pipeline, UserRecord
+from stream.logic.simulator import ShopperSimulator
+
+from .conftest import (
+    KEY,
+    committed_total,
+    expected_outcome,
+    group_lag,
+    produce,
+    produce_events,
+    read_all,
+    rewind_group,
+    signal_report,
+    state_differences,
+    unbacked_policy,
+)
+
+pytestmark = pytest.mark.integration
+
+USERS = 300
+SEED = 11
+N_LONG = 50_000  # ~13 simulated hours of 300 shoppers: far below churn_risk_after_ms (7 days)
+ALLOWED_DEAD = {"duplicate_event_id", "late_event"}
+
+
+# --------------------------------------------------------------------------------------- helpers
+def wait_until(cond, what: str, workers, timeout: float, poll: float = 0.5, after_fault: bool = False):
+    """Poll ``cond()`` until it returns a truthy value; fail early if a worker died on its own.
+
+    ``after_fault``: a timeout means the group stopped making progress (:class:`GroupStalled`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        for w in workers:
+            if w.proc is not None and w.proc.poll() is not None:
+                pytest.fail(
+                    f"worker exited ({w.proc.returncode}) while waiting for {what}:\n{w.log.read_text()[-3000:]}"
+                )
+        if time.monotonic() > deadline:
+            if after_fault:
+                raise GroupStalled(f"no progress in {timeout:.0f} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+
+
+def processed(settings) -> int:
+    """Events whose processing the application has committed (offsets of the internal topic)."""
+    return committed_total(settings.kafka_bootstrap_servers, settings.app_id, settings.repartition_topic)
+
+
+class GroupStalled(Exception):
+    """The application's consumer group made no progress for a long time while input was pending.
+
+    On noida-db 0.2.3 this is what every unannounced loss of a group member leads to (a SIGKILLed
+    worker, a broker restart): see docs/RELIABILITY.md. The fault tests expect exactly this
+    exception (``xfail(raises=GroupStalled)``), so a state or signal mismatch still fails them,
+    and a run in which the broker's group recovers is a full pass.
+    """
+
+
+STALL_S = 60.0  # six session timeouts (Faust's broker_session_timeout is 10 s in stream/app.py)
+
+
+def wait_drained(settings, workers, timeout: float = 300.0, stall_s: float = STALL_S) -> None:
+    """Until both input topics are fully committed by the application's group, twice in a row.
+
+    Raises :class:`GroupStalled` when the committed offsets do not move for ``stall_s`` seconds
+    while input is pending (Kafka reassigns a dead member's partitions after the session timeout).
+    """
+    topics = [settings.events_topic, settings.repartition_topic]
+    state = {"streak": 0, "lag": None, "since": time.monotonic()}
+
+    def drained() -> bool:
+        lag = group_lag(settings.kafka_bootstrap_servers, settings.app_id, topics)
+        pending = sum(lag.values())
+        state["streak"] = state["streak"] + 1 if not pending else 0
+        if lag != state["lag"]:
+            state["lag"], state["since"] = lag, time.monotonic()
+        elif pending and time.monotonic() - state["since"] > stall_s:
+            raise GroupStalled(f"no offset committed for {stall_s:.0f} s with {lag} pending")
+        return state["streak"] >= 2
+
+    wait_until(drained, "all input offsets committed", workers, timeout, poll=1.0)
+
+
+def restart(worker_factory, **env):
+    """Start a replacement worker; one that cannot join the group in ``STALL_S`` means a stalled group."""
+    w = worker_factory(**env)
+    try:
+        w.start(ready_timeout=STALL_S)
+    except TimeoutError as exc:
+        raise GroupStalled(f"the restarted worker never became ready: {str(exc)[:300]}") from exc
+    return w
+
+
+def consumed(worker) -> float:
+    """Events this worker process has applied to state (its own counter, reset on restart)."""
+    total = 0.0
+    for line in worker.metrics().splitlines():
+        if line.startswith("intentstream_events_consumed_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def check_run(settings, events: list[dict], label: str, **figures) -> dict:
+    """Compare the system's outcome with the clean run; return the measured figures."""
+    bootstrap = settings.kafka_bootstrap_servers
+    expected_records, expected_signals = expected_outcome(settings, events)
+    # No churn-risk signal is expected: the replay spans less event time than churn_risk_after_ms.
+    assert "churn_risk" not in expected_signals.values()
+
+    changelog = read_all(bootstrap, [f"{settings.app_id}-user-state-changelog"])
+    table = {m.key(): m.value() for m in changelog}  # per key, the last value wins (offset order)
+    diffs = state_differences(expected_records, table)
+
+    messages = read_all(bootstrap, list(settings.signal_topics().values()))
+    # Latent needs are a pure function of each user's events: their set must be exactly the clean
+    # run's. Purchase intent follows the online learners once they are warm (per partition, so it
+    # depends on cross-user order and on when labels settle): for it, every emission a user's
+    # record remembers must be on the topic (no lost signal), and copies must be identical.
+    latent = {sid: task for sid, task in expected_signals.items() if task == "latent_needs"}
+    sig = signal_report(latent, messages)
+    unbacked = unbacked_policy(table, messages)
+
+    produced_ids = {e["event_id"] for e in events}
+    dead = [json.loads(m.value()) for m in read_all(bootstrap, [settings.dlq_topic])]
+    dead_reasons: dict[str, int] = {}
+    for d in dead:
+        dead_reasons[d["reason"]] = dead_reasons.get(d["reason"], 0) + 1
+    foreign = [
+        d for d in dead
+        if d["reason"] not in ALLOWED_DEAD or json.loads(base64.b64decode(d["original_b64"]))["event_id"] not in produced_ids
+    ]  # fmt: skip
+
+    report = {
+        "test": label,
+        "events": len(events),
+        "users": len(expected_records),
+        "expected_latent_signals": len(latent),
+        "intent_signals": sum(1 for m in messages if m.topic() == settings.intent_topic),
+        "remembered_but_not_emitted": len(unbacked),
+        "signals_received": sig["received"],
+        "duplicate_signals": sig["duplicates"],
+        "missing_signals": len(sig["missing"]),
+        "unexpected_signals": len(sig["unexpected"]),
+        "users_with_wrong_state": len({d.split(":")[0] for d in diffs}),
+        "replays_caught_by_dedupe": sum(dead_reasons.get(r, 0) for r in ALLOWED_DEAD),
+        "dead_letter_reasons": dead_reasons,
+        **figures,
+    }
+    print("RELIABILITY " + json.dumps(report, sort_keys=True))
+
+    assert not diffs, f"{len(diffs)} state differences, e.g.:\n" + "\n".join(diffs[:20])
+    assert not sig["missing"], f"{len(sig['missing'])} expected signals never emitted: {sig['missing'][:5]}"
+    assert not sig["unexpected"], (
+        f"{len(sig['unexpected'])} signals a clean run does not emit: {sig['unexpected'][:5]}"
+    )
+    assert not unbacked, (
+        f"{len(unbacked)} emissions remembered in state but not on the topics: {unbacked[:5]}"
+    )
+    assert not sig["differing_copies"], f"copies of one signal_id differ: {sig['differing_copies'][:5]}"
+    assert not sig["wrong_task"] and not sig["bad_keys"]
+    assert not foreign, f"unexpected dead letters: {foreign[:3]}"
+    return report
+
+
+def simulated(n: int, seed: int = SEED, users: int = USERS) -> list[dict]:
+    return ShopperSimulator(seed=seed, users=users).take(n)
+
+
+# ----------------------------------------------------------------------------------------- tests
+def test_expected_outcome_does_not_depend_on_batching(system):
+    """The premise of the comparisons: the clean run's records and signals are the same whatever
+    the batch boundaries and round trips through the table codec (what the workers do)."""
+    settings, _ = system
+    events = simulated(8_000)
+    records, signals = expected_outcome(settings, events)
+    from stream.agents.runtime import partition_for, pipeline_config
+    from stream.logic.ingest import ingest_one
+    from stream.logic.scoring import RuleScorer
+
+    ps = Pseudonymizer(settings.secret_key())
+    pipe = Pipeline(pipeline_config(settings), RuleScorer(settings.churn_after_ms), clock=lambda: 0)
+    store: dict[str, bytes] = {}
+    got: dict[str, str] = {}
+    rng = random.Random(3)
+    evs = [ingest_one(json.dumps(e).encode(), ps) for e in events]
+    i = 0
+    while i < len(evs):
+        batch = evs[i : i + rng.randint(1, 1000)]
+        i += len(batch)
+        recs = {e.user: UserRecord.from_bytes(store[e.user]) if e.user in store else None for e in batch}
+        out = pipe.process(recs, [(partition_for(e.user, settings.events_partitions), e) for e in batch])
+        got.update({s.value["signal_id"]: s.task for s in out.signals})
+        store.update({u: r.to_bytes() for u, r in out.records.items()})
+    assert got == signals
+    assert not state_differences(records, {u.encode(): raw for u, raw in store.items()})
+
+
+NOIDA_GROUP_DEFECT = (
+    "noida-db 0.2.3 group coordinator: a member that vanishes (SIGKILL) is never expired, and a "
+    "member removed during a rebalance (rebalance timeout, broker restart) stays the group leader, "
+    "so the group stops making progress; see docs/RELIABILITY.md"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(raises=GroupStalled, strict=False, reason=NOIDA_GROUP_DEFECT)
+def test_sigkill_during_replay_loses_nothing(system):
+    """Two workers; one is SIGKILLed (no shutdown, no flush, no commit) after 40% of a 50,000-event
+    replay and restarted with the same data directory; the result must equal a clean run.
+
+    The store is ``rocksdb://``, the production default and the harder case: the restarted worker
+    reopens its local files (which a SIGKILL can leave ahead of the changelog, since Faust writes
+    RocksDB at once and the changelog through the producer buffer) and reads only the changelog
+    tail after the offset it persisted; ``memory://`` rebuilds from the changelog alone.
+    """
+    settings, new_worker = system
+    store = "rocksdb://"
+    events = simulated(N_LONG)
+    w1, w2 = new_worker(INTENTSTREAM_STORE=store), new_worker(INTENTSTREAM_STORE=store)
+    w1.start()
+    w2.start()
+    produce_events(settings.kafka_bootstrap_servers, settings.events_topic, events)
+
+    at_kill = wait_until(
+        lambda: (n := processed(settings)) >= int(0.4 * N_LONG) and n, "40% processed", [w1, w2], 240
+    )
+    w2.stop(signal.SIGKILL)
+    w2b = restart(new_worker, INTENTSTREAM_STORE=store, INTENTSTREAM_DATA_DIR=w2.env["INTENTSTREAM_DATA_DIR"])
+    wait_drained(settings, [w1, w2b])
+    check_run(settings, events, f"sigkill[{store}]", faults={"SIGKILL": 1}, committed_at_kill=at_kill)
+
+
+@pytest.mark.slow
+def test_replayed_tail_is_absorbed_without_loss_or_repeat(system):
+    """What at-least-once delivers after a crash, without the crash: the committed offsets of both
+    input topics are moved back (the workers stopped gracefully, as the noida-db defect above
+    requires), so the workers receive again a tail they have already applied and emitted.
+
+    Every re-delivered event must be absorbed by the state's de-duplication (dead-lettered as
+    ``duplicate_event_id`` / ``late_event``): state and signal set equal a clean run, and since the
+    state already holds those events, no signal is emitted a second time. ``rocksdb://`` so that
+    the restarted workers reopen their local stores (the production path).
+    """
+    settings, new_worker = system
+    bootstrap = settings.kafka_bootstrap_servers
+    store = "rocksdb://"
+    events = simulated(20_000, seed=SEED + 1)
+    w1, w2 = new_worker(INTENTSTREAM_STORE=store), new_worker(INTENTSTREAM_STORE=store)
+    w1.start()
+    w2.start()
+    produce_events(bootstrap, settings.events_topic, events)
+    wait_drained(settings, [w1, w2])
+    w1.stop()
+    w2.stop()
+
+    topics = [settings.events_topic, settings.repartition_topic]
+    redelivered = rewind_group(bootstrap, settings.app_id, topics, by=1_500)
+    assert group_lag(bootstrap, settings.app_id, topics)[settings.repartition_topic] > 0
+    # One worker comes back: it reopens its own RocksDB partitions and rebuilds the other
+    # worker's from the changelog, and no join rebalance happens while it replays.
+    w1b = new_worker(INTENTSTREAM_STORE=store, INTENTSTREAM_DATA_DIR=w1.env["INTENTSTREAM_DATA_DIR"])
+    w1b.start()
+    wait_drained(settings, [w1b])
+    report = check_run(settings, events, "rewind-replay", faults={"rewind": 1}, redelivered=redelivered)
+    # Ingest forwards its re-delivered events again, so each re-delivery on either topic reaches
+    # the de-duplication (a few more may come from the graceful leave of the first worker).
+    assert report["replays_caught_by_dedupe"] >= redelivered
+    assert report["duplicate_signals"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(raises=GroupStalled, strict=False, reason=NOIDA_GROUP_DEFECT)
+def test_third_worker_joins_and_leaves_during_replay(system):
+    """Two workers; a third joins during the replay, takes partitions, and leaves (SIGTERM, a
+    graceful shutdown) while events are still pending; the result equals a clean run."""
+    settings, new_worker = system
+    bootstrap = settings.kafka_bootstrap_servers
+    events = simulated(N_LONG)
+    half = N_LONG // 2
+    w1, w2 = new_worker(), new_worker()
+    w1.start()
+    w2.start()
+    produce_events(bootstrap, settings.events_topic, events[:half])
+    wait_until(lambda: processed(settings) >= 5_000, "5,000 processed", [w1, w2], 240)
+
+    w3 = restart(new_worker)  # joins: the group rebalances while ~20,000 events are pending
+    wait_until(
+        lambda: consumed(w3) > 0, "the third worker to process events", [w1, w2, w3], 120, after_fault=True
+    )
+    produce_events(bootstrap, settings.events_topic, events[half:])
+    wait_until(
+        lambda: processed(settings) >= half + 5_000,
+        "phase two under way",
+        [w1, w2, w3],
+        240,
+        after_fault=True,
+    )
+    w3_events = consumed(w3)
+    lag_at_leave = sum(
+        group_lag(bootstrap, settings.app_id, [settings.events_topic, settings.repartition_topic]).values()
+    )
+    w3.stop(signal.SIGTERM)  # leaves: its partitions move back while the replay goes on
+    assert w3.proc.returncode is not None
+    assert lag_at_leave > 0, "the third worker must leave while events are pending"
+    wait_drained(settings, [w1, w2])
+    check_run(settings, events, "join+leave", faults={"join": 1, "graceful_leave": 1},
+              third_worker_events=w3_events, lag_at_leave=lag_at_leave)  # fmt: skip
+
+
+def test_raw_user_ids_reach_no_output_log_or_metric(system):
+    """Privacy over a run with many users, bad input and replays, with DEBUG logging on.
+
+    Raw ids may appear only where documented: the dead-letter topic of *ingest-stage* rejects
+    keeps the original key and bytes (for repair). Everything else (internal topic, changelog,
+    signals and their keys, dead letters of the process stage, the worker's log and its
+    /metrics) must carry pseudonyms only.
+    """
+    settings, new_worker = system
+    bootstrap = settings.kafka_bootstrap_servers
+    # Distinctive raw ids, so that a hit cannot be a coincidence of hex digits or log text.
+    events = simulated(4_000, seed=5, users=80)
+    for e in events:
+        e["user_id"] = f"{e['user_id']}@shop.example"
+    raw_ids = sorted({e["user_id"] for e in events})
+    worker = new_worker(INTENTSTREAM_LOG_LEVEL="DEBUG")
+    worker.start()
+
+    rng = random.Random(1)
+    bad = []
+    for e in rng.sample(events, 40):
+        bad.append((e["user_id"].encode(), json.dumps({**e, "type": "refund"}).encode()))  # unknown_type
+        bad.append(
+            (e["user_id"].encode(), json.dumps({**e, "ts": e["ts"] // 1000}).encode())
+        )  # timestamp_too_old
+    replays = [(e["user_id"].encode(), json.dumps(e).encode()) for e in events[-50:]]  # producer retries
+    produce_events(bootstrap, settings.events_topic, events)
+    produce(bootstrap, settings.events_topic, bad + replays)
+    wait_drained(settings, [worker])
+    text = worker.metrics()
+    worker.stop()
+
+    def leaks(blob: bytes) -> list[str]:
+        return [u for u in raw_ids if u.encode() in blob]
+
+    ps = Pseudonymizer(KEY.encode())
+    pseudonyms = {ps(u) for u in raw_ids}
+    internal = read_all(bootstrap, [settings.repartition_topic, f"{settings.app_id}-user-state-changelog"])
+    signals = read_all(bootstrap, list(settings.signal_topics().values()))
+    assert len(internal) >= len(events) and signals
+    for m in internal + signals:
+        assert not leaks((m.key() or b"") + (m.value() or b"")), (m.topic(), m.key())
+    assert {s.key().decode() for s in signals} <= pseudonyms
+
+    dead = read_all(bootstrap, [settings.dlq_topic])
+    by_stage = {"ingest": 0, "process": 0}
+    for m in dead:
+        d = json.loads(m.value())
+        original = base64.b64decode(d["original_b64"])
+        if d["reason"] in ALLOWED_DEAD:  # process stage: the event as the worker saw it, pseudonymised
+            by_stage["process"] += 1
+            assert not leaks((m.key() or b"") + m.value() + original), d
+        else:  # ingest stage: the documented exception, raw key and original bytes only
+            by_stage["ingest"] += 1
+            stripped = json.dumps({k: v for k, v in d.items() if k != "original_b64"}).encode()
+            assert not leaks(stripped), d
+    assert by_stage == {"ingest": len(bad), "process": len(replays)}, by_stage
+
+    log = worker.log.read_bytes()
+    assert b" DEBUG " in log, "the worker logged at DEBUG (the strictest case)"
+    assert not leaks(log), f"raw ids in the worker log: {leaks(log)[:3]}"
+    assert not leaks(text.encode()), "raw ids in /metrics"
+    print("RELIABILITY " + json.dumps({"test": "privacy", "events": len(events) + len(bad) + len(replays),
+                                       "users": len(raw_ids), "log_bytes": len(log), "dead_letters": by_stage}))  # fmt: skip
