@@ -101,7 +101,8 @@ class Runtime:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.health = Health(metrics=self.metrics)
-        # The rule scorer needs no model artifact; the model issues replace this condition's owner.
+        # No model artifact gates readiness yet: the rule and the online models (restored from the
+        # partition's checkpoint, or fresh) need none. Serving the sequence model will own this.
         self.health.set_condition("model_loaded", True)
         self.health.add_probe("recovery", lambda: "table recovery in progress" if app.in_recovery else None)
         self.pseudonymize = Pseudonymizer(settings.secret_key())
