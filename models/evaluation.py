@@ -192,6 +192,17 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
+
+def _binary_scores(base: list[float], online: list[float], p_seq: np.ndarray) -> dict[str, np.ndarray]:
+    """The four compared models of a binary task; the blend is the mean of the two models' logits."""
+    p_online = np.asarray(online)
+    return {
+        "baseline": np.asarray(base),
+        "online": p_online,
+        "sequence": p_seq,
+        "blend": _sigmoid((_logit(p_online) + _logit(p_seq)) / 2),
+    }
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -285,12 +296,7 @@ def _eval_intent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pa
         windows.append(st.recent)
     scorer, seq_summary = _train_sequence(train, cfg, out)
     p_seq, _, _ = _score_windows(scorer, windows, cfg.score_batch, cfg.k)
-    scores_by_model = {
-        "baseline": np.asarray(base),
-        "online": np.asarray(online),
-        "sequence": p_seq,
-        "blend": _sigmoid((_logit(np.asarray(online)) + _logit(p_seq)) / 2),
-    }
+    scores_by_model = _binary_scores(base, online, p_seq)
     yv = np.asarray(y)
     report = {
         "labelled_test_events": len(labels),
@@ -332,12 +338,7 @@ def _eval_churn(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pat
         windows.append(st.recent)
     scorer, seq_summary = _train_sequence(before, cfg, out)
     _, p_seq, _ = _score_windows(scorer, windows, cfg.score_batch, cfg.k)
-    scores_by_model = {
-        "baseline": np.asarray(base),
-        "online": np.asarray(online),
-        "sequence": p_seq,
-        "blend": _sigmoid((_logit(np.asarray(online)) + _logit(p_seq)) / 2),
-    }
+    scores_by_model = _binary_scores(base, online, p_seq)
     report = {
         "cutoff_ms": cutoff,
         "horizon_days": H / DAY_MS,

@@ -8,14 +8,14 @@ import signal
 import subprocess
 
 
-def stop_process_group(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
-    """Stop ``proc`` and everything it started: SIGTERM to its group, SIGKILL after ``timeout``.
+def stop_process_group(proc: subprocess.Popen, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
+    """Stop ``proc`` and everything it started: ``sig`` (SIGTERM) to its group, SIGKILL after ``timeout``.
 
     ``proc`` must have been started with ``start_new_session=True``. Returns its exit code.
     """
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, sig)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:

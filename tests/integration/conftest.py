@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from stream.broker import EmbeddedBroker, create_topics, free_port
+from stream.procs import stop_process_group
 from stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,16 +64,8 @@ class Worker:
             return r.read().decode()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        if self.proc is not None and self.proc.poll() is None:
+            stop_process_group(self.proc, timeout, sig)
 
 
 @pytest.fixture
