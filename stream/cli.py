@@ -210,15 +210,35 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- train, refresh, evaluate
 def _history(settings: Settings, args: argparse.Namespace) -> list:
-    from models.training import load_history
+    if args.from_topic is not None:
+        events, info = _topic_history(settings, args)
+    else:
+        from models.training import load_history
 
-    # Without a source, the archive the workers write (INTENTSTREAM_ARCHIVE_DIR, default DATA_DIR/archive).
-    archive = args.archive if (args.archive or args.input) else settings.archive_root
-    events, info = load_history(args.input or (), args.format, archive, days=args.days)
+        # Without a source, the archive the workers write (INTENTSTREAM_ARCHIVE_DIR, default DATA_DIR/archive).
+        archive = args.archive if (args.archive or args.input) else settings.archive_root
+        events, info = load_history(args.input or (), args.format, archive, days=args.days)
     if not events:
         raise ConfigError(f"intentstream {args.command}: no events in {', '.join(info) or 'the input'}")
     print(json.dumps({"history": info, "events": len(events)}), file=sys.stderr)
     return events
+
+
+def _topic_history(settings: Settings, args: argparse.Namespace) -> tuple[list, dict]:
+    """``--from-topic [TOPIC]``: the pseudonymised events of the internal topic (stream/history.py)."""
+    from aiokafka.errors import KafkaError
+
+    from stream.broker import kafka_for
+    from stream.history import TopicReadError, read_topic_history
+
+    if args.input or args.archive:
+        raise ConfigError(f"intentstream {args.command}: --from-topic cannot be used with --input/--archive")
+    topic = args.from_topic or settings.repartition_topic
+    try:
+        with kafka_for(settings) as bootstrap:
+            return read_topic_history(settings, bootstrap, topic, days=args.days)
+    except (ValueError, TopicReadError, KafkaError) as exc:
+        raise ConfigError(f"intentstream {args.command}: cannot read topic {topic!r}: {exc}") from None
 
 
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
@@ -322,7 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
         tr.add_argument("--input", action="append", type=Path, help="history file (repeatable); needs --format")
         tr.add_argument("--format", default=None, help="format of --input: taobao | cdnow | yoochoose | diginetica-* | jsonl")
         tr.add_argument("--archive", default=None, help="event archive directory or URI (default without --input: INTENTSTREAM_ARCHIVE_DIR)")
-        tr.add_argument("--days", type=float, default=30.0, help="with --archive: the last N days (default 30)")
+        tr.add_argument("--from-topic", nargs="?", const="", default=None, metavar="TOPIC",
+                        help="read history from Kafka: the pseudonymised events topic (default: <app_id>-events-by-user, "
+                             "from INTENTSTREAM_APP_ID), up to its end offsets at start; not with --input/--archive")  # fmt: skip
+        tr.add_argument("--days", type=float, default=30.0, help="with --archive or --from-topic: the last N days of event time (default 30)")  # fmt: skip
         tr.add_argument("--device", default=None, help="cuda | cpu (default: cuda when present)")
         tr.add_argument("--max-seconds", type=float, default=None, help="cap on training time")
         tr.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a SeqConfig field")
