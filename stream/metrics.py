@@ -238,6 +238,17 @@ class Metrics:
             registry=registry,
             buckets=SCORING_BUCKETS,
         )
+        self.shadow_score_difference = Histogram(
+            "shadow_score_difference",
+            "Shadow candidate's score minus the served sequence model's, per scored window.",
+            ["task"],
+            namespace=ns,
+            registry=registry,
+            buckets=(-0.5, -0.2, -0.1, -0.05, -0.01, 0.01, 0.05, 0.1, 0.2, 0.5),
+        )
+        self.shadow_model = Info(
+            "shadow_model", "The candidate sequence model scored in shadow (metrics only).", namespace=ns, registry=registry
+        )
         self.model_refresh = Counter(
             "model_refresh",
             "Attempts to load a newer model from the registry, by result.",
@@ -328,6 +339,15 @@ class Metrics:
     def set_sequence_model(self, version: str) -> None:
         """Publish the served sequence model version (replaces the previous one)."""
         self.sequence_model.info({"version": version})
+
+    def observe_shadow(self, task: str, differences) -> None:
+        """Record shadow-minus-served score differences of one scoring call."""
+        h = self.shadow_score_difference.labels(task=_check(task, ("purchase_intent", "churn_risk"), "task"))
+        for d in differences:
+            h.observe(float(d))
+
+    def set_shadow_model(self, version: str) -> None:
+        self.shadow_model.info({"version": version})
 
     def count_model_refresh(self, ok: bool) -> None:
         """Count one model refresh attempt."""

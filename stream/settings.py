@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     archive_flush_s: float = Field(60.0, gt=0, description="seconds between archive files (at most this much is lost in a crash)")
     online_learning: bool = Field(True, description="River models learn from delayed labels and serve once warm")
     model_checkpoint_s: float = Field(30.0, gt=0, description="seconds between online-model checkpoints per partition")
+    sequence_serving: bool = Field(True, description="serve the registry's current sequence model (blended with the online model)")
+    model_poll_s: float = Field(10.0, gt=0, description="seconds between looks at the model registry for a newly promoted version")
+    sequence_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the sequence model scores (auto: cuda if present)")
+    sequence_max_batch: int = Field(512, ge=1, le=65_536, description="most windows per sequence-model forward pass")
+    sequence_threads: int = Field(1, ge=1, le=64, description="torch CPU threads for sequence scoring")
+    sequence_shadow: bool = Field(False, description="also score with the newest unpromoted version; its scores feed metrics only")
+    explain_events: int = Field(8, ge=0, le=64, description="newest events tried by the occlusion explanation of a signal (0: none)")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -117,6 +124,11 @@ class Settings(BaseSettings):
         if self.state_ttl_ms <= self.churn_after_ms:
             # A user's state may only expire once their churn outcome is known.
             raise ValueError("INTENTSTREAM_STATE_TTL_MS must be greater than INTENTSTREAM_CHURN_AFTER_MS")
+        if self.sequence_device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("INTENTSTREAM_SEQUENCE_DEVICE=cuda but no CUDA device is available (use auto or cpu)")
         if self.allowed_lateness_ms >= self.session_gap_ms:
             raise ValueError("INTENTSTREAM_ALLOWED_LATENESS_MS must be smaller than INTENTSTREAM_SESSION_GAP_MS")
         names = [self.events_topic, self.dlq_topic, self.intent_topic, self.churn_topic, self.latent_topic]

@@ -9,7 +9,11 @@ per event top out near 1k events/s on these machines):
   ones to the internal topic keyed *and partitioned* by the pseudonymous user.
 * ``process`` reads that topic, loads each user's record once per batch, runs
   :class:`~stream.logic.pipeline.Pipeline`, writes each changed record back once, and sends the
-  signals.
+  signals. Between the pipeline's two steps the sequence model scores every user of the batch in
+  one call (chunks of ``sequence_max_batch``) on a scoring thread, so the event loop keeps
+  serving the ingest agent and the web server meanwhile; signals that include it are explained by
+  occlusion in one more call. A newly promoted model is loaded by another thread and swapped in
+  between batches (:mod:`stream.logic.serving`).
 
 Delivery is at-least-once: ``take_events`` acknowledges a batch only after the agent has handled
 it, and Faust flushes the producer (signals, dead letters, changelog) before it commits offsets.
@@ -19,12 +23,13 @@ are deterministic, so consumers can drop repeats.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -36,12 +41,14 @@ from models.archive import EventArchive
 from models.events import Event, InvalidEvent
 from models.features.state import StateConfig
 from models.online.learner import IncompatibleCheckpoint, PartitionLearners
+from models.sequence import explain
 from stream import lag
 from stream.health import Health, register_views
 from stream.logic.ingest import DeadLetter, Pseudonymizer, ingest_one
-from stream.logic.pipeline import BatchResult, Pipeline, PipelineConfig, UserRecord
+from stream.logic.pipeline import BatchResult, Pipeline, PipelineConfig, SeqView, UserRecord
 from stream.logic.policy import PolicyRule
 from stream.logic.scoring import RuleScorer
+from stream.logic.serving import SequenceServing, Served, pick_device
 from stream.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -101,9 +108,19 @@ class Runtime:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.health = Health(metrics=self.metrics)
-        # No model artifact gates readiness yet: the rule and the online models (restored from the
-        # partition's checkpoint, or fresh) need none. Serving the sequence model will own this.
-        self.health.set_condition("model_loaded", True)
+        # Readiness waits for the first look at the model registry (and the load of its current
+        # sequence model, if there is one); with none, the online models serve alone.
+        self.serving: SequenceServing | None = None
+        if settings.sequence_serving:
+            self.serving = SequenceServing(
+                settings.registry_dir / "sequence", intent_horizon_ms=settings.intent_horizon_ms,
+                churn_horizon_ms=settings.churn_after_ms, device=pick_device(settings.sequence_device),
+                max_batch=settings.sequence_max_batch, shadow=settings.sequence_shadow,
+            )  # fmt: skip
+        self.health.set_condition("model_loaded", self.serving is None)
+        self._score_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sequence-score")
+        self._load_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sequence-load")
+        _torch_threads(settings.sequence_threads)
         self.health.add_probe("recovery", lambda: "table recovery in progress" if app.in_recovery else None)
         self.pseudonymize = Pseudonymizer(settings.secret_key())
         self.scorer = RuleScorer(settings.churn_after_ms)
@@ -135,7 +152,17 @@ class Runtime:
         @app.agent(self.topics.by_user, name="process")
         async def process(stream: faust.StreamT) -> None:
             async for batch in stream.take_events(s.batch_size, within=within):
-                self.guarded(self.process_batch, batch)
+                await self.guarded_async(self.process_batch, batch)
+
+        if self.serving is not None:
+
+            @app.timer(interval=s.model_poll_s, on_leader=False)
+            async def poll_models() -> None:
+                await self.poll_models()
+
+            @app.task
+            async def first_model_poll() -> None:
+                await self.poll_models()
 
         @app.on_partitions_assigned.connect
         async def on_assigned(sender: object, assigned: set, **kwargs: object) -> None:
@@ -187,6 +214,117 @@ class Runtime:
                     msg.key,
                 )
 
+    async def guarded_async(self, handle: Callable[[list[faust.EventT]], Awaitable[None]], batch: list[faust.EventT]) -> None:
+        """:meth:`guarded` for a coroutine handler (the process agent awaits its scoring thread)."""
+        try:
+            await handle(batch)
+            return
+        except Exception as exc:  # noqa: BLE001 - the point is to survive anything
+            log.error("batch of %d failed (%s: %s); retrying event by event", len(batch), type(exc).__name__, exc)
+        for fe in batch:
+            try:
+                await handle([fe])
+            except Exception as exc:  # noqa: BLE001
+                msg = fe.message
+                log.error("event at %s[%d]@%d dead-lettered: %s", msg.topic, msg.partition, msg.offset, type(exc).__name__)
+                self._dead_letter(
+                    DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"[:200], msg.value, msg.topic, msg.partition, msg.offset),
+                    msg.key,
+                )
+
+    # ------------------------------------------------------------------ sequence model
+    async def poll_models(self) -> None:
+        """Look at the registry on the loading thread; count each load attempt."""
+        if self.serving is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            attempts = await loop.run_in_executor(self._load_pool, self.serving.poll)
+        except Exception as exc:  # noqa: BLE001 - the registry must never stop the worker
+            log.error("model registry poll failed: %s: %s", type(exc).__name__, exc)
+            attempts = [("poll", False)]
+        for _version, ok in attempts:
+            self.metrics.count_model_refresh(ok)
+        self.health.set_condition("model_loaded", True)
+
+    def _swap_model(self) -> Served | None:
+        """Between batches: switch to a newly loaded version; the one to score this batch with."""
+        if self.serving is None:
+            return None
+        shadow_before = self.serving.shadow
+        new = self.serving.swap()
+        if new is not None:
+            log.info("now serving sequence model %s", new.name)
+            self.metrics.set_sequence_model(new.name)
+        if self.serving.shadow is not None and self.serving.shadow is not shadow_before:
+            self.metrics.set_shadow_model(self.serving.shadow.name)
+        return self.serving.active
+
+    async def _sequence_views(self, served: Served | None, records: dict[str, UserRecord]) -> dict[str, SeqView] | None:
+        """Score the users' windows with the served model (and the shadow) on the scoring thread.
+
+        A scoring failure is logged and the online models serve this batch alone: a model must
+        never cost an event."""
+        if served is None or not records:
+            return None
+        users = [u for u, r in records.items() if r.state.recent]
+        if not users:
+            return None
+        windows = [list(records[u].state.recent) for u in users]
+        loop = asyncio.get_running_loop()
+        serving = self.serving
+        assert serving is not None
+        t0 = time.perf_counter()
+        try:
+            sc = await loop.run_in_executor(self._score_pool, serving.score, served, windows)
+        except Exception as exc:  # noqa: BLE001
+            log.error("sequence scoring of %d windows failed (%s: %s): online models serve this batch alone",
+                      len(windows), type(exc).__name__, exc)  # fmt: skip
+            return None
+        self.metrics.observe_scoring(len(windows), time.perf_counter() - t0)
+        shadow = serving.shadow
+        if shadow is not None:
+            try:
+                sh = await loop.run_in_executor(self._score_pool, serving.score, shadow, windows)
+                self.metrics.observe_shadow("purchase_intent", sh.p_intent - sc.p_intent)
+                self.metrics.observe_shadow("churn_risk", sh.p_churn - sc.p_churn)
+            except Exception as exc:  # noqa: BLE001
+                log.error("shadow scoring failed (%s: %s)", type(exc).__name__, exc)
+        k = self.settings.latent_top_k
+        return {
+            u: SeqView(
+                served.name, served.tasks, float(sc.p_intent[i]), float(sc.p_churn[i]),
+                tuple(c for c in sc.top_categories[i] if c)[:k],
+            )  # fmt: skip
+            for i, u in enumerate(users)
+        }
+
+    async def _explain(self, served: Served | None, result: BatchResult, records: dict[str, UserRecord]) -> None:
+        """Add the sequence model's occlusion attributions to the signals it contributed to."""
+        n = self.settings.explain_events
+        if served is None or not result.explain or n == 0:
+            return
+        loop = asyncio.get_running_loop()
+        cfg = served.scorer.config
+        for head in ("intent", "churn"):
+            items = [i for i, h in result.explain if h == head]
+            if not items:
+                continue
+            sigs = [result.signals[i] for i in items]
+            windows = [list(records[sig.user].state.recent) for sig in sigs]
+            try:
+                attrs = await loop.run_in_executor(self._score_pool, explain.occlusion, served.scorer, windows, head, n)
+            except Exception as exc:  # noqa: BLE001 - a signal without attributions is still a signal
+                log.error("explaining %d signals failed (%s: %s)", len(sigs), type(exc).__name__, exc)
+                continue
+            for sig, lst in zip(sigs, attrs, strict=True):
+                extra = []
+                for a in lst[:3]:
+                    r = explain.describe(a, sig.value["ts"], served.scorer.vocab, cfg.category_buckets, head)
+                    r["contribution"] = round(r["contribution"] / 2, 4)  # half: the blend's weight
+                    extra.append(r)
+                sig.value["reasons"] = sorted(sig.value["reasons"] + extra, key=lambda r: -abs(r["contribution"]))[:6]
+
     # ------------------------------------------------------------------ ingest
     def ingest_batch(self, batch: list[faust.EventT]) -> None:
         s, m = self.settings, self.metrics
@@ -218,9 +356,10 @@ class Runtime:
         self.topics.dlq.send_soon(key=key, value=json.dumps(dl.to_dict(), separators=(",", ":")).encode())
 
     # ------------------------------------------------------------------ process
-    def process_batch(self, batch: list[faust.EventT]) -> None:
+    async def process_batch(self, batch: list[faust.EventT]) -> None:
         m = self.metrics
         t0 = time.perf_counter()
+        served = self._swap_model()
         if self._index_stale:
             self._rebuild_index()
         pairs: list[tuple[int, Event]] = []
@@ -234,7 +373,10 @@ class Runtime:
             last_of_partition[fe.message.partition] = fe
             kafka_ts[ev.event_id] = fe.message.timestamp
         records = {u: self._load(u) for u in last_of_user}
-        result = self.pipeline.process(records, pairs)
+        result = self.pipeline.apply(records, pairs)
+        views = await self._sequence_views(served, {u: records[u] for u in result.candidates})  # type: ignore[misc]
+        self.pipeline.decide(result, records, views)  # type: ignore[arg-type]
+        await self._explain(served, result, records)  # type: ignore[arg-type]
         self._write(result, last_of_user)
         for ev in result.rejected:
             (m.duplicate_events if ev.reason == "duplicate_event_id" else m.late_events).inc()
@@ -251,7 +393,11 @@ class Runtime:
         for partition, fe in last_of_partition.items():
             due = self.pipeline.due_for_scan(partition)[:MAX_SCAN_PER_BATCH]
             if due:
-                scan = self.pipeline.scan(partition, {u: self._load(u) for u in due})
+                recs = {u: self._load(u) for u in due}
+                scan = self.pipeline.scan_apply(partition, recs)
+                silent = {u: recs[u] for u in scan.silent}
+                self.pipeline.decide_silent(scan, recs, await self._sequence_views(served, silent))  # type: ignore[arg-type]
+                await self._explain(served, scan, recs)  # type: ignore[arg-type]
                 self._write(scan, {u: fe for u in scan.records.keys() | set(scan.deleted)})
                 self._emit(scan, {})
         self._checkpoint(last_of_partition)
@@ -348,3 +494,11 @@ class Runtime:
             p = partition_for(user, n)
             if p in self._assigned:
                 self.pipeline.remember(user, p, UserRecord.from_bytes(raw))
+
+
+def _torch_threads(n: int) -> None:
+    """torch's CPU parallelism (process-wide): a small GRU gains little from more threads, and
+    every thread competes with the event loop and the broker client for the cores."""
+    import torch
+
+    torch.set_num_threads(n)

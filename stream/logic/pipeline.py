@@ -9,6 +9,13 @@ Event time drives everything. Each input partition has a watermark, the largest 
 on it minus the allowed lateness; churn risk for silent users and state expiry are decided
 against that watermark (:meth:`Pipeline.scan`), so replaying a month of history takes as long as
 reading it, and a quiet stream never declares anyone churned by wall clock alone.
+
+A batch goes through two steps so that the sequence model can be scored in between, once per
+user per batch and off the event loop: :meth:`Pipeline.apply` updates state and the online models
+event by event and leaves one :class:`Candidate` per user (their last event); :meth:`Pipeline.decide`
+blends the online score with the sequence model's (``models.blend``) and runs the signal policy
+once per user. :meth:`Pipeline.process` is both steps without a sequence model. The churn scan
+has the same two steps (:meth:`scan` = :meth:`scan_apply` + :meth:`decide_silent`).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from models.blend import blend_binary, logit, rrf
 from models.events import Event
 from models.features.state import StateConfig, UserState, apply_event, is_expired
 from models.online.labels import UserPending
@@ -79,6 +87,38 @@ class Rejected:
     reason: str  # "duplicate_event_id" | "late_event"
 
 
+@dataclass(frozen=True, slots=True)
+class SeqView:
+    """The sequence model's scores of one user's window (at its newest event)."""
+
+    version: str  # the model's name in signals, e.g. "seq-000003"
+    tasks: frozenset[str]  # binary tasks its scores are blended into ("intent", "churn")
+    p_intent: float
+    p_churn: float
+    categories: tuple[str, ...] = ()  # named next categories, most likely first
+
+
+@dataclass(slots=True)
+class Candidate:
+    """One user's outcome of a batch, waiting for the policy: their last applied event."""
+
+    partition: int
+    event: Event
+    online: Prediction | None  # the online models' intent prediction at that event, if any
+    learners: PartitionLearners | None
+    purchase_ts: int | None = None  # the batch's last purchase of the user (resolves intent)
+
+
+@dataclass(slots=True)
+class Silent:
+    """A silent user whose churn risk is due at the partition's watermark."""
+
+    partition: int
+    watermark: int
+    online: Prediction | None
+    learners: PartitionLearners | None
+
+
 @dataclass(slots=True)
 class BatchResult:
     records: dict[str, UserRecord] = field(default_factory=dict)  # changed records, to write back
@@ -87,6 +127,10 @@ class BatchResult:
     rejected: list[Rejected] = field(default_factory=list)
     applied: int = 0
     counts_by_type: dict[str, int] = field(default_factory=dict)
+    candidates: dict[str, Candidate] = field(default_factory=dict)  # apply -> decide
+    silent: dict[str, Silent] = field(default_factory=dict)  # scan_apply -> decide_silent
+    # Signals whose score includes the sequence model: (index in signals, head) for explanations.
+    explain: list[tuple[int, str]] = field(default_factory=list)
 
 
 def wall_ms() -> int:
@@ -123,11 +167,18 @@ class Pipeline:
     def process(
         self, records: dict[str, UserRecord | None], events: Iterable[tuple[int, Event]]
     ) -> BatchResult:
-        """Apply ``(partition, event)`` pairs in order. ``records`` holds the current record (or
-        None) of every user in the batch and is updated in place."""
+        """:meth:`apply` then :meth:`decide` with no sequence model."""
+        out = self.apply(records, events)
+        self.decide(out, records)  # type: ignore[arg-type]
+        return out
+
+    def apply(self, records: dict[str, UserRecord | None], events: Iterable[tuple[int, Event]]) -> BatchResult:
+        """Apply ``(partition, event)`` pairs in order: state, online models (a prediction and
+        its pending label per event), watermarks. ``records`` holds the current record (or None)
+        of every user in the batch and is updated in place. Signals are left to :meth:`decide`."""
         out = BatchResult()
         cfg = self.cfg
-        touched: dict[str, tuple[int, Event]] = {}
+        cands = out.candidates
         for partition, ev in events:
             rec = records.get(ev.user)
             if rec is None:
@@ -141,20 +192,69 @@ class Pipeline:
             wm = ev.ts - cfg.state.allowed_lateness_ms
             if wm > self.watermarks.get(partition, -(2**62)):
                 self.watermarks[partition] = wm
-            touched[ev.user] = (partition, ev)
+            # A returning user is no longer at risk of churning: re-arm the churn signal.
+            rec.policy.churn.active = False
             learners = self.learners_for(partition)
-            if learners is None:
-                self._score_event(rec, ev, out, None, None)
-            else:
+            pred = None
+            if learners is not None:
                 before = self._pending_sizes(rec)
-                scores = learners.on_event(rec.pending, rec.state, ev)
+                pred = learners.on_event(rec.pending, rec.state, ev).intent
                 self._count_pending(before, rec)
-                self._score_event(rec, ev, out, scores.intent, learners)
-        for user, (partition, _ev) in touched.items():
+            prev = cands.get(ev.user)
+            purchase_ts = ev.ts if ev.type == "purchase" else (prev.purchase_ts if prev else None)
+            cands[ev.user] = Candidate(partition, ev, pred, learners, purchase_ts)
+        for user, c in cands.items():
             rec = records[user]
             out.records[user] = rec  # type: ignore[assignment]
-            self.activity[user] = (partition, self._next_check(rec, partition))  # type: ignore[arg-type]
+            self.activity[user] = (c.partition, self._next_check(rec, c.partition))  # type: ignore[arg-type]
         return out
+
+    def decide(self, out: BatchResult, records: dict[str, UserRecord], seq: dict[str, SeqView] | None = None) -> None:
+        """The signal policy, once per user of the batch, at their last event; ``seq`` holds the
+        sequence model's view of (some of) the users."""
+        for user, c in out.candidates.items():
+            self._decide_user(records[user], c, out, seq.get(user) if seq else None)
+
+    def _decide_user(self, rec: UserRecord, c: Candidate, out: BatchResult, sv: SeqView | None) -> None:
+        cfg, policy, ev = self.cfg, rec.policy, c.event
+        if c.purchase_ts is not None:
+            cfg.intent.step(policy.intent, 0.0, c.purchase_ts)  # the purchase happened: intent resolved
+        if ev.type != "purchase":
+            pl, learned = c.learners, c.online
+            if learned is not None and pl is not None and pl.intent.warm():
+                score, reasons, cold = learned.p, learned.reasons, learned.cold
+                version = f"river-{pl.intent.cfg.model}:n{pl.intent.n_learned}"
+            else:
+                score, reasons, cold = self.scorer.intent(rec.state, ev.ts)
+                version = self.scorer.versions["online"]
+            blended = sv is not None and "intent" in sv.tasks
+            if blended:
+                score, reasons = _blend(score, reasons, sv.p_intent, sv.version, "purchase intent")  # type: ignore[union-attr]
+            if cfg.intent.step(policy.intent, score, ev.ts):
+                sig = self._signal("purchase_intent", ev.user, score, cfg.intent.threshold, ev.ts, ev.event_id, reasons, cold)
+                sig.value["model_versions"]["online"] = version
+                if blended:
+                    sig.value["model_versions"]["sequence"] = sv.version  # type: ignore[union-attr]
+                    out.explain.append((len(out.signals), "intent"))
+                out.signals.append(sig)
+        top = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k)
+        if sv is not None and sv.categories:
+            fused = rrf([list(sv.categories), [cat for cat, _ in top]], cfg.latent_top_k)
+            top = [(str(cat), s) for cat, s in fused]
+        cats = tuple(cat for cat, _ in top)
+        if cats and latent_changed(policy.latent, cats) and ev.ts - policy.latent_emit_ts >= cfg.intent.cooldown_ms:
+            policy.latent, policy.latent_emit_ts = cats, ev.ts
+            total = sum(s for _, s in top) or 1.0
+            why = "fused rank of the sequence model and the category affinity" if sv is not None and sv.categories else "affinity to category"
+            sig = self._signal(
+                "latent_needs", ev.user, top[0][1] / total, 0.0, ev.ts, ev.event_id,
+                [{"feature": f"category:{cat}", "value": s, "contribution": s / total, "text": f"{why} {cat}"} for cat, s in top[:3]],
+                False,
+            )  # fmt: skip
+            sig.value["categories"] = [{"category_id": cat, "score": s / total} for cat, s in top]
+            if sv is not None and sv.categories:
+                sig.value["model_versions"]["sequence"] = sv.version
+            out.signals.append(sig)
 
     def learners_for(self, partition: int) -> PartitionLearners | None:
         if self._make_learners is None:
@@ -191,39 +291,6 @@ class Pipeline:
                 due = min(due, label_due)
         return due
 
-    def _score_event(
-        self, rec: UserRecord, ev: Event, out: BatchResult, learned: Prediction | None, pl: PartitionLearners | None
-    ) -> None:
-        cfg, policy = self.cfg, rec.policy
-        # A returning user is no longer at risk of churning: re-arm the churn signal.
-        if policy.churn.active:
-            policy.churn.active = False
-        if ev.type != "purchase":
-            if learned is not None and pl is not None and pl.intent.warm():
-                score, reasons, cold = learned.p, learned.reasons, learned.cold
-                version = f"river-{pl.intent.cfg.model}:n{pl.intent.n_learned}"
-            else:
-                score, reasons, cold = self.scorer.intent(rec.state, ev.ts)
-                version = self.scorer.versions["online"]
-            if cfg.intent.step(policy.intent, score, ev.ts):
-                sig = self._signal("purchase_intent", ev.user, score, cfg.intent.threshold, ev.ts, ev.event_id, reasons, cold)
-                sig.value["model_versions"]["online"] = version
-                out.signals.append(sig)
-        else:
-            cfg.intent.step(policy.intent, 0.0, ev.ts)  # the purchase happened: intent resolved
-        top = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k)
-        cats = tuple(c for c, _ in top)
-        if cats and latent_changed(policy.latent, cats) and ev.ts - policy.latent_emit_ts >= cfg.intent.cooldown_ms:
-            policy.latent, policy.latent_emit_ts = cats, ev.ts
-            total = sum(s for _, s in top) or 1.0
-            sig = self._signal(
-                "latent_needs", ev.user, top[0][1] / total, 0.0, ev.ts, ev.event_id,
-                [{"feature": f"category:{c}", "value": s, "contribution": s / total, "text": f"affinity to category {c}"} for c, s in top[:3]],
-                False,
-            )  # fmt: skip
-            sig.value["categories"] = [{"category_id": c, "score": s / total} for c, s in top]
-            out.signals.append(sig)
-
     # ------------------------------------------------------------------ silence
     def due_for_scan(self, partition: int) -> list[str]:
         """Users on ``partition`` whose next check (churn risk, expiry) is at or before its watermark."""
@@ -233,7 +300,14 @@ class Pipeline:
         return [u for u, (p, due) in self.activity.items() if p == partition and due <= wm]
 
     def scan(self, partition: int, records: dict[str, UserRecord | None]) -> BatchResult:
-        """Churn risk and expiry for silent users of one partition, at that partition's watermark."""
+        """:meth:`scan_apply` then :meth:`decide_silent` with no sequence model."""
+        out = self.scan_apply(partition, records)
+        self.decide_silent(out, records)  # type: ignore[arg-type]
+        return out
+
+    def scan_apply(self, partition: int, records: dict[str, UserRecord | None]) -> BatchResult:
+        """Labels and expiry for silent users of one partition, at that partition's watermark;
+        the users whose churn risk is due are left in ``out.silent`` for :meth:`decide_silent`."""
         out = BatchResult()
         wm = self.watermarks.get(partition)
         if wm is None:
@@ -256,20 +330,33 @@ class Pipeline:
                 self._count_pending(self._pending_sizes(rec), UserRecord(rec.state))
                 continue
             if wm - rec.state.last_ts >= self.cfg.churn_risk_after_ms:
-                if learned is not None and pl is not None and pl.churn.warm():
-                    score, reasons = learned.p, learned.reasons
-                    version = f"river-{pl.churn.cfg.model}:n{pl.churn.n_learned}"
-                else:
-                    score, reasons = self.scorer.churn(rec.state, wm)
-                    version = self.scorer.versions["online"]
-                if self.cfg.churn.step(rec.policy.churn, score, wm):
-                    last_id = f"silence:{rec.state.last_ts}"
-                    sig = self._signal("churn_risk", user, score, self.cfg.churn.threshold, wm, last_id, reasons, False)
-                    sig.value["model_versions"]["online"] = version
-                    out.signals.append(sig)
+                out.silent[user] = Silent(partition, wm, learned, pl)
             out.records[user] = rec
             self.activity[user] = (partition, self._next_check(rec, partition, wm))
         return out
+
+    def decide_silent(self, out: BatchResult, records: dict[str, UserRecord], seq: dict[str, SeqView] | None = None) -> None:
+        """Churn risk of the silent users of :meth:`scan_apply`, driven by the watermark."""
+        for user, c in out.silent.items():
+            rec, wm, pl, learned = records[user], c.watermark, c.learners, c.online
+            sv = seq.get(user) if seq else None
+            if learned is not None and pl is not None and pl.churn.warm():
+                score, reasons = learned.p, learned.reasons
+                version = f"river-{pl.churn.cfg.model}:n{pl.churn.n_learned}"
+            else:
+                score, reasons = self.scorer.churn(rec.state, wm)
+                version = self.scorer.versions["online"]
+            blended = sv is not None and "churn" in sv.tasks
+            if blended:
+                score, reasons = _blend(score, reasons, sv.p_churn, sv.version, "churn")  # type: ignore[union-attr]
+            if self.cfg.churn.step(rec.policy.churn, score, wm):
+                last_id = f"silence:{rec.state.last_ts}"
+                sig = self._signal("churn_risk", user, score, self.cfg.churn.threshold, wm, last_id, reasons, False)
+                sig.value["model_versions"]["online"] = version
+                if blended:
+                    sig.value["model_versions"]["sequence"] = sv.version  # type: ignore[union-attr]
+                    out.explain.append((len(out.signals), "churn"))
+                out.signals.append(sig)
 
     def forget_partitions(self, keep: set[int]) -> None:
         """Drop watermarks, activity and models of partitions this worker no longer owns; the
@@ -310,3 +397,16 @@ class Pipeline:
                 "categories": None,
             },
         )
+
+
+def _blend(p_online: float, reasons: list[dict], p_seq: float, version: str, what: str) -> tuple[float, list[dict]]:
+    """Blend a binary score (``models.blend``) and restate the reasons in the blended log-odds:
+    each model contributes half its logit, so each online reason's contribution is halved and the
+    sequence model appears as one more reason (its per-event attributions are added later)."""
+    halved = [dict(r, contribution=round(r["contribution"] / 2, 4)) for r in reasons]
+    seq = {
+        "feature": "sequence_model", "value": round(float(p_seq), 4), "contribution": round(logit(p_seq) / 2, 4),
+        "text": f"sequence model {version} rates {what} at {p_seq:.2f} from the recent events",
+    }  # fmt: skip
+    merged = sorted([*halved, seq], key=lambda r: -abs(r["contribution"]))
+    return blend_binary(p_online, p_seq), merged

@@ -47,6 +47,8 @@ EXPECTED = {
     "intentstream_sequence_model_info": "gauge",
     "intentstream_scoring_batch_size": "histogram",
     "intentstream_scoring_seconds": "histogram",
+    "intentstream_shadow_score_difference": "histogram",
+    "intentstream_shadow_model_info": "gauge",
     "intentstream_model_refresh_total": "counter",
     "intentstream_worker_ready": "gauge",
 }
@@ -70,6 +72,8 @@ def exercised(m: Metrics) -> Metrics:
     m.set_online_quality("purchase_intent", roc_auc=0.81, log_loss=0.42, calibration_error=0.03)
     m.set_sequence_model("seq-2026-11-22T17-00-00Z")
     m.observe_scoring(256, 0.085)
+    m.set_shadow_model("seq-000004")
+    m.observe_shadow("purchase_intent", [0.02, -0.1])
     m.count_model_refresh(True)
     m.count_model_refresh(False)
     m.set_ready(True)
