@@ -1,6 +1,9 @@
 """``intentstream demo``: embedded broker + one worker + the simulator + a live terminal view.
 
-Everything runs under this process: the broker and the worker are child processes in their own
+After ``TRAIN_AFTER_S`` seconds of simulated traffic the demo runs ``intentstream refresh
+--from-topic`` once in the background (a short CPU training run on the events the worker has
+pseudonymised so far); the running worker picks the promoted sequence model up without a restart
+and its signals then name both models. Everything runs under this process: the broker and the worker are child processes in their own
 process groups, stopped (TERM, then KILL) on Ctrl-C, on ``--seconds`` or on any error, so the
 demo leaves nothing running behind it.
 """
@@ -36,6 +39,10 @@ DEMO_ENV = {
     "INTENTSTREAM_LOG_LEVEL": "WARNING",
 }
 BAD_EVERY = 400  # one malformed event in this many shows the dead-letter path at work
+TRAIN_AFTER_S = 40.0  # simulated traffic before the background training run starts
+# A short run: its churn head is trained for the demo's churn horizon so that it is blended too.
+TRAIN_ARGS = ["--from-topic", "--days", "30", "--device", "cpu", "--max-seconds", "30",
+              "--set", "max_epochs=3", "--set", f"churn_ms={12 * HOUR_MS}"]  # fmt: skip
 
 
 @dataclass
@@ -46,6 +53,7 @@ class ViewState:
     dead: int = 0
     users: float = 0.0
     signals: dict[str, int] = field(default_factory=lambda: {"purchase_intent": 0, "churn_risk": 0, "latent_needs": 0})
+    model: str = f"online only; sequence model training starts after {TRAIN_AFTER_S:.0f} s"
     latest: deque = field(default_factory=lambda: deque(maxlen=12))
     rates: deque = field(default_factory=lambda: deque(maxlen=10))  # (t, sent, processed)
 
@@ -58,7 +66,8 @@ def _fmt_signal(sig: dict) -> str:
     else:
         reasons = "; ".join(r.get("text") or r["feature"] for r in sig["reasons"][:3])
         what = f"score {sig['score']:.2f} >= {sig['threshold']:.2f}{' (cold)' if sig.get('cold') else ''}  {reasons}"
-    return f"  {t}  {sig['task']:<15} user {sig['user'][:8]}  {what}"
+    models = "+".join(sig.get("model_versions", {}).values())
+    return f"  {t}  {sig['task']:<15} user {sig['user'][:8]}  [{models}]  {what}"
 
 
 def render(v: ViewState, header: str) -> str:
@@ -73,6 +82,7 @@ def render(v: ViewState, header: str) -> str:
         f"elapsed {now - v.started:5.0f} s   events sent {v.sent:,} ({rate_s:,.0f}/s)   processed {v.processed:,.0f} "
         f"({rate_p:,.0f}/s)   dead-lettered {v.dead:,}   users in state {v.users:,.0f}",
         "signals  " + "   ".join(f"{k} {n:,}" for k, n in v.signals.items()),
+        f"models   {v.model}",
         "latest signals (event time, task, pseudonymous user, why):",
         *v.latest,
     ]
@@ -92,6 +102,8 @@ def _scrape(port: int) -> dict[str, float]:
             continue
         name, _, value = line.rpartition(" ")
         base = name.split("{", 1)[0]
+        if base == "intentstream_sequence_model_info" and 'version="' in name:
+            out["sequence:" + name.split('version="', 1)[1].split('"', 1)[0]] = 1.0
         if base in ("intentstream_events_consumed_total", "intentstream_users_in_state"):
             out[base] = out.get(base, 0.0) + float(value)
     return out
@@ -132,6 +144,9 @@ async def watch(settings: Settings, bootstrap: str, *, seconds: float | None = N
                     m = await asyncio.to_thread(_scrape, web_port)
                     v.processed = m.get("intentstream_events_consumed_total", v.processed)
                     v.users = m.get("intentstream_users_in_state", v.users)
+                    served = [k.removeprefix("sequence:") for k in m if k.startswith("sequence:")]
+                    if served:
+                        v.model = f"online + sequence model {served[0]} (hot-swapped into the running worker)"
                 v.rates.append((time.monotonic(), v.sent, v.processed))
                 if tty:
                     sys.stdout.write("\x1b[H\x1b[2J" + render(v, header) + "\n")
@@ -167,7 +182,7 @@ def run_demo(settings: Settings, *, seconds: float | None, rate: float, users: i
         header = (f"intentstream demo  broker {bootstrap}  metrics http://127.0.0.1:{web_port}/metrics  "
                   f"(Ctrl-C to stop; worker log {demo_dir / 'worker.log'})")  # fmt: skip
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_demo_loop(settings, bootstrap, web_port, header, seconds, rate, users, worker))
+            asyncio.run(_demo_loop(settings, bootstrap, web_port, header, seconds, rate, users, worker, env))
         return 0
     finally:
         if worker is not None:
@@ -176,7 +191,7 @@ def run_demo(settings: Settings, *, seconds: float | None, rate: float, users: i
 
 
 async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: str, seconds: float | None,
-                     rate: float, users: int, worker: subprocess.Popen) -> None:
+                     rate: float, users: int, worker: subprocess.Popen, worker_env: dict[str, str]) -> None:
     from aiokafka import AIOKafkaProducer
 
     from stream.cli import simulate
@@ -201,7 +216,28 @@ async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: 
                 stop.set()
             await asyncio.sleep(0.5)
 
+    async def train_later() -> None:
+        """One background refresh, as the CronJob runs it in production (k8s/)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), TRAIN_AFTER_S)
+        if stop.is_set():
+            return
+        view.model = "online only; training the sequence model on the events so far (background, CPU)"
+        log = open(settings.data_dir / "demo" / "train.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "refresh", *TRAIN_ARGS], env=worker_env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        try:
+            while proc.poll() is None and not stop.is_set():
+                await asyncio.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                stop_process_group(proc, 10)
+            log.close()
+        if proc.returncode not in (0, None) and not stop.is_set():
+            view.model = f"online only; the training run failed (exit {proc.returncode}), see {log.name}"
+
     tasks = [
+        asyncio.create_task(train_later()),
         asyncio.create_task(simulate(settings, bootstrap, rate=rate, users=users, stop=stop, on_sent=on_sent,
                                      history_ms=DEMO_HISTORY_MS)),
         asyncio.create_task(watch(settings, bootstrap, view=view, web_port=web_port, header=header, stop=stop)),
