@@ -27,7 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from stream.bench import Bench, BenchConfig, _scrape, make_events, parse_metrics, produce
+from stream.bench import (
+    Bench,
+    BenchConfig,
+    _scrape,
+    make_events,
+    parse_metrics,
+    produce,
+    publish_sequence_model,
+)
 from stream.broker import create_topics, free_port, kafka_for
 from stream.settings import load_settings
 
@@ -68,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--out", type=Path, default=Path("out/profile"))
+    p.add_argument("--no-sequence", action="store_true", help="no sequence model in the worker")
     p.add_argument("--include-stall", action="store_true",
                    help="start sampling at the first batch of either agent, not at the first event handled")
     a = p.parse_args(argv)
@@ -80,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="intentstream-profile-"))
     try:
         with kafka_for(settings.model_copy(update={"data_dir": workdir})) as bootstrap:
-            bench = Bench(settings, bootstrap, workdir, BenchConfig(events=a.events, partitions=a.partitions))
+            model_dir = None
+            if not a.no_sequence:
+                model_dir = workdir / "models"
+                publish_sequence_model(model_dir)
+            bench = Bench(settings, bootstrap, workdir, BenchConfig(events=a.events, partitions=a.partitions), model_dir)
             s = bench.fresh("prof")
             asyncio.run(create_topics(s, bootstrap))
             asyncio.run(produce(s, bootstrap, s.events_topic, make_events(a.events, a.users, 0)))

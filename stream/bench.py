@@ -109,6 +109,7 @@ class BenchConfig:
     latency_seconds: float = 20.0  # length of the steady-load phase (capped by ``events``)
     restart: bool = False
     restart_users: int = 100_000
+    sequence: bool = True  # serve a sequence model in the pipeline workers (see publish_sequence_model)
 
 
 # ------------------------------------------------------------------------------------- statistics
@@ -315,6 +316,7 @@ class Bench:
     bootstrap: str
     workdir: Path
     config: BenchConfig
+    model_dir: Path | None = None  # registry with a current sequence model, shared by the workers
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     _n: int = 0
 
@@ -328,7 +330,7 @@ class Bench:
                 "intent_topic": f"{p}.intent", "churn_topic": f"{p}.churn", "latent_topic": f"{p}.latent",
                 "events_partitions": self.config.partitions, "signal_partitions": self.config.partitions,
                 "data_dir": self.workdir / p, "kafka_bootstrap_servers": self.bootstrap,
-                "log_level": "WARNING", **overrides,
+                "log_level": "WARNING", "model_dir": self.model_dir, **overrides,
             }
         )  # fmt: skip
 
@@ -337,6 +339,8 @@ class Bench:
         fields = ("app_id", "events_topic", "dlq_topic", "intent_topic", "churn_topic", "latent_topic",
                   "events_partitions", "signal_partitions", "data_dir", "kafka_bootstrap_servers", "log_level", "store")  # fmt: skip
         env.update({env_var(f): str(getattr(s, f)) for f in fields})
+        if s.model_dir is not None:
+            env[env_var("model_dir")] = str(s.model_dir)
         env[env_var("web_port")] = str(web_port)
         return Child([sys.executable, "-m", "stream.cli", "worker"], env, s.data_dir / "worker.log")
 
@@ -593,7 +597,11 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
                 if bootstrap is None:
                     bootstrap = stack.enter_context(EmbeddedBroker(workdir / "broker")).bootstrap
                 result["meta"]["bootstrap"] = bootstrap
-                bench = Bench(settings, bootstrap, workdir, config)
+                model_dir = None
+                if config.sequence and "pipeline" in want:
+                    model_dir = workdir / "models"
+                    result["meta"]["sequence_model"] = publish_sequence_model(model_dir)
+                bench = Bench(settings, bootstrap, workdir, config, model_dir)
                 events = make_events(config.events, config.users, config.seed)
                 runs: dict[str, list[dict]] = {"pipeline": [], "raw_aiokafka": [], "faust_passthrough": []}
                 for r in range(config.repeats):
@@ -631,6 +639,32 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+def publish_sequence_model(model_dir: Path) -> dict:
+    """Promote a sequence model with the default architecture into a fresh registry.
+
+    Its weights are untrained (seeded): the cost of scoring, which is what a benchmark measures,
+    depends on the architecture and the shapes only, and training one would make every benchmark
+    run wait for a training run. Quality figures come from ``intentstream evaluate`` instead."""
+    import torch
+
+    from models.registry import Registry
+    from models.sequence import checkpoint
+    from models.sequence.config import SeqConfig
+    from models.sequence.model import SequenceModel
+    from stream.logic.serving import CHECKPOINT_NAME
+
+    torch.manual_seed(0)
+    cfg = SeqConfig()
+    art = model_dir / "incoming"
+    art.mkdir(parents=True)
+    checkpoint.save(art / CHECKPOINT_NAME, SequenceModel(cfg), cfg, vocab={})
+    reg = Registry(model_dir / "sequence")
+    version = reg.save(art, {"metrics": {}, "note": "benchmark: untrained weights"})
+    reg.promote(version)
+    shutil.rmtree(art)
+    return {"version": version, "arch": cfg.arch, "d_model": cfg.d_model, "max_len": cfg.max_len, "weights": "untrained (seed 0)"}
 
 
 def _summary(runs: list[dict]) -> dict:

@@ -204,7 +204,8 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from stream.bench import BenchConfig, main
 
     config = BenchConfig(events=args.events, users=args.users, partitions=args.partitions or settings.events_partitions,
-                         repeats=args.repeats, seed=args.seed, rate=args.rate, restart=args.restart)  # fmt: skip
+                         repeats=args.repeats, seed=args.seed, rate=args.rate, restart=args.restart,
+                         sequence=not args.no_sequence)  # fmt: skip
     return main(settings, args.scenario, config, Path(args.json) if args.json else None)
 
 
@@ -331,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--seed", type=int, default=0)
     bn.add_argument("--rate", type=float, default=None, help="offered load for the latency run (default: half the sustained max)")
     bn.add_argument("--restart", action="store_true", help="also time a restart with 100k users of rocksdb state (slow)")
+    bn.add_argument("--no-sequence", action="store_true", help="pipeline workers without a sequence model (online models only)")
     bn.add_argument("--json", default=None, help="also write the JSON result to this file")
     bn.set_defaults(fn=cmd_bench)
 

@@ -192,6 +192,41 @@ class SequenceModel(nn.Module):
         copy[:, 0] = 0.0  # bucket 0 is "absent"
         return g[:, None] * gen + (1.0 - g[:, None]) * copy
 
+    def top_next_categories(
+        self, h: torch.Tensor, x: torch.Tensor, cats: torch.Tensor, q_index: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` most likely next categories and their probabilities, equal to
+        ``next_category_dist(...).topk(k)`` without building the mixture over every bucket.
+
+        Outside the window's own categories the mixture is ``g * gen``, so the top ``k`` can only
+        be among the generator's top ``k`` and the window's categories: only those ``k + L``
+        candidates are mixed (the generator's softmax is still normalised over all buckets).
+        """
+        ar = torch.arange(h.shape[0], device=h.device)
+        hq = h[ar, q_index]
+        w, has = self._copy_attention(hq.unsqueeze(1), x, cats, q_index.unsqueeze(1))
+        w, has = w.squeeze(1), has.squeeze(1)
+        logits = self.cat_out(hq).float()
+        k = min(k, logits.shape[1])
+        lse = torch.logsumexp(logits, -1, keepdim=True)
+        top_v, top_i = logits.topk(k, dim=1)
+        cand = torch.cat([top_i, cats], 1)  # (B, k + L)
+        gen = torch.cat([top_v, logits.gather(1, cats)], 1).sub(lse).exp()
+        copy = ((cand.unsqueeze(2) == cats.unsqueeze(1)).float() * w.unsqueeze(1)).sum(-1)
+        copy = copy.masked_fill(cand == 0, 0.0)  # bucket 0 is "absent": never copied
+        g = torch.sigmoid(self.copy_gate(hq).float()).squeeze(-1)
+        g = torch.where(has, g, torch.ones_like(g))[:, None]
+        p = g * gen + (1.0 - g) * copy
+        # A category can be a candidate twice (generator top and window, or repeated in the
+        # window): keep its first copy only.
+        srt, order = torch.sort(cand, dim=1, stable=True)
+        dup_sorted = torch.zeros_like(srt, dtype=torch.bool)
+        dup_sorted[:, 1:] = srt[:, 1:] == srt[:, :-1]
+        dup = torch.zeros_like(dup_sorted).scatter_(1, order, dup_sorted)
+        p = p.masked_fill(dup, float("-inf"))
+        top_p, pos = p.topk(k, dim=1)
+        return top_p, cand.gather(1, pos)
+
     # -- inference ------------------------------------------------------------------------------
     @torch.inference_mode()
     def score_last(self, b: dict[str, torch.Tensor], k: int, h0: torch.Tensor | None = None):
@@ -222,6 +257,5 @@ class SequenceModel(nn.Module):
             h = self.encode(x)
         num_last = b["num"][ar, last]
         il, cl = self._binary_heads(h[ar, last], num_last)
-        dist = self.next_category_dist(h, x, b["cat"], last)
-        top_p, top_b = dist.topk(min(k, dist.shape[1]), dim=1)
+        top_p, top_b = self.top_next_categories(h, x, b["cat"], last, k)
         return torch.sigmoid(il.float()), torch.sigmoid(cl.float()), top_b, top_p, state

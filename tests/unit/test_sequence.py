@@ -286,3 +286,26 @@ def test_registry_serves_checkpoints_and_refuses_a_broken_one(trained, tmp_path)
         reg.promote_if_better(v2, "val_intent_auc", loader=load)
     version, scorer = reg.load_current(load)
     assert version == v1 and isinstance(scorer, SequenceScorer)
+
+
+def test_top_next_categories_equals_the_full_mixture_topk():
+    """The candidate-only top-k used for scoring is exact (same buckets, same probabilities)."""
+    import torch
+
+    from models.sequence.config import SeqConfig
+    from models.sequence.model import SequenceModel
+
+    torch.manual_seed(3)
+    cfg = SeqConfig(d_model=16, category_buckets=64, max_len=8)
+    m = SequenceModel(cfg).eval()
+    B, L = 40, cfg.max_len
+    h, x = torch.randn(B, L, cfg.d_model), torch.randn(B, L, cfg.d_model)
+    cats = torch.randint(0, 6, (B, L))  # few buckets: repeats, zeros, overlap with the generator
+    q = torch.randint(0, L, (B,))
+    with torch.no_grad():
+        ref_p, ref_b = m.next_category_dist(h, x, cats, q).topk(10, dim=1)
+        p, b = m.top_next_categories(h, x, cats, q, 10)
+    torch.testing.assert_close(p, ref_p, rtol=1e-5, atol=1e-6)
+    # Buckets agree wherever the probabilities are not tied.
+    distinct = torch.cat([ref_p[:, :-1] - ref_p[:, 1:] > 1e-6, torch.ones(B, 1, dtype=torch.bool)], 1)
+    assert torch.equal(b[distinct], ref_b[distinct])
