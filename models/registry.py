@@ -78,10 +78,13 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
 
 
 class Registry:
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, *, create: bool = True) -> None:
+        """``create=False`` for readers (a worker on a read-only mount): nothing is created, and a
+        registry that does not exist yet simply has no current version."""
         self.root = Path(root)
         self.versions_dir = self.root / "versions"
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.versions_dir.mkdir(parents=True, exist_ok=True)
 
     # -- writing --------------------------------------------------------------------------------
     def save(self, artifact: str | os.PathLike | bytes, metadata: dict[str, Any] | None = None) -> str:

@@ -71,7 +71,7 @@ class SequenceServing:
         max_batch: int = 512,
         shadow: bool = False,
     ) -> None:
-        self.registry = Registry(root)
+        self.registry = Registry(root, create=False)  # workers only read (read-only mounts)
         self.intent_horizon_ms, self.churn_horizon_ms = intent_horizon_ms, churn_horizon_ms
         self.device, self.max_batch, self.shadow_enabled = device, max_batch, shadow
         self.active: Served | None = None
@@ -112,6 +112,8 @@ class SequenceServing:
         return attempts
 
     def _candidate(self, current: str | None) -> str | None:
+        if not self.registry.versions_dir.is_dir():
+            return None
         nums = sorted(p.name for p in self.registry.versions_dir.iterdir() if p.name.isdigit())
         newer = [v for v in nums if current is None or v > current]
         return newer[-1] if newer else None

@@ -167,3 +167,12 @@ def test_without_a_sequence_view_the_online_model_serves_alone():
     p.decide(out, records, None)
     (intent,) = [s.value for s in out.signals if s.task == "purchase_intent"]
     assert "sequence" not in intent["model_versions"] and out.explain == []
+
+
+def test_a_registry_that_does_not_exist_yet_is_not_created_by_a_reader(tmp_path):
+    root = tmp_path / "absent" / "sequence"
+    s = serving(root, shadow=True)
+    assert s.poll() == [] and s.active is None and not root.exists()
+    reg = Registry(root)  # the trainer creates it later
+    v1 = publish(reg, tmp_path, 1)
+    assert s.poll() == [(v1, True)]
