@@ -9,8 +9,8 @@ per event top out near 1k events/s on these machines):
   ones to the internal topic keyed *and partitioned* by the pseudonymous user.
 * ``process`` reads that topic, loads each user's record once per batch, runs
   :class:`~stream.logic.pipeline.Pipeline`, writes each changed record back once, and sends the
-  signals. Between the pipeline's two steps the sequence model scores every user of the batch in
-  one call (chunks of ``sequence_max_batch``) on a scoring thread, so the event loop keeps
+  signals. Between the pipeline's two steps the sequence model scores every event of the batch
+  (the user's window as of that event) in one call (chunks of ``sequence_max_batch``) on a scoring thread, so the event loop keeps
   serving the ingest agent and the web server meanwhile; signals that include it are explained by
   occlusion in one more call. A newly promoted model is loaded by another thread and swapped in
   between batches (:mod:`stream.logic.serving`).
@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry
 
 from models.archive import EventArchive
 from models.events import Event, InvalidEvent
+from models.features.recent import RecentEvent
 from models.features.state import StateConfig
 from models.online.learner import IncompatibleCheckpoint, PartitionLearners
 from models.sequence import explain
@@ -260,46 +261,45 @@ class Runtime:
             self.metrics.set_shadow_model(self.serving.shadow.name)
         return self.serving.active
 
-    async def _sequence_views(self, served: Served | None, records: dict[str, UserRecord]) -> dict[str, SeqView] | None:
-        """Score the users' windows with the served model (and the shadow) on the scoring thread.
+    async def _sequence_views(
+        self, served: Served | None, windows: list[list[RecentEvent] | None]
+    ) -> list[SeqView | None] | None:
+        """Score the windows with the served model (and the shadow) on the scoring thread, in one
+        call per batch; one view per window (None for a missing or empty one).
 
         A scoring failure is logged and the online models serve this batch alone: a model must
         never cost an event."""
-        if served is None or not records:
+        todo = [i for i, w in enumerate(windows) if w]
+        if served is None or not todo:
             return None
-        users = [u for u, r in records.items() if r.state.recent]
-        if not users:
-            return None
-        windows = [list(records[u].state.recent) for u in users]
+        batch = [windows[i] for i in todo]
         loop = asyncio.get_running_loop()
         serving = self.serving
         assert serving is not None
         t0 = time.perf_counter()
         try:
-            sc = await loop.run_in_executor(self._score_pool, serving.score, served, windows)
+            sc = await loop.run_in_executor(self._score_pool, serving.score, served, batch)
         except Exception as exc:  # noqa: BLE001
             log.error("sequence scoring of %d windows failed (%s: %s): online models serve this batch alone",
-                      len(windows), type(exc).__name__, exc)  # fmt: skip
+                      len(batch), type(exc).__name__, exc)  # fmt: skip
             return None
-        self.metrics.observe_scoring(len(windows), time.perf_counter() - t0)
+        self.metrics.observe_scoring(len(batch), time.perf_counter() - t0)
         shadow = serving.shadow
         if shadow is not None:
             try:
-                sh = await loop.run_in_executor(self._score_pool, serving.score, shadow, windows)
+                sh = await loop.run_in_executor(self._score_pool, serving.score, shadow, batch)
                 self.metrics.observe_shadow("purchase_intent", sh.p_intent - sc.p_intent)
                 self.metrics.observe_shadow("churn_risk", sh.p_churn - sc.p_churn)
             except Exception as exc:  # noqa: BLE001
                 log.error("shadow scoring failed (%s: %s)", type(exc).__name__, exc)
         k = self.settings.latent_top_k
-        return {
-            u: SeqView(
-                served.name, served.tasks, float(sc.p_intent[i]), float(sc.p_churn[i]),
-                tuple(c for c in sc.top_categories[i] if c)[:k],
-            )  # fmt: skip
-            for i, u in enumerate(users)
-        }
+        views: list[SeqView | None] = [None] * len(windows)
+        for j, i in enumerate(todo):
+            cats = tuple(c for c in sc.top_categories[j] if c)[:k]
+            views[i] = SeqView(served.name, served.tasks, float(sc.p_intent[j]), float(sc.p_churn[j]), cats)
+        return views
 
-    async def _explain(self, served: Served | None, result: BatchResult, records: dict[str, UserRecord]) -> None:
+    async def _explain(self, served: Served | None, result: BatchResult) -> None:
         """Add the sequence model's occlusion attributions to the signals it contributed to."""
         n = self.settings.explain_events
         if served is None or not result.explain or n == 0:
@@ -307,11 +307,11 @@ class Runtime:
         loop = asyncio.get_running_loop()
         cfg = served.scorer.config
         for head in ("intent", "churn"):
-            items = [i for i, h in result.explain if h == head]
+            items = [(i, w) for i, h, w in result.explain if h == head and w]
             if not items:
                 continue
-            sigs = [result.signals[i] for i in items]
-            windows = [list(records[sig.user].state.recent) for sig in sigs]
+            sigs = [result.signals[i] for i, _ in items]
+            windows = [w for _, w in items]
             try:
                 attrs = await loop.run_in_executor(self._score_pool, explain.occlusion, served.scorer, windows, head, n)
             except Exception as exc:  # noqa: BLE001 - a signal without attributions is still a signal
@@ -373,10 +373,10 @@ class Runtime:
             last_of_partition[fe.message.partition] = fe
             kafka_ts[ev.event_id] = fe.message.timestamp
         records = {u: self._load(u) for u in last_of_user}
-        result = self.pipeline.apply(records, pairs)
-        views = await self._sequence_views(served, {u: records[u] for u in result.candidates})  # type: ignore[misc]
+        result = self.pipeline.apply(records, pairs, windows=served is not None)
+        views = await self._sequence_views(served, [c.window for c in result.candidates])
         self.pipeline.decide(result, records, views)  # type: ignore[arg-type]
-        await self._explain(served, result, records)  # type: ignore[arg-type]
+        await self._explain(served, result)
         self._write(result, last_of_user)
         for ev in result.rejected:
             (m.duplicate_events if ev.reason == "duplicate_event_id" else m.late_events).inc()
@@ -395,9 +395,11 @@ class Runtime:
             if due:
                 recs = {u: self._load(u) for u in due}
                 scan = self.pipeline.scan_apply(partition, recs)
-                silent = {u: recs[u] for u in scan.silent}
-                self.pipeline.decide_silent(scan, recs, await self._sequence_views(served, silent))  # type: ignore[arg-type]
-                await self._explain(served, scan, recs)  # type: ignore[arg-type]
+                silent = list(scan.silent)
+                views = await self._sequence_views(served, [recs[u].state.recent for u in silent])  # type: ignore[union-attr]
+                by_user = dict(zip(silent, views, strict=True)) if views else None
+                self.pipeline.decide_silent(scan, recs, by_user)  # type: ignore[arg-type]
+                await self._explain(served, scan)
                 self._write(scan, {u: fe for u in scan.records.keys() | set(scan.deleted)})
                 self._emit(scan, {})
         self._checkpoint(last_of_partition)

@@ -10,23 +10,27 @@ on it minus the allowed lateness; churn risk for silent users and state expiry a
 against that watermark (:meth:`Pipeline.scan`), so replaying a month of history takes as long as
 reading it, and a quiet stream never declares anyone churned by wall clock alone.
 
-A batch goes through two steps so that the sequence model can be scored in between, once per
-user per batch and off the event loop: :meth:`Pipeline.apply` updates state and the online models
-event by event and leaves one :class:`Candidate` per user (their last event); :meth:`Pipeline.decide`
-blends the online score with the sequence model's (``models.blend``) and runs the signal policy
-once per user. :meth:`Pipeline.process` is both steps without a sequence model. The churn scan
-has the same two steps (:meth:`scan` = :meth:`scan_apply` + :meth:`decide_silent`).
+A batch goes through two steps so that the sequence model can score the whole batch in one call,
+off the event loop, in between: :meth:`Pipeline.apply` updates state and the online models event
+by event and leaves one :class:`Candidate` per event (its online score, latent categories and, if
+asked, the user's window as of that event); :meth:`Pipeline.decide` blends in the sequence
+model's score of each event (``models.blend``) and runs the signal policy event by event, in
+order. Every decision depends on the user's events up to the triggering one only, never on where
+a batch happens to end, so a replayed tail gives the same signals with the same ids.
+:meth:`Pipeline.process` is both steps without a sequence model. The churn scan has the same two
+steps (:meth:`scan` = :meth:`scan_apply` + :meth:`decide_silent`).
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from models.blend import blend_binary, logit, rrf
 from models.events import Event
+from models.features.recent import RecentEvent
 from models.features.state import StateConfig, UserState, apply_event, is_expired
 from models.online.labels import UserPending
 from models.online.learner import PartitionLearners, Prediction
@@ -100,13 +104,13 @@ class SeqView:
 
 @dataclass(slots=True)
 class Candidate:
-    """One user's outcome of a batch, waiting for the policy: their last applied event."""
+    """One applied event waiting for the policy, with what the online side said at that event."""
 
     partition: int
     event: Event
-    online: Prediction | None  # the online models' intent prediction at that event, if any
-    learners: PartitionLearners | None
-    purchase_ts: int | None = None  # the batch's last purchase of the user (resolves intent)
+    intent: tuple[float, list[dict], bool, str] | None  # (score, reasons, cold, version); None: a purchase
+    latent: list[tuple[str, float]]  # the state's category affinity at the event
+    window: list[RecentEvent] | None = None  # the user's recent events at the event (for the sequence model)
 
 
 @dataclass(slots=True)
@@ -127,10 +131,11 @@ class BatchResult:
     rejected: list[Rejected] = field(default_factory=list)
     applied: int = 0
     counts_by_type: dict[str, int] = field(default_factory=dict)
-    candidates: dict[str, Candidate] = field(default_factory=dict)  # apply -> decide
+    candidates: list[Candidate] = field(default_factory=list)  # apply -> decide, in event order
     silent: dict[str, Silent] = field(default_factory=dict)  # scan_apply -> decide_silent
-    # Signals whose score includes the sequence model: (index in signals, head) for explanations.
-    explain: list[tuple[int, str]] = field(default_factory=list)
+    # Signals whose score includes the sequence model, for explanations: (index in signals, head,
+    # the window the model scored).
+    explain: list[tuple[int, str, list[RecentEvent]]] = field(default_factory=list)
 
 
 def wall_ms() -> int:
@@ -172,13 +177,18 @@ class Pipeline:
         self.decide(out, records)  # type: ignore[arg-type]
         return out
 
-    def apply(self, records: dict[str, UserRecord | None], events: Iterable[tuple[int, Event]]) -> BatchResult:
+    def apply(
+        self, records: dict[str, UserRecord | None], events: Iterable[tuple[int, Event]], *, windows: bool = False
+    ) -> BatchResult:
         """Apply ``(partition, event)`` pairs in order: state, online models (a prediction and
-        its pending label per event), watermarks. ``records`` holds the current record (or None)
-        of every user in the batch and is updated in place. Signals are left to :meth:`decide`."""
+        its pending label per event), watermarks, and each event's online scores. ``records``
+        holds the current record (or None) of every user in the batch and is updated in place.
+        ``windows=True`` also keeps each event's window for the sequence model. Signals are left
+        to :meth:`decide`."""
         out = BatchResult()
         cfg = self.cfg
         cands = out.candidates
+        touched: dict[str, int] = {}
         for partition, ev in events:
             rec = records.get(ev.user)
             if rec is None:
@@ -192,41 +202,43 @@ class Pipeline:
             wm = ev.ts - cfg.state.allowed_lateness_ms
             if wm > self.watermarks.get(partition, -(2**62)):
                 self.watermarks[partition] = wm
+            touched[ev.user] = partition
             # A returning user is no longer at risk of churning: re-arm the churn signal.
             rec.policy.churn.active = False
-            learners = self.learners_for(partition)
-            pred = None
-            if learners is not None:
+            pl = self.learners_for(partition)
+            learned = None
+            if pl is not None:
                 before = self._pending_sizes(rec)
-                pred = learners.on_event(rec.pending, rec.state, ev).intent
+                learned = pl.on_event(rec.pending, rec.state, ev).intent
                 self._count_pending(before, rec)
-            prev = cands.get(ev.user)
-            purchase_ts = ev.ts if ev.type == "purchase" else (prev.purchase_ts if prev else None)
-            cands[ev.user] = Candidate(partition, ev, pred, learners, purchase_ts)
-        for user, c in cands.items():
+            intent = None
+            if ev.type != "purchase":
+                if learned is not None and pl is not None and pl.intent.warm():
+                    intent = (learned.p, learned.reasons, learned.cold, f"river-{pl.intent.cfg.model}:n{pl.intent.n_learned}")
+                else:
+                    intent = (*self.scorer.intent(rec.state, ev.ts), self.scorer.versions["online"])
+            latent = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k)
+            cands.append(Candidate(partition, ev, intent, latent, rec.state.recent if windows else None))
+        for user, partition in touched.items():
             rec = records[user]
             out.records[user] = rec  # type: ignore[assignment]
-            self.activity[user] = (c.partition, self._next_check(rec, c.partition))  # type: ignore[arg-type]
+            self.activity[user] = (partition, self._next_check(rec, partition))  # type: ignore[arg-type]
         return out
 
-    def decide(self, out: BatchResult, records: dict[str, UserRecord], seq: dict[str, SeqView] | None = None) -> None:
-        """The signal policy, once per user of the batch, at their last event; ``seq`` holds the
-        sequence model's view of (some of) the users."""
-        for user, c in out.candidates.items():
-            self._decide_user(records[user], c, out, seq.get(user) if seq else None)
+    def decide(
+        self, out: BatchResult, records: dict[str, UserRecord], seq: Sequence[SeqView | None] | None = None
+    ) -> None:
+        """The signal policy, event by event in order; ``seq[i]`` is the sequence model's view of
+        ``out.candidates[i]`` (None where it has none)."""
+        for i, c in enumerate(out.candidates):
+            self._decide_event(records[c.event.user], c, out, seq[i] if seq else None)
 
-    def _decide_user(self, rec: UserRecord, c: Candidate, out: BatchResult, sv: SeqView | None) -> None:
+    def _decide_event(self, rec: UserRecord, c: Candidate, out: BatchResult, sv: SeqView | None) -> None:
         cfg, policy, ev = self.cfg, rec.policy, c.event
-        if c.purchase_ts is not None:
-            cfg.intent.step(policy.intent, 0.0, c.purchase_ts)  # the purchase happened: intent resolved
-        if ev.type != "purchase":
-            pl, learned = c.learners, c.online
-            if learned is not None and pl is not None and pl.intent.warm():
-                score, reasons, cold = learned.p, learned.reasons, learned.cold
-                version = f"river-{pl.intent.cfg.model}:n{pl.intent.n_learned}"
-            else:
-                score, reasons, cold = self.scorer.intent(rec.state, ev.ts)
-                version = self.scorer.versions["online"]
+        if c.intent is None:
+            cfg.intent.step(policy.intent, 0.0, ev.ts)  # the purchase happened: intent resolved
+        else:
+            score, reasons, cold, version = c.intent
             blended = sv is not None and "intent" in sv.tasks
             if blended:
                 score, reasons = _blend(score, reasons, sv.p_intent, sv.version, "purchase intent")  # type: ignore[union-attr]
@@ -235,9 +247,9 @@ class Pipeline:
                 sig.value["model_versions"]["online"] = version
                 if blended:
                     sig.value["model_versions"]["sequence"] = sv.version  # type: ignore[union-attr]
-                    out.explain.append((len(out.signals), "intent"))
+                    out.explain.append((len(out.signals), "intent", c.window or []))
                 out.signals.append(sig)
-        top = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k)
+        top = c.latent
         if sv is not None and sv.categories:
             fused = rrf([list(sv.categories), [cat for cat, _ in top]], cfg.latent_top_k)
             top = [(str(cat), s) for cat, s in fused]
@@ -355,7 +367,7 @@ class Pipeline:
                 sig.value["model_versions"]["online"] = version
                 if blended:
                     sig.value["model_versions"]["sequence"] = sv.version  # type: ignore[union-attr]
-                    out.explain.append((len(out.signals), "churn"))
+                    out.explain.append((len(out.signals), "churn", rec.state.recent))
                 out.signals.append(sig)
 
     def forget_partitions(self, keep: set[int]) -> None:

@@ -145,17 +145,21 @@ def pipeline() -> Pipeline:
 def test_decide_blends_the_sequence_view_and_names_both_models():
     p, records = pipeline(), {}
     evs = [Event(f"e{i}", "u", "click", T0 + i * 60_000, item_id="i1", category_id="c1") for i in range(3)]
-    out = p.apply(records, [(0, e) for e in evs])
-    online, _, _ = RuleScorer().intent(records["u"].state, evs[-1].ts)
+    out = p.apply(records, [(0, e) for e in evs], windows=True)
+    assert [len(c.window) for c in out.candidates] == [1, 2, 3], "each event's own window"
     view = SeqView("seq-000001", frozenset({"intent", "churn"}), 0.99, 0.2, ("c9", "c1"))
-    p.decide(out, records, {"u": view})
-    by_task = {s.task: s.value for s in out.signals}
-    intent = by_task["purchase_intent"]
+    categories_only = SeqView("seq-000001", frozenset(), 0.5, 0.5, ("c9", "c1"))
+    p.decide(out, records, [categories_only, None, view])
+    intent = next(s.value for s in out.signals if s.task == "purchase_intent")
+    assert intent["event_id"] == "e2"
+    online = out.candidates[2].intent[0]
     assert intent["score"] == pytest.approx(blend_binary(online, 0.99), abs=1e-6) and intent["score"] >= 0.5
     assert intent["model_versions"] == {"online": "rule-v1", "sequence": "seq-000001"}
     assert any(r["feature"] == "sequence_model" for r in intent["reasons"])
-    assert out.explain == [(out.signals.index(next(s for s in out.signals if s.task == "purchase_intent")), "intent")]
-    latent = by_task["latent_needs"]
+    (idx, head, win), = out.explain
+    assert out.signals[idx].value is intent and head == "intent" and len(win) == 3
+    latent = next(s.value for s in out.signals if s.task == "latent_needs")
+    assert latent["event_id"] == "e0"
     assert [c["category_id"] for c in latent["categories"]][:2] == ["c1", "c9"], "fused: c1 is in both lists"
     assert latent["model_versions"]["sequence"] == "seq-000001"
 
