@@ -28,6 +28,7 @@ from collections import Counter
 from typing import Any, TextIO
 
 from models.events import EVENT_TYPES, Event
+from stream.logic import packing
 from stream.settings import DAY_MS, Settings
 
 # Type of each Event field as it appears in Event.to_dict() JSON (None fields are left out).
@@ -56,18 +57,48 @@ class TopicReadError(RuntimeError):
     """The topic cannot be read (missing, or it stopped making progress)."""
 
 
+def decode_record(value: bytes | None) -> list[Event | UndecodableRecord]:
+    """One record value of the internal topic (a pack of events, ``stream.logic.packing``, or a
+    single event object) -> its events; an event that fails the checks is returned as the
+    :class:`UndecodableRecord` saying why, so the caller can count it and keep the rest."""
+    if value is None:
+        return [UndecodableRecord("tombstone")]
+    try:
+        d = json.loads(value)
+    except (UnicodeDecodeError, ValueError):
+        return [UndecodableRecord("malformed_json")]
+    if not isinstance(d, dict):
+        return [UndecodableRecord("not_an_object")]
+    if "pack" not in d:
+        items = [d]
+    else:
+        try:
+            items = [e for e, _ in packing.unpack(value)]
+        except ValueError:
+            return [UndecodableRecord("malformed_pack")]
+    out: list[Event | UndecodableRecord] = []
+    for item in items:
+        try:
+            out.append(decode_event_dict(item))
+        except UndecodableRecord as exc:
+            out.append(exc)
+    return out
+
+
 def decode_event(value: bytes | None) -> Event:
-    """One record value of the internal topic -> :class:`Event`, or :class:`UndecodableRecord`.
+    """One record holding one event -> :class:`Event`, or :class:`UndecodableRecord`."""
+    (ev,) = decode_record(value)[:1] or [UndecodableRecord("malformed_pack")]
+    if isinstance(ev, UndecodableRecord):
+        raise ev
+    return ev
+
+
+def decode_event_dict(d: object) -> Event:
+    """A decoded event object -> :class:`Event`, or :class:`UndecodableRecord`.
 
     ``Event.from_dict`` does no checks, so the fields are checked here: a string ``ts`` or an
     unknown type would otherwise break sorting or training far from the bad record.
     """
-    if value is None:
-        raise UndecodableRecord("tombstone")
-    try:
-        d = json.loads(value)
-    except (UnicodeDecodeError, ValueError):
-        raise UndecodableRecord("malformed_json") from None
     if not isinstance(d, dict):
         raise UndecodableRecord("not_an_object")
     if not d.keys() <= _FIELDS:
@@ -152,22 +183,21 @@ async def read_topic_events(
                     if stop is None or msg.offset >= stop:
                         continue  # produced after the start: not part of this read
                     records += 1
-                    try:
-                        ev = decode_event(msg.value)
-                    except UndecodableRecord as exc:
-                        skipped[exc.reason] += 1
-                        continue
-                    if (since_ms is not None and ev.ts < since_ms) or (
-                        until_ms is not None and ev.ts > until_ms
-                    ):
-                        outside += 1
-                        continue
-                    key = (ev.user, ev.event_id)
-                    if key in seen:
-                        duplicates += 1
-                        continue
-                    seen.add(key)
-                    events.append(ev)
+                    for ev in decode_record(msg.value):
+                        if isinstance(ev, UndecodableRecord):
+                            skipped[ev.reason] += 1
+                            continue
+                        if (since_ms is not None and ev.ts < since_ms) or (
+                            until_ms is not None and ev.ts > until_ms
+                        ):
+                            outside += 1
+                            continue
+                        key = (ev.user, ev.event_id)
+                        if key in seen:
+                            duplicates += 1
+                            continue
+                        seen.add(key)
+                        events.append(ev)
             positions = {tp: await consumer.position(tp) for tp in todo}
             for tp, pos in positions.items():
                 if pos >= todo[tp]:

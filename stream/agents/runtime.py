@@ -6,7 +6,9 @@ per event top out near 1k events/s on these machines):
 
 * ``ingest`` reads ``shop.events`` (raw bytes, any key), validates and pseudonymises each message
   (:mod:`stream.logic.ingest`), dead-letters the bad ones with their reason, and forwards the good
-  ones to the internal topic keyed *and partitioned* by the pseudonymous user.
+  ones to the internal topic *partitioned* by the pseudonymous user, packed: one record per
+  partition and batch (:mod:`stream.logic.packing`), so that the second hop pays Faust's
+  per-record cost once per pack instead of once per event.
 * ``process`` reads that topic, loads each user's record once per batch, runs
   :class:`~stream.logic.pipeline.Pipeline`, writes each changed record back once, and sends the
   signals. Between the pipeline's two steps the sequence model scores every event of the batch
@@ -25,11 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -45,6 +48,7 @@ from models.online.learner import IncompatibleCheckpoint, PartitionLearners
 from models.sequence import explain
 from stream import lag
 from stream.health import Health, register_views
+from stream.logic import packing
 from stream.logic.ingest import DeadLetter, Pseudonymizer, ingest_one
 from stream.logic.pipeline import BatchResult, Pipeline, PipelineConfig, SeqView, UserRecord
 from stream.logic.policy import PolicyRule
@@ -64,6 +68,16 @@ MAX_SCAN_PER_BATCH = 5_000  # bounds the latency a churn scan can add to one bat
 def partition_for(user: str, partitions: int) -> int:
     """Partition of a pseudonymous user on the internal topic (uniform: the id is an HMAC)."""
     return int(user[:8], 16) % partitions
+
+
+@dataclasses.dataclass(slots=True)
+class Item:
+    """One event of the internal topic, with the record (a pack) that carried it."""
+
+    partition: int
+    event: Event
+    kafka_ts: float | None  # the original producer timestamp, epoch seconds
+    fe: faust.EventT
 
 
 @contextlib.contextmanager
@@ -153,7 +167,7 @@ class Runtime:
         @app.agent(self.topics.by_user, name="process")
         async def process(stream: faust.StreamT) -> None:
             async for batch in stream.take_events(s.batch_size, within=within):
-                await self.guarded_async(self.process_batch, batch)
+                await self.process_packs(batch)
 
         if self.serving is not None:
 
@@ -207,24 +221,6 @@ class Runtime:
         for fe in batch:
             try:
                 handle([fe])
-            except Exception as exc:  # noqa: BLE001
-                msg = fe.message
-                log.error("event at %s[%d]@%d dead-lettered: %s", msg.topic, msg.partition, msg.offset, type(exc).__name__)
-                self._dead_letter(
-                    DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"[:200], msg.value, msg.topic, msg.partition, msg.offset),
-                    msg.key,
-                )
-
-    async def guarded_async(self, handle: Callable[[list[faust.EventT]], Awaitable[None]], batch: list[faust.EventT]) -> None:
-        """:meth:`guarded` for a coroutine handler (the process agent awaits its scoring thread)."""
-        try:
-            await handle(batch)
-            return
-        except Exception as exc:  # noqa: BLE001 - the point is to survive anything
-            log.error("batch of %d failed (%s: %s); retrying event by event", len(batch), type(exc).__name__, exc)
-        for fe in batch:
-            try:
-                await handle([fe])
             except Exception as exc:  # noqa: BLE001
                 msg = fe.message
                 log.error("event at %s[%d]@%d dead-lettered: %s", msg.topic, msg.partition, msg.offset, type(exc).__name__)
@@ -330,7 +326,7 @@ class Runtime:
         s, m = self.settings, self.metrics
         t0 = time.perf_counter()
         now_ms = time.time_ns() // 1_000_000
-        out = self.topics.by_user
+        packs: dict[int, tuple[list[dict], list[int | None]]] = {}
         for fe in batch:
             msg = fe.message
             try:
@@ -341,13 +337,15 @@ class Runtime:
             except InvalidEvent as exc:
                 self._dead_letter(DeadLetter(exc.reason, exc.detail, msg.value, msg.topic, msg.partition, msg.offset), msg.key)
                 continue
-            out.send_soon(
-                key=ev.user.encode(),
-                value=json.dumps(ev.to_dict(), separators=(",", ":")).encode(),
-                partition=partition_for(ev.user, s.events_partitions),
-                # Keep the producer's timestamp so event-to-signal latency spans both hops.
-                timestamp=msg.timestamp,
-            )
+            evs, kts = packs.setdefault(partition_for(ev.user, s.events_partitions), ([], []))
+            evs.append(ev.to_dict())
+            # Keep the producer's timestamp so event-to-signal latency spans both hops.
+            kts.append(int(msg.timestamp * 1000) if msg.timestamp else None)
+        out = self.topics.by_user
+        for partition, (evs, kts) in packs.items():
+            for i in range(0, len(evs), packing.MAX_EVENTS):
+                out.send_soon(key=b"pack", value=packing.pack(evs[i : i + packing.MAX_EVENTS], kts[i : i + packing.MAX_EVENTS]),
+                              partition=partition)  # fmt: skip
         m.observe_batch(len(batch), time.perf_counter() - t0)
 
     def _dead_letter(self, dl: DeadLetter, key: bytes | None) -> None:
@@ -356,7 +354,38 @@ class Runtime:
         self.topics.dlq.send_soon(key=key, value=json.dumps(dl.to_dict(), separators=(",", ":")).encode())
 
     # ------------------------------------------------------------------ process
-    async def process_batch(self, batch: list[faust.EventT]) -> None:
+    async def process_packs(self, batch: list[faust.EventT]) -> None:
+        """Unpack the internal topic's records and process their events; if a batch fails, retry
+        event by event and dead-letter only the events that fail alone (``processing_error``)."""
+        items: list[Item] = []
+        for fe in batch:
+            msg = fe.message
+            try:
+                for d, kts in packing.unpack(msg.value):
+                    items.append(Item(msg.partition, Event.from_dict(d), kts / 1000 if kts else None, fe))
+            except (ValueError, TypeError) as exc:
+                self._dead_letter(DeadLetter("processing_error", f"unreadable internal record: {exc}"[:200], msg.value,
+                                             msg.topic, msg.partition, msg.offset), msg.key)  # fmt: skip
+        if not items:
+            return
+        try:
+            await self.process_batch(items)
+            return
+        except Exception as exc:  # noqa: BLE001 - the point is to survive anything
+            log.error("batch of %d events failed (%s: %s); retrying event by event", len(items), type(exc).__name__, exc)
+        for it in items:
+            try:
+                await self.process_batch([it])
+            except Exception as exc:  # noqa: BLE001
+                msg = it.fe.message
+                log.error("event at %s[%d]@%d dead-lettered: %s", msg.topic, msg.partition, msg.offset, type(exc).__name__)
+                self._dead_letter(
+                    DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"[:200],
+                               json.dumps(it.event.to_dict()).encode(), msg.topic, msg.partition, msg.offset),
+                    it.event.user.encode(),
+                )  # fmt: skip
+
+    async def process_batch(self, items: list[Item]) -> None:
         m = self.metrics
         t0 = time.perf_counter()
         served = self._swap_model()
@@ -366,12 +395,13 @@ class Runtime:
         last_of_user: dict[str, faust.EventT] = {}
         last_of_partition: dict[int, faust.EventT] = {}
         kafka_ts: dict[str, float] = {}
-        for fe in batch:
-            ev = Event.from_dict(json.loads(fe.message.value))
-            pairs.append((fe.message.partition, ev))
-            last_of_user[ev.user] = fe
-            last_of_partition[fe.message.partition] = fe
-            kafka_ts[ev.event_id] = fe.message.timestamp
+        for it in items:
+            ev = it.event
+            pairs.append((it.partition, ev))
+            last_of_user[ev.user] = it.fe
+            last_of_partition[it.partition] = it.fe
+            if it.kafka_ts:
+                kafka_ts[ev.event_id] = it.kafka_ts
         records = {u: self._load(u) for u in last_of_user}
         result = self.pipeline.apply(records, pairs, windows=served is not None)
         views = await self._sequence_views(served, [c.window for c in result.candidates])
@@ -404,7 +434,7 @@ class Runtime:
                 self._emit(scan, {})
         self._checkpoint(last_of_partition)
         self._archive([ev for _p, ev in pairs], result.rejected)
-        m.observe_batch(len(batch), time.perf_counter() - t0)
+        m.observe_batch(len(items), time.perf_counter() - t0)
 
     def _archive(self, events: list[Event], rejected: list) -> None:
         if self.archive is None:

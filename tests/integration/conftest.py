@@ -337,16 +337,22 @@ def signal_report(expected: dict[str, str], messages: list) -> dict:
     }
 
 
-def committed_total(bootstrap: str, group: str, topic: str) -> int:
-    """Sum over ``topic``'s partitions of ``group``'s committed offsets (messages handled for good)."""
+def committed_events(bootstrap: str, group: str, topic: str) -> int:
+    """Events (not records: the internal topic packs events, ``stream.logic.packing``) of
+    ``topic`` below ``group``'s committed offsets: the events handled for good."""
     from confluent_kafka import Consumer, TopicPartition
+
+    from stream.logic.packing import unpack
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
         tps = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=10).topics[topic].partitions]
-        return sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
+        committed = {tp.partition: tp.offset for tp in c.committed(tps, timeout=10)}
     finally:
         c.close()
+    return sum(
+        len(unpack(m.value())) for m in read_all(bootstrap, [topic]) if m.offset() < committed.get(m.partition(), -1)
+    )
 
 
 def rewind_group(bootstrap: str, group: str, topics: list[str], by: int) -> int:

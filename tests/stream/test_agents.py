@@ -10,8 +10,10 @@ import json
 
 import pytest
 
+from stream.agents.runtime import partition_for
 from stream.app import create_app
 from stream.logic.ingest import Pseudonymizer
+from stream.logic.packing import unpack
 from stream.settings import Settings
 
 KEY = "harness-key-0123456789abcdef"
@@ -65,7 +67,8 @@ def test_ingest_agent_forwards_pseudonymised_and_dead_letters_bad_input(app):
     asyncio.run(run())
     (key, value, partition), = app.sent["intentstream-events-by-user"]
     pseudonym = Pseudonymizer(KEY.encode())("alice")
-    assert key == pseudonym.encode() and json.loads(value)["user"] == pseudonym
+    (event, _kts), = unpack(value)  # one pack per partition and batch
+    assert event["user"] == pseudonym and partition == partition_for(pseudonym, 4)
     assert b"alice" not in value
     reasons = sorted(json.loads(v)["reason"] for _, v, _ in app.sent["shop.events.dlq"])
     assert reasons == ["malformed_json", "unknown_type"]
