@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from models.blend import blend_binary_array, rrf
 from models.datasets import tasks
 from models.datasets.tasks import DAY_MS, MINUTE_MS
 from models.events import Event
@@ -79,7 +80,6 @@ from models.sequence.data import hash_bucket
 
 TASKS = ("intent", "churn", "latent")
 MODELS = ("baseline", "online", "sequence", "blend")
-RRF_K = 10  # reciprocal-rank fusion constant: ranks 1 and 10 weigh 1/11 and 1/20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,12 +187,6 @@ def split_by_user(events: Sequence[Event], fraction: float) -> tuple[list[Event]
 
 
 # ---------------------------------------------------------------------------------------- metrics
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
-
 def _binary_scores(base: list[float], online: list[float], p_seq: np.ndarray) -> dict[str, np.ndarray]:
     """The four compared models of a binary task; the blend is the mean of the two models' logits."""
     p_online = np.asarray(online)
@@ -200,12 +194,8 @@ def _binary_scores(base: list[float], online: list[float], p_seq: np.ndarray) ->
         "baseline": np.asarray(base),
         "online": p_online,
         "sequence": p_seq,
-        "blend": _sigmoid((_logit(p_online) + _logit(p_seq)) / 2),
+        "blend": blend_binary_array(p_online, p_seq),  # the rule the workers serve (models.blend)
     }
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
-
 
 def binary_metrics(y: np.ndarray, s: np.ndarray) -> dict[str, Any]:
     """ROC AUC, PR AUC and row counts; AUCs are None when only one class is present."""
@@ -352,11 +342,7 @@ def _eval_churn(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pat
 
 
 def _rrf(lists: Sequence[Sequence[Any]], k: int) -> list[Any]:
-    score: dict[Any, float] = defaultdict(float)
-    for lst in lists:
-        for r, c in enumerate(lst[:k], 1):
-            score[c] += 1.0 / (RRF_K + r)
-    return [c for c, _ in sorted(score.items(), key=lambda kv: -kv[1])][:k]
+    return [item for item, _ in rrf(lists, k)]
 
 
 def _eval_latent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Path) -> tuple[dict, dict]:
