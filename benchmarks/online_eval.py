@@ -41,7 +41,7 @@ from models.datasets.importers import day_start_ms, load_events
 from models.datasets.tasks import DAY_MS, MINUTE_MS, churn_labels, intent_labels, pr_auc, roc_auc
 from models.events import Event
 from models.features.hashing import stable_hash
-from models.features.online import online_features
+from models.features.online import feature_names, online_features
 from models.features.state import StateConfig, UserState, apply_event
 from models.online.learner import OnlineLearner, PartitionLearners, UserPending
 from models.online.pipelines import build
@@ -225,7 +225,7 @@ def eval_intent(families: list[str], horizon_ms: int = 30 * MINUTE_MS, max_pendi
             "pending": _pending_stats(replay),
             "checkpoint": checkpoint_costs(learners.intent),
         }
-        names = learners.intent.names
+        names = feature_names(cfg)  # every value of the vector (the intent learner reads a subset)
         sample = learn_all[:2000]
         res["costs"] = model_costs(fam, [dict(zip(names, feats[i].tolist(), strict=True)) for i in sample],
                                    [labels[i] for i in sample])  # fmt: skip

@@ -10,6 +10,14 @@ Every value is a finite float and the key set is always :data:`FEATURE_NAMES` (f
 config; :func:`feature_names` for another one), in that order. Heavy-tailed totals are ``log1p``-ed
 so that a linear model with a standard scaler sees a sane range.
 
+The purchase-rhythm features (:data:`RHYTHM_FEATURES`, ``log1p_days_since_purchase`` ..
+``last_purchase_age_share``) read the state's first purchase, last purchase and purchase
+occasions: the frequency, recency and age of a buy-till-you-die model (BG/NBD's ``x``, ``t_x``,
+``T``) in a form a linear model can use. All are logs of day counts or shares, bounded for any
+realistic history; a user with fewer than two occasions has no rhythm, and those features are 0
+(``has_purchased`` and ``log1p_repeat_occasions`` say which case it is). The churn learner reads
+them; the intent learner leaves them out (``LearnerConfig.exclude_features``, docs/EVALUATION.md).
+
 ======================================  ==========================================================
 name                                    meaning
 ======================================  ==========================================================
@@ -35,6 +43,17 @@ name                                    meaning
 ``days_since_purchase``                 days since the newest purchase, capped at 365 (365 if none)
 ``log1p_spend``                         log(1 + total spend)
 ``avg_order_value``                     total spend / purchases (0 if none)
+``log1p_days_since_purchase``           log(1 + days_since_purchase): the same recency, concave
+``log1p_days_since_first_purchase``     log(1 + days since the first purchase) (0 if none)
+``log1p_repeat_occasions``              log(1 + purchase occasions after the first) (0 if none);
+                                        an occasion: purchases within the session gap of each other
+``log1p_mean_purchase_gap_days``        log(1 + the user's mean days between occasions)
+                                        (0 with fewer than two occasions)
+``log_recency_over_gap``                log1p(days since purchase) - log1p(mean gap days): silence
+                                        relative to the user's own rhythm (0 with < 2 occasions)
+``last_purchase_age_share``             (last - first purchase) / (now - first purchase), in [0, 1]:
+                                        how late in the buying life the last purchase came
+                                        (0 with fewer than two occasions)
 ``categories_tracked``                  number of categories in the affinity table
 ``top_category_score``                  highest category affinity, decayed to now
 ``top_category_share``                  highest affinity / sum of affinities (0 if none)
@@ -97,6 +116,8 @@ def feature_names(cfg: StateConfig) -> tuple[str, ...]:
         "log1p_session_cart_value",
         "cart_lines", "cart_items", "log1p_cart_value", "minutes_since_cart_add",
         "has_purchased", "days_since_purchase", "log1p_spend", "avg_order_value",
+        "log1p_days_since_purchase", "log1p_days_since_first_purchase", "log1p_repeat_occasions",
+        "log1p_mean_purchase_gap_days", "log_recency_over_gap", "last_purchase_age_share",
         "categories_tracked", "top_category_score", "top_category_share",
         "search_terms_tracked", "top_term_share",
         "recent_events", "recent_distinct_item_share", "recent_mean_gap_s", "recent_mean_price",
@@ -105,6 +126,13 @@ def feature_names(cfg: StateConfig) -> tuple[str, ...]:
 
 
 FEATURE_NAMES: tuple[str, ...] = feature_names(StateConfig())
+
+# The purchase-rhythm features (see the module docstring): built for the churn question (days to
+# months); the intent learner leaves them out by default (``LearnerConfig.exclude_features``).
+RHYTHM_FEATURES: tuple[str, ...] = (
+    "log1p_days_since_purchase", "log1p_days_since_first_purchase", "log1p_repeat_occasions",
+    "log1p_mean_purchase_gap_days", "log_recency_over_gap", "last_purchase_age_share",
+)  # fmt: skip
 
 
 def online_features(state: UserState, now_ms: int, cfg: StateConfig) -> dict[str, float]:
@@ -145,12 +173,23 @@ def online_features(state: UserState, now_ms: int, cfg: StateConfig) -> dict[str
         math.log1p(state.cart_value()),
         (now - max(c[0] for c in cart)) / MINUTE_MS if cart else 0.0,
     ]
-    if state.last_purchase_ts:
-        since = min((now - state.last_purchase_ts) / DAY_MS, _MAX_DAYS_SINCE_PURCHASE)
-        values += [1.0, since]
-    else:
-        values += [0.0, _MAX_DAYS_SINCE_PURCHASE]
+    last_buy = state.last_purchase_ts
+    since = min((now - last_buy) / DAY_MS, _MAX_DAYS_SINCE_PURCHASE) if last_buy else _MAX_DAYS_SINCE_PURCHASE
+    values += [1.0 if last_buy else 0.0, since]
     values += [math.log1p(state.spend), state.spend / purchases if purchases else 0.0]
+    log_since = math.log1p(since)
+    values.append(log_since)
+    occasions, first_buy = state.purchase_occasions, state.first_purchase_ts
+    if occasions and first_buy and last_buy:
+        age = max(0, now - first_buy)
+        values += [math.log1p(age / DAY_MS), math.log1p(occasions - 1)]
+        if occasions > 1:
+            log_gap = math.log1p((last_buy - first_buy) / (occasions - 1) / DAY_MS)
+            values += [log_gap, log_since - log_gap, (last_buy - first_buy) / age]  # age >= last - first > 0
+        else:
+            values += [0.0, 0.0, 0.0]
+    else:
+        values += [0.0] * 5
 
     cats = state.categories.values()
     top = max(cats, default=0.0)

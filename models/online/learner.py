@@ -59,7 +59,7 @@ import numpy as np
 import river
 
 from models.events import Event
-from models.features.online import feature_names, online_features
+from models.features.online import RHYTHM_FEATURES, feature_names, online_features
 from models.features.state import DAY_MS, MINUTE_MS, StateConfig, UserState
 from models.online import labels
 from models.online.labels import CHURN, INTENT, LabelRule, Pending, UserPending
@@ -84,7 +84,11 @@ class LearnerConfig:
     ``None`` fields take the task's default: H = 30 min for intent, D = 30 days for churn; the
     model family from :data:`models.online.pipelines.DEFAULT_MODEL`; the prior 0.03 for intent
     (share of views followed by a purchase within 30 min on Taobao and the simulator) and 0.5 for
-    churn (no knowledge).
+    churn (no knowledge). ``exclude_features`` names features of ``online_features`` this task's
+    model does not read: by default the purchase-rhythm features for intent
+    (:data:`~models.features.online.RHYTHM_FEATURES`; on the Taobao train users they changed the
+    intent ROC AUC by -0.0001, and on the held-out users the model with them lost 0.033: see
+    docs/EVALUATION.md), none for churn.
 
     >>> LearnerConfig("churn").rule().horizon_ms // DAY_MS
     30
@@ -105,6 +109,7 @@ class LearnerConfig:
     top_reasons: int = 3
     explain_candidates: int = 8  # tree models: features tried by the occlusion attribution
     seed: int = 42
+    exclude_features: tuple[str, ...] | None = None
     state: StateConfig = dataclasses.field(default_factory=StateConfig)
 
     def __post_init__(self) -> None:
@@ -122,7 +127,25 @@ class LearnerConfig:
         ):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+        skip = self.exclude_features
+        object.__setattr__(
+            self,
+            "exclude_features",
+            tuple(RHYTHM_FEATURES if intent else ()) if skip is None else tuple(skip),
+        )
         self.rule()  # validates the label fields
+
+    def feature_names(self) -> tuple[str, ...]:
+        """The features this task's model reads: ``online_features``' names less the excluded ones.
+
+        >>> len(LearnerConfig("churn").feature_names()) - len(LearnerConfig("intent").feature_names())
+        6
+        """
+        names = feature_names(self.state)
+        unknown = set(self.exclude_features) - set(names)  # type: ignore[arg-type]
+        if unknown:
+            raise ValueError(f"exclude_features names unknown features {sorted(unknown)}")
+        return tuple(n for n in names if n not in self.exclude_features)  # type: ignore[operator]
 
     def rule(self) -> LabelRule:
         return LabelRule(self.task, self.horizon_ms, self.max_pending, self.scan_every_ms, self.scan_until_ms)  # type: ignore[arg-type]
@@ -167,7 +190,8 @@ class OnlineLearner:
     def __init__(self, cfg: LearnerConfig, model: Any = None) -> None:
         self.cfg = cfg
         self.rule = cfg.rule()
-        self.names = feature_names(cfg.state)
+        self.names = cfg.feature_names()
+        self._subset = len(self.names) != len(feature_names(cfg.state))
         self.model = model if model is not None else build(cfg.model, cfg.seed)  # type: ignore[arg-type]
         self.metrics_ = ProgressiveMetrics(cfg.metrics_window)
         self.n_learned = 0
@@ -194,6 +218,8 @@ class OnlineLearner:
             reasons = [{"feature": "cold_start", "value": 1.0, "contribution": 0.0,
                         "text": f"population prior ({why})"}] if explain else []  # fmt: skip
             return Prediction(self.base_rate(), reasons, True)
+        if self._subset:
+            features = {n: features[n] for n in self.names}
         p = float(self.model.predict_proba_one(features).get(True, 0.0))
         return Prediction(p, self._reasons(features, p) if explain else [], False)
 
@@ -233,11 +259,27 @@ class OnlineLearner:
         """
         if self.cfg.task == INTENT and event.type == "purchase":
             return False
+        self._forget_stale(pending)
         snaps = pending.snapshots
         if snaps and self.cfg.min_gap_ms and event.ts - snaps[-1].ts < self.cfg.min_gap_ms:
             return False  # a prediction of this user this recent is already queued
         self._evicted(labels.add(pending, self.rule, event.ts, self._vector(features), p))
         return True
+
+    def _forget_stale(self, pending: Pending) -> None:
+        """Drop queued snapshots whose feature vector is not this learner's (queued by code with
+        another ``online_features``, stored in the user's record across an upgrade): they cannot
+        be learned from, and mixing lengths would make the queue unstorable. Counted as dropped."""
+        snaps = pending.snapshots
+        n = len(self.names)
+        # A stored queue has one vector length, and this learner only adds its own after this
+        # check: looking at the oldest snapshot is enough.
+        if snaps and len(snaps[0].x) != n:
+            keep = [s for s in snaps if len(s.x) == n]
+            gone = len(snaps) - len(keep)
+            pending.snapshots = keep
+            pending.dropped += gone
+            self.metrics_.dropped += gone
 
     def _evicted(self, snap: labels.Snapshot | None) -> None:
         if snap is None:
@@ -255,6 +297,7 @@ class OnlineLearner:
         if self.cfg.task != CHURN:
             raise ValueError("scan predictions exist for churn only")
         silence_ms = features["secs_since_last_event"] * 1000.0
+        self._forget_stale(pending)
         newest = pending.snapshots[-1].ts if pending.snapshots else None
         if silence_ms <= 0 or silence_ms > self.rule.scan_until_ms:  # type: ignore[operator]
             return False
@@ -271,6 +314,7 @@ class OnlineLearner:
         are learned when the watermark passes their horizon). Each resolved prediction is scored into the metrics with the probability it was
         served with, then learned (``learn_one``) once. ``collect``, if given, receives
         ``(ts, x, y, p)`` per label (evaluation only)."""
+        self._forget_stale(pending)
         if isinstance(event_or_watermark, Event):
             done = labels.resolve_event(pending, self.rule, event_or_watermark.type, event_or_watermark.ts)
         else:
@@ -314,15 +358,29 @@ class OnlineLearner:
             "learned_pos": self.learned_pos,
             "mean": self._mean,
             "m2": self._m2,
+            "features": list(self.names),
         }
         return _HEADER.pack(MAGIC, FORMAT_VERSION) + pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> OnlineLearner:
         """Load :meth:`to_bytes` output; :class:`IncompatibleCheckpoint` if it is not one this code
-        (and this River version, whose pickles are not stable across releases) can load."""
+        (and this River version, whose pickles are not stable across releases) can load, or if it
+        was learned on another feature vector than its config reads now (``cfg.feature_names()``)."""
         body = _load(data)
-        lr = cls(LearnerConfig.from_dict(body["config"]), model=body["model"])
+        cfg = LearnerConfig.from_dict(body["config"])
+        # A model learned on another feature vector cannot be served with this one (its weights and
+        # scaler statistics belong to other columns). Checkpoints written before the names were
+        # stored carry them implicitly in the length of the running-mean vector.
+        names = cfg.feature_names()
+        saved = body.get("features")
+        if saved is not None and tuple(saved) != names or saved is None and len(body["mean"]) != len(names):
+            n = len(saved) if saved is not None else len(body["mean"])
+            raise IncompatibleCheckpoint(
+                f"checkpoint was learned on {n} features that are not this code's {len(names)} "
+                "(online_features changed)"
+            )
+        lr = cls(cfg, model=body["model"])
         lr.metrics_ = body["metrics"]
         lr.n_learned, lr.learned_pos = body["n_learned"], body["learned_pos"]
         lr._mean, lr._m2 = body["mean"], body["m2"]

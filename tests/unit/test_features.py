@@ -92,6 +92,12 @@ EXPECTED: dict[str, float] = {
     "days_since_purchase": 365.0,
     "log1p_spend": 0.0,
     "avg_order_value": 0.0,
+    "log1p_days_since_purchase": math.log1p(365.0),
+    "log1p_days_since_first_purchase": 0.0,
+    "log1p_repeat_occasions": 0.0,
+    "log1p_mean_purchase_gap_days": 0.0,
+    "log_recency_over_gap": 0.0,
+    "last_purchase_age_share": 0.0,
     "categories_tracked": 2.0,
     "top_category_score": SHOES,
     "top_category_share": SHOES / (SHOES + BOOKS),
@@ -117,6 +123,12 @@ EXPECTED_AFTER_PURCHASE: dict[str, float] = {
     "days_since_purchase": 2.0,
     "log1p_spend": math.log1p(100.0),
     "avg_order_value": 100.0,
+    "log1p_days_since_purchase": math.log1p(2.0),
+    "log1p_days_since_first_purchase": math.log1p(2.0),
+    "log1p_repeat_occasions": 0.0,  # one occasion: no rhythm yet
+    "log1p_mean_purchase_gap_days": 0.0,
+    "log_recency_over_gap": 0.0,
+    "last_purchase_age_share": 0.0,
     "cart_lines": 0.0,
     "cart_items": 0.0,
     "log1p_cart_value": 0.0,
@@ -129,6 +141,27 @@ EXPECTED_AFTER_PURCHASE: dict[str, float] = {
     "purchase_7d": decayed(2 * DAY_MS, H7D),
     "last_is_purchase": 1.0,
     "last_is_click": 0.0,
+}
+
+# A third example for the purchase rhythm: a two-item checkout (one occasion), then purchases 10
+# and 30 days later, read 60 days after the first: three occasions, mean gap 15 days, 30 days
+# of silence (twice the user's own gap), the last purchase half-way through the buying life.
+REPEAT = [
+    Event("r1", "u", "purchase", T0, item_id="i1", price=10.0),
+    Event("r2", "u", "purchase", T0 + 1_000, item_id="i2", price=10.0),
+    Event("r3", "u", "purchase", T0 + 10 * DAY_MS, price=20.0),
+    Event("r4", "u", "purchase", T0 + 30 * DAY_MS, price=20.0),
+]
+READ_REPEAT = T0 + 60 * DAY_MS
+EXPECTED_REPEAT: dict[str, float] = {
+    "log1p_purchase_total": math.log1p(4),
+    "days_since_purchase": 30.0,
+    "log1p_days_since_purchase": math.log1p(30.0),
+    "log1p_days_since_first_purchase": math.log1p(60.0),
+    "log1p_repeat_occasions": math.log1p(2),
+    "log1p_mean_purchase_gap_days": math.log1p(15.0),
+    "log_recency_over_gap": math.log1p(30.0) - math.log1p(15.0),
+    "last_purchase_age_share": 0.5,
 }
 
 
@@ -146,6 +179,22 @@ def test_worked_example(name):
 def test_worked_example_after_a_purchase(name):
     features = online_features(build(BOUGHT), LATER, CFG)
     assert features[name] == pytest.approx(EXPECTED_AFTER_PURCHASE[name], rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_REPEAT))
+def test_worked_example_of_a_repeat_buyer(name):
+    features = online_features(build(REPEAT), READ_REPEAT, CFG)
+    assert features[name] == pytest.approx(EXPECTED_REPEAT[name], rel=1e-6, abs=1e-12)
+
+
+def test_rhythm_features_use_only_purchases_up_to_the_read_time():
+    # Read at the third purchase: the fourth has not happened, so it changes nothing.
+    at = T0 + 10 * DAY_MS
+    f = online_features(build(REPEAT[:3]), at, CFG)
+    assert f["log1p_repeat_occasions"] == pytest.approx(math.log1p(1))
+    assert f["log1p_mean_purchase_gap_days"] == pytest.approx(math.log1p(10.0))
+    assert f["log_recency_over_gap"] == pytest.approx(-math.log1p(10.0))  # just bought
+    assert f["last_purchase_age_share"] == pytest.approx(1.0)
 
 
 def test_features_are_the_same_after_a_storage_round_trip():
@@ -168,6 +217,8 @@ def test_features_are_finite_floats_with_stable_names(events, offset_ms):
     features = online_features(state, state.last_ts + offset_ms, CFG)
     assert tuple(features) == FEATURE_NAMES
     assert all(type(v) is float and math.isfinite(v) for v in features.values())
+    assert 0.0 <= features["last_purchase_age_share"] <= 1.0
+    assert 0.0 <= features["log1p_days_since_purchase"] <= math.log1p(365.0)
 
 
 @settings(max_examples=100, deadline=None)

@@ -138,7 +138,7 @@ class SpyLearner(OnlineLearner):
         self.log = log
 
     def predict(self, features: dict, *, explain: bool = True):
-        self.log.append(("predict", key(features)))
+        self.log.append(("predict", key({n: features[n] for n in self.names})))  # what the model reads
         return super().predict(features, explain=explain)
 
 
@@ -305,6 +305,111 @@ def test_checkpoint_round_trips_and_rejects_incompatible_bytes(monkeypatch) -> N
     monkeypatch.setattr(river, "__version__", "0.1.0")
     with pytest.raises(IncompatibleCheckpoint, match="river"):
         OnlineLearner.from_bytes(data)
+
+
+def _rewrite_checkpoint(data: bytes, edit) -> bytes:
+    """The checkpoint with its pickled body changed by ``edit`` (to fake one from older code)."""
+    import pickle
+
+    from models.online.learner import _HEADER
+
+    body = pickle.loads(data[_HEADER.size :])
+    edit(body)
+    return data[: _HEADER.size] + pickle.dumps(body)
+
+
+def test_a_checkpoint_learned_on_another_feature_vector_is_incompatible() -> None:
+    learners = fresh()
+    Worker(learners).run(shop_events(8, n=200))
+    data = learners.churn.to_bytes()
+    names = list(learners.churn.names)
+
+    def renamed(body: dict) -> None:
+        body["features"] = [*names[:-1], "something_else"]
+
+    def before_names_were_stored(body: dict) -> None:  # the 54-feature code wrote no names
+        del body["features"]
+        body["mean"], body["m2"] = np.zeros(54), np.zeros(54)
+
+    for edit in (renamed, before_names_were_stored):
+        with pytest.raises(IncompatibleCheckpoint, match="features"):
+            OnlineLearner.from_bytes(_rewrite_checkpoint(data, edit))
+    # The partition checkpoint raises the same error, which the stream answers with fresh learners.
+    a = learners.intent.to_bytes()
+    b = _rewrite_checkpoint(data, before_names_were_stored)
+    with pytest.raises(IncompatibleCheckpoint):
+        PartitionLearners.from_bytes(len(a).to_bytes(4, "little") + a + b)
+
+    # Without the names but with the right length (same code, older writer) it still loads.
+    def no_names(body: dict) -> None:
+        del body["features"]
+
+    assert OnlineLearner.from_bytes(_rewrite_checkpoint(data, no_names)).names == learners.churn.names
+    # An intent checkpoint of the 54-feature code still loads: intent reads those same 54 today.
+    old_intent = OnlineLearner.from_bytes(_rewrite_checkpoint(learners.intent.to_bytes(), no_names))
+    assert old_intent.names == learners.intent.names and len(old_intent.names) == 54
+
+
+def test_pending_snapshots_of_an_older_feature_vector_are_dropped_not_learned() -> None:
+    from models.online import labels
+
+    learners = fresh()
+    worker = Worker(learners)
+    worker.run(shop_events(9, n=300))  # warm models
+    n_intent, n_churn = len(learners.intent.names), len(learners.churn.names)
+    # A user record written by the 54-feature code (before the purchase rhythm): the intent model
+    # reads the same 54 features today, the churn model reads 60, so only churn's queue is stale.
+    # An intent queue of some other length (40) shows that any stale vector is dropped.
+    assert (n_intent, n_churn) == (54, 60)
+    up, other = UserPending(), UserPending()
+    for ts in (T0, T0 + MIN):
+        labels.add(up.intent, learners.intent.rule, ts, np.ones(54), 0.1)
+        labels.add(up.churn, learners.churn.rule, ts, np.ones(54), 0.5)
+        labels.add(other.intent, learners.intent.rule, ts, np.ones(40), 0.1)
+    up, other = UserPending.from_bytes(up.to_bytes()), UserPending.from_bytes(other.to_bytes())
+    st = UserState.new()
+    ev = Event("new1", "old-user", "click", T0 + 2 * MIN, item_id="i1")
+    apply_event(st, ev, CFG)
+    dropped = {t: learners.metrics()[t]["dropped"] for t in ("intent", "churn")}
+    learned = (learners.intent.n_learned, learners.churn.n_learned)
+    learners.on_event(up, st, ev)
+    learners.on_event(other, st, ev)
+    assert (learners.intent.n_learned, learners.churn.n_learned) == learned  # nothing stale was learned
+    assert [len(s.x) for s in up.intent.snapshots] == [54, 54, 54]  # still valid: kept, plus the new one
+    assert [len(s.x) for s in up.churn.snapshots] == [n_churn]
+    assert [len(s.x) for s in other.intent.snapshots] == [n_intent]
+    assert (up.intent.dropped, up.churn.dropped, other.intent.dropped) == (0, 2, 2)
+    assert {t: learners.metrics()[t]["dropped"] - dropped[t] for t in dropped} == {"intent": 2, "churn": 2}
+    for q in (up, other):
+        assert UserPending.from_bytes(q.to_bytes()) == q  # the queues are storable again
+    # A watermark pass over a stale queue is just as safe.
+    up2 = UserPending()
+    labels.add(up2.churn, learners.churn.rule, T0, np.ones(54), 0.5)
+    learners.on_watermark(up2, st, T0 + 400 * MIN)
+    assert all(len(s.x) == n_churn for s in up2.churn.snapshots)
+
+
+def test_the_intent_model_reads_the_features_it_was_configured_with() -> None:
+    from models.features.online import FEATURE_NAMES, RHYTHM_FEATURES
+
+    intent, churn = LearnerConfig("intent"), LearnerConfig("churn")
+    assert set(churn.feature_names()) == set(FEATURE_NAMES)
+    assert set(FEATURE_NAMES) - set(intent.feature_names()) == set(RHYTHM_FEATURES)
+    assert LearnerConfig("intent", exclude_features=()).feature_names() == FEATURE_NAMES
+    with pytest.raises(ValueError, match="unknown features"):
+        LearnerConfig("churn", exclude_features=("nope",)).feature_names()
+    # The exclusion is part of the config, saved in the checkpoint, so a restored learner reads
+    # the same columns; a checkpoint without the field (older code) gets the task's default.
+    lr = OnlineLearner(LearnerConfig("intent", exclude_features=("cart_lines",)))
+    back = OnlineLearner.from_bytes(lr.to_bytes())
+    assert (
+        back.names == lr.names
+        and "cart_lines" not in back.names
+        and "log1p_days_since_purchase" in back.names
+    )
+    cfg = LearnerConfig("intent").to_dict()
+    del cfg["exclude_features"]
+    assert LearnerConfig.from_dict(cfg) == LearnerConfig("intent")
 
 
 def test_metrics_are_plain_values_for_the_endpoint() -> None:

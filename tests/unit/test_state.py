@@ -21,6 +21,7 @@ from models.features.state import (
     StateConfig,
     UserState,
     _encode_v1,
+    _encode_v2,
     apply_event,
     event_id_hash,
     is_expired,
@@ -150,6 +151,46 @@ def test_recent_ring_is_the_newest_events_by_ts_then_id_hash(pair):
     assert UserState.from_bytes(state.to_bytes()).recent == state.recent
 
 
+@st.composite
+def purchases_within_lateness(draw: st.DrawFn) -> tuple[list[Event], list[Event]]:
+    """(purchases in ts order, an arrival order where none is late), spaced by the gaps that
+    matter for purchase occasions: ties, under/over the session gap, and the 29.5 min + 45 s pair
+    that lets a late purchase bridge two occasions; a click now and then moves ``last_ts``."""
+    n = draw(st.integers(1, 25))
+    ts, out = T0, []
+    for i in range(n):
+        ts += draw(st.sampled_from(GAPS))
+        kind = draw(st.sampled_from(["purchase", "purchase", "purchase", "click"]))
+        if kind == "purchase":
+            out.append(Event(f"p{i}", "u", "purchase", ts, price=draw(st.sampled_from([None, 9.5]))))
+        else:
+            out.append(click(f"c{i}", ts))
+    jitter = draw(st.lists(st.integers(0, LATENESS), min_size=n, max_size=n))
+    order = sorted(range(n), key=lambda i: (out[i].ts + jitter[i], i))
+    return out, [out[i] for i in order]
+
+
+def occasions_of(times: list[int]) -> int:
+    """Reference: purchases more than the session gap apart start an occasion."""
+    times = sorted(times)
+    return sum(1 for i, t in enumerate(times) if i == 0 or t - times[i - 1] > GAP)
+
+
+@settings(max_examples=300, deadline=None)
+@given(purchases_within_lateness())
+def test_purchase_rhythm_is_exact_in_any_arrival_order_within_the_lateness(pair):
+    in_order, arrived = pair
+    a, status_a = build(in_order)
+    b, status_b = build(arrived)
+    assert status_a == status_b == [APPLIED] * len(in_order)
+    assert_same_state(a, b)  # occasion bookkeeping included: the record is canonical
+    times = [e.ts for e in in_order if e.type == "purchase"]
+    for state in (a, b, UserState.from_bytes(b.to_bytes())):
+        assert state.purchase_occasions == occasions_of(times)
+        assert state.first_purchase_ts == min(times, default=0)
+        assert state.last_purchase_ts == max(times, default=0)
+
+
 # -- invariants ---------------------------------------------------------------------------------------
 
 
@@ -247,6 +288,39 @@ def test_the_previous_session_is_forgotten_once_no_late_event_can_reach_it():
     assert state.prev_end == 0 and state.n_sessions == 2
 
 
+# -- purchase rhythm ----------------------------------------------------------------------------------
+
+
+def test_purchases_within_the_session_gap_are_one_occasion_and_the_mean_gap_spans_occasions():
+    day = 86_400_000
+    # One checkout: five items a second apart.
+    items = [Event(f"a{i}", "u", "purchase", T0 + i * 1_000, item_id=f"i{i}") for i in range(5)]
+    state, _ = build([*items, buy("b", T0 + 10 * day), buy("c", T0 + 30 * day)])
+    assert state.totals[3] == 7 and state.purchase_occasions == 3
+    assert state.first_purchase_ts == T0 and state.last_purchase_ts == T0 + 30 * day
+    assert state.mean_purchase_gap_ms() == 15 * day
+    assert UserState.new().mean_purchase_gap_ms() is None
+    assert build([buy("x", T0)])[0].mean_purchase_gap_ms() is None
+
+
+def test_a_late_purchase_that_bridges_the_gap_merges_two_occasions():
+    a, b, x = buy("a", T0), buy("b", T0 + GAP + 30_000), buy("x", T0 + GAP - 10_000)
+    state, _ = build([a, b])
+    assert state.purchase_occasions == 2
+    assert (state.occasion_start, state.prev_occasion_end) == (T0 + GAP + 30_000, T0)
+    apply_event(state, x, CFG)
+    assert state.purchase_occasions == 1 and (state.occasion_start, state.prev_occasion_end) == (0, 0)
+    assert_same_state(state, build([a, x, b])[0])
+
+
+def test_the_occasion_bookkeeping_is_dropped_once_no_late_purchase_can_bridge():
+    state, _ = build([buy("a", T0), buy("b", T0 + GAP + 1)])
+    assert state.prev_occasion_end == T0 and state.to_bytes()[1] & 4  # the 16-byte block is stored
+    apply_event(state, click("c", T0 + GAP + 1 + LATENESS), CFG)
+    assert (state.occasion_start, state.prev_occasion_end, state.purchase_occasions) == (0, 0, 2)
+    assert not state.to_bytes()[1] & 4
+
+
 # -- cart ---------------------------------------------------------------------------------------------
 
 
@@ -331,9 +405,63 @@ def test_version_1_records_migrate():
         [7, 2, 1, 1],
         1,
     )
+    assert (state.last_purchase_ts, state.first_purchase_ts, state.purchase_occasions) == (0, 0, 0)
     assert apply_event(state, click("z", T0 + 6_000), CFG) == APPLIED
     data = state.to_bytes()
-    assert data[0] == 2 and UserState.from_bytes(data).totals == [8, 2, 1, 1]
+    assert data[0] == UserState.SCHEMA_VERSION == 3 and UserState.from_bytes(data).totals == [8, 2, 1, 1]
+
+
+# A record written by the version-2 code (before the purchase rhythm) for: a click at T0, purchases
+# at T0 + 1 min, T0 + 10 d (2 items) and T0 + 30 d. Kept as bytes so the migration is tested
+# against what that code really wrote, not against our idea of it.
+V2_RECORD = bytes.fromhex(
+    "0202040404010000000068e5cf8b0100000030646a8c0100000030646a8c0100000030646a8c0100000030646a8c"
+    "010000010000000000000000000000030000000300000000000000000000000000000001000000000000000000000000"
+    "804240000065038c010000000065038c01000000000000000000000000000001000000000000000000000000000000"
+    "000000000000803f0000000000000000000000000000803f06b7d22900000000000000000000803f8181613c000000"
+    "0000000000021d893f0000803a018bcfe56800e8b7be43018bcfe6526071beeff9018c0365000006b9df6f018c6a64"
+    "300098dd4acc00ae2a1e7f43f0002300000000000014400000000003ae2a1e7f000000000000000000001440000000"
+    "000300000000000000000000000000002940000000000300000000000000000000000000001c40000000006331"
+)
+
+
+def test_version_2_records_migrate_with_an_estimated_purchase_rhythm():
+    day = 86_400_000
+    events = [
+        click("a", T0, cat="c1"),
+        Event("b", "u", "purchase", T0 + 60_000, item_id="i1", price=5.0),
+        Event("c", "u", "purchase", T0 + 10 * day, price=12.5, quantity=2),
+        Event("d", "u", "purchase", T0 + 30 * day, price=7.0),
+    ]
+    fresh, _ = build(events)
+    assert _encode_v2(fresh) == V2_RECORD  # the test helper writes exactly the old layout
+    migrated = UserState.from_bytes(V2_RECORD)
+    rhythm = ("first_purchase_ts", "purchase_occasions", "occasion_start", "prev_occasion_end")
+    old, new = migrated.snapshot(), fresh.snapshot()
+    for key in rhythm:
+        del old[key], new[key]
+    assert old.keys() == new.keys() and all(_close(old[k], new[k]) for k in old)
+    # Three purchases a day or more apart: three occasions; the first purchase is estimated as
+    # first_seen (the click a minute before it).
+    assert (migrated.first_purchase_ts, migrated.purchase_occasions) == (T0, 3)
+    assert apply_event(migrated, buy("e", T0 + 40 * day), CFG) == APPLIED
+    assert migrated.purchase_occasions == 4 and migrated.to_bytes()[0] == 3
+
+
+@settings(max_examples=100, deadline=None)
+@given(event_lists())
+def test_every_version_2_record_loads_and_keeps_all_it_had(events):
+    state, _ = build(events)
+    migrated = UserState.from_bytes(_encode_v2(state))
+    purchases = state.totals[3]
+    assert migrated.to_bytes()[0] == 3
+    assert migrated.purchase_occasions == (0 if not purchases else 1 if purchases == 1 else purchases)
+    assert migrated.first_purchase_ts <= migrated.last_purchase_ts == state.last_purchase_ts
+    if purchases == 1:
+        assert migrated.first_purchase_ts == state.first_purchase_ts
+    for key in ("first_purchase_ts", "purchase_occasions", "occasion_start", "prev_occasion_end"):
+        setattr(migrated, key, getattr(state, key))
+    assert_same_state(migrated, state)
 
 
 def test_unknown_versions_and_empty_records_are_refused():
