@@ -113,7 +113,7 @@ def create_app(settings: Settings, bootstrap: str, *, registry: CollectorRegistr
     )
     from stream.agents.runtime import Runtime
 
-    runtime = Runtime(app, settings, topics, table, models, registry=registry)
+    runtime = Runtime(app, settings, topics, table, models, bootstrap=bootstrap, registry=registry)
     runtime.register()
     app.runtime = runtime  # type: ignore[attr-defined]
     return app

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1, le=10)
 
     # --- batching (PLATFORM.md: per-event table writes and awaited sends top out near 1k events/s)
+    ingest: Literal["raw", "faust"] = Field(
+        "raw", description="ingest stage: a batched aiokafka consumer (group <app_id>-ingest) or a Faust agent"
+    )
     batch_size: int = Field(1000, ge=1, le=100_000)
     batch_wait_ms: int = Field(50, ge=1, le=60_000)
     max_event_bytes: int = Field(16_384, ge=256, le=1_048_576)

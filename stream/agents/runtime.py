@@ -34,7 +34,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import faust
 from faust.streams import _current_event  # see _as_current(): Faust tables key writes by it
@@ -68,6 +68,24 @@ MAX_SCAN_PER_BATCH = 5_000  # bounds the latency a churn scan can add to one bat
 def partition_for(user: str, partitions: int) -> int:
     """Partition of a pseudonymous user on the internal topic (uniform: the id is an HMAC)."""
     return int(user[:8], 16) % partitions
+
+
+class RawMessage(NamedTuple):
+    """An input record, from aiokafka or from Faust (their timestamps differ in unit)."""
+
+    value: bytes
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+
+
+def _raw(msg, *, ms: bool = False) -> RawMessage:
+    """aiokafka ``ConsumerRecord`` (``ms=True``: timestamp in ms) or Faust ``Message`` (seconds)."""
+    ts = msg.timestamp
+    return RawMessage(msg.value, msg.key, msg.topic, msg.partition, msg.offset,
+                      (int(ts) if ms else int(ts * 1000)) if ts else None)  # fmt: skip
 
 
 @dataclasses.dataclass(slots=True)
@@ -117,9 +135,12 @@ class Runtime:
         table: faust.Table,
         models: faust.Table,
         *,
+        bootstrap: str | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.app, self.settings, self.topics, self.table, self.models = app, settings, topics, table, models
+        self.bootstrap = bootstrap
+        self.ingest_consumer = None  # the raw ingest's aiokafka consumer while it runs
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.health = Health(metrics=self.metrics)
@@ -159,10 +180,18 @@ class Runtime:
         app, s = self.app, self.settings
         within = s.batch_wait_ms / 1000
 
-        @app.agent(self.topics.events, name="ingest")
-        async def ingest(stream: faust.StreamT) -> None:
-            async for batch in stream.take_events(s.batch_size, within=within):
-                self.guarded(self.ingest_batch, batch)
+        if s.ingest == "raw" and self.bootstrap is not None:
+
+            @app.task
+            async def ingest_loop() -> None:
+                await self.run_raw_ingest()
+
+        else:
+
+            @app.agent(self.topics.events, name="ingest")
+            async def ingest(stream: faust.StreamT) -> None:
+                async for batch in stream.take_events(s.batch_size, within=within):
+                    self.guarded(self.ingest_batch, [_raw(fe.message) for fe in batch])
 
         @app.agent(self.topics.by_user, name="process")
         async def process(stream: faust.StreamT) -> None:
@@ -201,33 +230,84 @@ class Runtime:
             for task, n in self.pipeline.pending.items():
                 self.metrics.set_pending_labels("purchase_intent" if task == "intent" else "churn_risk", n)
             self._publish_online_quality()
+            await self._ingest_lag()
             self._archive([], [])  # flush a quiet stream's archive buffer too
 
         register_views(app, self.metrics, self.health)
 
-    def guarded(self, handle: Callable[[list[faust.EventT]], None], batch: list[faust.EventT]) -> None:
-        """Run ``handle`` on a batch; if it raises, isolate the culprit event by event.
+    def guarded(self, handle: Callable[[list[RawMessage]], None], batch: list[RawMessage]) -> None:
+        """Run ``handle`` on a batch of input messages; if it raises, isolate the culprit.
 
-        An unexpected error (a bug, a record we cannot read) must neither crash the agent (Faust
-        would stop consuming) nor lose the batch: the events that fail alone are dead-lettered with
-        reason ``processing_error`` and the rest are processed normally. Table writes happen only
-        after a batch has been fully computed, so a failed attempt leaves no partial state behind.
+        An unexpected error (a bug, a record we cannot read) must neither crash the ingest nor
+        lose the batch: the messages that fail alone are dead-lettered with reason
+        ``processing_error`` and the rest are forwarded normally.
         """
         try:
             handle(batch)
             return
         except Exception as exc:  # noqa: BLE001 - the point is to survive anything
-            log.error("batch of %d failed (%s: %s); retrying event by event", len(batch), type(exc).__name__, exc)
-        for fe in batch:
+            log.error("batch of %d failed (%s: %s); retrying message by message", len(batch), type(exc).__name__, exc)
+        for msg in batch:
             try:
-                handle([fe])
+                handle([msg])
             except Exception as exc:  # noqa: BLE001
-                msg = fe.message
-                log.error("event at %s[%d]@%d dead-lettered: %s", msg.topic, msg.partition, msg.offset, type(exc).__name__)
+                log.error("message at %s[%d]@%d dead-lettered: %s", msg.topic, msg.partition, msg.offset, type(exc).__name__)
                 self._dead_letter(
                     DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"[:200], msg.value, msg.topic, msg.partition, msg.offset),
                     msg.key,
                 )
+
+    async def run_raw_ingest(self) -> None:
+        """The ingest stage on a plain aiokafka consumer (its own group, ``<app_id>-ingest``).
+
+        Ingest keeps no state, so it needs none of Faust's table machinery, and its per-record
+        stream overhead was the larger half of the worker's cost per event (docs/BENCHMARKS.md):
+        here a whole ``getmany`` batch is validated, packed and sent, the producer is flushed, and
+        only then are the batch's offsets committed (at-least-once, as before: a crash re-sends
+        the uncommitted tail, which the state de-duplicates by ``event_id``).
+        """
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.errors import CommitFailedError, KafkaError
+
+        from stream.broker import client_config
+
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            s.events_topic, group_id=f"{s.app_id}-ingest", enable_auto_commit=False, auto_offset_reset="earliest",
+            max_poll_records=s.batch_size, fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=10_000, heartbeat_interval_ms=1_000, **client_config(s, self.bootstrap),  # type: ignore[arg-type]
+        )  # fmt: skip
+        await consumer.start()
+        self.ingest_consumer = consumer
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=s.batch_wait_ms, max_records=s.batch_size)
+                msgs = [_raw(m, ms=True) for records in batches.values() for m in records]
+                if not msgs:
+                    continue
+                self.guarded(self.ingest_batch, msgs)
+                await self.app.producer.flush()  # packs and dead letters acknowledged before the commit
+                try:
+                    await consumer.commit()
+                except (CommitFailedError, KafkaError) as exc:  # a rebalance: the tail comes again
+                    log.warning("ingest commit failed (%s); the batch may be delivered again", exc)
+        finally:
+            self.ingest_consumer = None
+            await consumer.stop()
+
+    async def _ingest_lag(self) -> None:
+        """Consumer lag of the raw ingest's partitions (Faust's lag reader sees only its own)."""
+        consumer = self.ingest_consumer
+        if consumer is None:
+            return
+        try:
+            tps = list(consumer.assignment())
+            ends = {tp: consumer.highwater(tp) for tp in tps}
+            positions = {tp: await consumer.position(tp) for tp in tps}
+        except Exception as exc:  # noqa: BLE001 - a metric must never stop the worker
+            log.warning("ingest lag refresh failed: %s", exc)
+            return
+        self.metrics.set_lag({(tp.topic, tp.partition): max(0, ends[tp] - positions[tp]) for tp in tps if ends[tp] is not None})
 
     # ------------------------------------------------------------------ sequence model
     async def poll_models(self) -> None:
@@ -322,13 +402,12 @@ class Runtime:
                 sig.value["reasons"] = sorted(sig.value["reasons"] + extra, key=lambda r: -abs(r["contribution"]))[:6]
 
     # ------------------------------------------------------------------ ingest
-    def ingest_batch(self, batch: list[faust.EventT]) -> None:
+    def ingest_batch(self, batch: list[RawMessage]) -> None:
         s, m = self.settings, self.metrics
         t0 = time.perf_counter()
         now_ms = time.time_ns() // 1_000_000
         packs: dict[int, tuple[list[dict], list[int | None]]] = {}
-        for fe in batch:
-            msg = fe.message
+        for msg in batch:
             try:
                 ev = ingest_one(
                     msg.value, self.pseudonymize, max_bytes=s.max_event_bytes, now_ms=now_ms,
@@ -340,7 +419,7 @@ class Runtime:
             evs, kts = packs.setdefault(partition_for(ev.user, s.events_partitions), ([], []))
             evs.append(ev.to_dict())
             # Keep the producer's timestamp so event-to-signal latency spans both hops.
-            kts.append(int(msg.timestamp * 1000) if msg.timestamp else None)
+            kts.append(msg.timestamp_ms)
         out = self.topics.by_user
         for partition, (evs, kts) in packs.items():
             for i in range(0, len(evs), packing.MAX_EVENTS):

@@ -22,7 +22,7 @@ T0 = 1_700_000_000_000
 
 @pytest.fixture
 def app(tmp_path):
-    settings = Settings(data_dir=tmp_path, store="memory://", pseudonym_key=KEY, batch_wait_ms=10)
+    settings = Settings(data_dir=tmp_path, store="memory://", pseudonym_key=KEY, batch_wait_ms=10, ingest="faust")
     app = create_app(settings, "127.0.0.1:1")
     app.finalize()
     sent: dict[str, list[tuple]] = {}
