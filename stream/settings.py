@@ -66,8 +66,10 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1, le=10)
 
     # --- batching (PLATFORM.md: per-event table writes and awaited sends top out near 1k events/s)
-    ingest: Literal["raw", "faust"] = Field(
-        "raw", description="ingest stage: a batched aiokafka consumer (group <app_id>-ingest) or a Faust agent"
+    ingest: Literal["faust", "raw"] = Field(
+        "faust",
+        description="ingest stage: a Faust agent, or 'raw', a batched aiokafka consumer (group <app_id>-ingest): "
+        "faster, but its group stalls on the embedded broker when a second worker joins (docs/BENCHMARKS.md)",
     )
     batch_size: int = Field(1000, ge=1, le=100_000)
     batch_wait_ms: int = Field(50, ge=1, le=60_000)

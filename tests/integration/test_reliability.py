@@ -93,11 +93,16 @@ def processed(settings) -> int:
     return committed_events(settings.kafka_bootstrap_servers, settings.app_id, settings.repartition_topic)
 
 
+def ingest_group(settings) -> str:
+    """The consumer group that commits ``shop.events``: Faust's, or the raw ingest's own."""
+    return f"{settings.app_id}-ingest" if settings.ingest == "raw" else settings.app_id
+
+
 def app_lag(settings) -> dict[str, int]:
-    """Uncommitted input of the application: ``shop.events`` by the ingest group
-    (``<app_id>-ingest``, a plain aiokafka consumer) and the internal topic by Faust's group."""
+    """Uncommitted input of the application: ``shop.events`` by the ingest's group and the
+    internal topic by Faust's group."""
     b = settings.kafka_bootstrap_servers
-    return {**group_lag(b, f"{settings.app_id}-ingest", [settings.events_topic]),
+    return {**group_lag(b, ingest_group(settings), [settings.events_topic]),
             **group_lag(b, settings.app_id, [settings.repartition_topic])}  # fmt: skip
 
 
@@ -307,7 +312,7 @@ def test_replayed_tail_is_absorbed_without_loss_or_repeat(system):
     w1.stop()
     w2.stop()
 
-    redelivered = rewind_group(bootstrap, f"{settings.app_id}-ingest", [settings.events_topic], by=1_500)
+    redelivered = rewind_group(bootstrap, ingest_group(settings), [settings.events_topic], by=1_500)
     redelivered += rewind_group(bootstrap, settings.app_id, [settings.repartition_topic], by=1_500)
     assert app_lag(settings)[settings.repartition_topic] > 0
     # One worker comes back: it reopens its own RocksDB partitions and rebuilds the other
