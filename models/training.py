@@ -36,12 +36,12 @@ import torch
 from models.events import Event
 from models.registry import ArtifactError, Registry
 from models.sequence import checkpoint
+from models.sequence.checkpoint import CHECKPOINT_NAME
 from models.sequence.config import DAY_MS, SeqConfig
 from models.sequence.data import FEATURE_SCHEMA_VERSION, build_windows, user_histories
 from models.sequence.scorer import SequenceScorer
 from models.sequence.train import TrainResult, evaluate, train
 
-CHECKPOINT_NAME = "seq.pt"
 CRITERION = "val_score"
 
 

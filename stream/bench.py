@@ -651,9 +651,9 @@ def publish_sequence_model(model_dir: Path) -> dict:
 
     from models.registry import Registry
     from models.sequence import checkpoint
+    from models.sequence.checkpoint import CHECKPOINT_NAME
     from models.sequence.config import SeqConfig
     from models.sequence.model import SequenceModel
-    from stream.logic.serving import CHECKPOINT_NAME
 
     torch.manual_seed(0)
     cfg = SeqConfig()

@@ -25,6 +25,7 @@ from models.sequence.data import FEATURE_SCHEMA_VERSION
 from models.sequence.model import SequenceModel
 
 FORMAT = "intentstream.sequence/1"
+CHECKPOINT_NAME = "seq.pt"  # the file's name inside each registry version (models.training writes it)
 
 
 class CheckpointError(ValueError):

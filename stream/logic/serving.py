@@ -34,12 +34,11 @@ import torch
 
 from models.features.recent import RecentEvent
 from models.registry import ArtifactError, Registry
-from models.sequence.checkpoint import CheckpointError
+from models.sequence.checkpoint import CHECKPOINT_NAME, CheckpointError
 from models.sequence.scorer import Scores, SequenceScorer
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "seq.pt"  # the file models.training stores in each registry version
 _PROBE = [RecentEvent(0, 1, 1, 10.0, 1_700_000_000_000, 0), RecentEvent(2, 1, 1, 10.0, 1_700_000_060_000, 0)]
 
 

@@ -10,11 +10,11 @@ import torch
 
 from models.registry import Registry
 from models.sequence import checkpoint
+from models.sequence.checkpoint import CHECKPOINT_NAME
 from models.sequence.config import SeqConfig
 from models.sequence.model import SequenceModel
 from stream.agents.runtime import partition_for
 from stream.logic.ingest import Pseudonymizer
-from stream.logic.serving import CHECKPOINT_NAME
 
 from .conftest import KEY, consume, jsonl, produce
 

@@ -13,13 +13,14 @@ from models.features.recent import RecentEvent
 from models.features.state import StateConfig
 from models.registry import Registry
 from models.sequence import checkpoint, explain
+from models.sequence.checkpoint import CHECKPOINT_NAME
 from models.sequence.config import SeqConfig
 from models.sequence.model import SequenceModel
 from models.sequence.scorer import SequenceScorer
 from stream.logic.pipeline import Pipeline, PipelineConfig, SeqView
 from stream.logic.policy import PolicyRule
 from stream.logic.scoring import RuleScorer
-from stream.logic.serving import CHECKPOINT_NAME, SequenceServing
+from stream.logic.serving import SequenceServing
 
 T0 = 1_700_000_000_000
 CFG = SeqConfig(d_model=16)
