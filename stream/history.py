@@ -85,14 +85,6 @@ def decode_record(value: bytes | None) -> list[Event | UndecodableRecord]:
     return out
 
 
-def decode_event(value: bytes | None) -> Event:
-    """One record holding one event -> :class:`Event`, or :class:`UndecodableRecord`."""
-    (ev,) = decode_record(value)[:1] or [UndecodableRecord("malformed_pack")]
-    if isinstance(ev, UndecodableRecord):
-        raise ev
-    return ev
-
-
 def decode_event_dict(d: object) -> Event:
     """A decoded event object -> :class:`Event`, or :class:`UndecodableRecord`.
 
@@ -265,7 +257,7 @@ def _say(out: TextIO | None, line: str) -> None:
 __all__ = [
     "TopicReadError",
     "UndecodableRecord",
-    "decode_event",
+    "decode_record",
     "raw_topics",
     "read_topic_events",
     "read_topic_history",
