@@ -105,7 +105,7 @@ async def update_lag(app: Any, metrics: Metrics, *, topics: Collection[str] | No
     """
     owned = select_partitions(app.consumer.assignment(), topics)
     lag = compute_lag(*await read_offsets(app.consumer, owned))
-    metrics.retain_partitions((tp[0], tp[1]) for tp in owned)
+    metrics.retain_partitions(((tp[0], tp[1]) for tp in owned), topics)
     metrics.set_lag({(tp[0], tp[1]): v for tp, v in lag.items()})
     return lag
 
@@ -123,7 +123,7 @@ def install(
 
     async def on_assigned(sender: Any, assigned: Iterable[Any], **kwargs: Any) -> None:
         metrics.rebalances.inc()
-        metrics.retain_partitions((tp[0], tp[1]) for tp in select_partitions(assigned, topics))
+        metrics.retain_partitions(((tp[0], tp[1]) for tp in select_partitions(assigned, topics)), topics)
 
     async def refresh_lag() -> None:
         try:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
@@ -379,10 +379,13 @@ class Metrics:
             self._lag_series.discard(key)
             self.consumer_lag.remove(topic, str(partition))
 
-    def retain_partitions(self, owned: Iterable[tuple[str, int]]) -> None:
-        """Remove the lag series of every partition not in ``owned`` and set ``assigned_partitions``."""
+    def retain_partitions(self, owned: Iterable[tuple[str, int]], topics: Collection[str] | None = None) -> None:
+        """Remove the lag series of every partition not in ``owned`` (only of ``topics``, if given:
+        the topics of the reader calling) and set ``assigned_partitions``."""
         keep = {(t, int(p)) for t, p in owned}
         for topic, partition in sorted(self._lag_series - keep):
+            if topics is not None and topic not in topics:
+                continue
             self.remove_partition(topic, partition)
         self.assigned_partitions.set(len(keep))
 

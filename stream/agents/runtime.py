@@ -180,7 +180,8 @@ class Runtime:
         app, s = self.app, self.settings
         within = s.batch_wait_ms / 1000
 
-        if s.ingest == "raw" and self.bootstrap is not None:
+        raw_ingest = s.ingest == "raw" and self.bootstrap is not None
+        if raw_ingest:
 
             @app.task
             async def ingest_loop() -> None:
@@ -216,7 +217,9 @@ class Runtime:
             self._index_stale = True
 
         # Consumer lag, rebalance count and assigned partitions (stream.lag keeps them current).
-        lag.install(app, self.metrics, topics={s.events_topic, s.repartition_topic})
+        # Faust's consumer reads the internal topic, and shop.events unless the raw ingest does
+        # (which publishes its own lag in refresh_gauges).
+        lag.install(app, self.metrics, topics={s.repartition_topic} if raw_ingest else {s.events_topic, s.repartition_topic})
 
         @app.task
         async def mark_ready() -> None:
@@ -301,13 +304,11 @@ class Runtime:
         if consumer is None:
             return
         try:
-            tps = list(consumer.assignment())
-            ends = {tp: consumer.highwater(tp) for tp in tps}
-            positions = {tp: await consumer.position(tp) for tp in tps}
+            found = lag.compute_lag(*await lag.read_offsets(consumer, consumer.assignment()))
         except Exception as exc:  # noqa: BLE001 - a metric must never stop the worker
             log.warning("ingest lag refresh failed: %s", exc)
             return
-        self.metrics.set_lag({(tp.topic, tp.partition): max(0, ends[tp] - positions[tp]) for tp in tps if ends[tp] is not None})
+        self.metrics.set_lag({(tp.topic, tp.partition): v for tp, v in found.items()})
 
     # ------------------------------------------------------------------ sequence model
     async def poll_models(self) -> None:

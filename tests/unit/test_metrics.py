@@ -322,3 +322,13 @@ def test_install_counts_rebalances_and_removes_revoked_series_on_a_faust_app() -
     assert m.value("intentstream_assigned_partitions") == 1
     assert m.value("intentstream_consumer_lag", topic="shop.events", partition="0") == 1
     assert m.value("intentstream_consumer_lag", topic="shop.events", partition="1") is None
+
+
+def test_a_reader_retains_only_its_own_topics() -> None:
+    """Faust's lag reader (internal topic) must not delete the raw ingest's shop.events series."""
+    m = Metrics(CollectorRegistry())
+    m.set_lag({("shop.events", 0): 5, ("app-events-by-user", 0): 2, ("app-events-by-user", 1): 3})
+    m.retain_partitions([("app-events-by-user", 1)], topics={"app-events-by-user"})
+    assert m.value("intentstream_consumer_lag", topic="shop.events", partition="0") == 5
+    assert m.value("intentstream_consumer_lag", topic="app-events-by-user", partition="0") is None
+    assert m.value("intentstream_consumer_lag", topic="app-events-by-user", partition="1") == 3
