@@ -145,8 +145,8 @@ class StateConfig:
     session_gap_ms: int = 30 * MINUTE_MS
     recent_n: int = 16
     dedupe_n: int = 32
-    top_k_categories: int = 8
-    category_half_life_ms: int = 3 * DAY_MS
+    top_k_categories: int = 10
+    category_half_life_ms: int = HOUR_MS
     category_weights: tuple[float, float, float, float] = (1.0, 1.0, 3.0, 5.0)
     top_k_terms: int = 8
     term_half_life_ms: int = DAY_MS
@@ -559,11 +559,9 @@ def apply_event(state: UserState, ev: Event, cfg: StateConfig) -> str:
             counts[base + t] += 1.0
             base += N_TYPES
         if state.categories:
-            f = math.exp(-d * cat_rate)
-            state.categories = {k: s * f for k, s in state.categories.items()}
+            state.categories = _decayed(state.categories, math.exp(-d * cat_rate))
         if state.terms:
-            f = math.exp(-d * term_rate)
-            state.terms = {k: s * f for k, s in state.terms.items()}
+            state.terms = _decayed(state.terms, math.exp(-d * term_rate))
         cat_w = term_w = 1.0
         if d > cfg.session_gap_ms:  # a new session; the current one becomes the previous
             state.prev_start, state.prev_end = state.sess_start, last
@@ -691,6 +689,26 @@ def _remember(state: UserState, key: bytes, rec: RecentEvent, cfg: StateConfig) 
     if len(seen) > cfg.dedupe_n * size:
         seen = seen[size:]
     state.seen = seen
+
+
+# Decayed scores are stored as float32, which flushes to zero below ~1e-45: after ~150 half-lives
+# of silence every score would be 0 and their order lost. They are scaled up to this floor instead.
+_SCORE_FLOOR = 1e-30
+
+
+def _decayed(scores: dict, f: float) -> dict:
+    """``scores`` times ``f``; if the largest would fall below :data:`_SCORE_FLOOR`, all are scaled
+    so that it equals the floor: the ranking survives any silence, the values stay ~0.
+
+    >>> _decayed({"a": 2.0, "b": 1.0}, 1e-40)
+    {'a': 1e-30, 'b': 5e-31}
+    """
+    out = {k: s * f for k, s in scores.items()}
+    top = max(out.values())
+    if top < _SCORE_FLOOR:
+        scale = _SCORE_FLOOR / max(max(scores.values()), 1e-300)
+        out = {k: s * scale for k, s in scores.items()}
+    return out
 
 
 def _bump(scores: dict, key: object, w: float, k: int) -> None:

@@ -433,7 +433,8 @@ def test_version_2_records_migrate_with_an_estimated_purchase_rhythm():
         Event("c", "u", "purchase", T0 + 10 * day, price=12.5, quantity=2),
         Event("d", "u", "purchase", T0 + 30 * day, price=7.0),
     ]
-    fresh, _ = build(events)
+    # The version-2 code kept categories with a 3-day half-life (the default then).
+    fresh, _ = build(events, dataclasses.replace(CFG, category_half_life_ms=3 * day))
     assert _encode_v2(fresh) == V2_RECORD  # the test helper writes exactly the old layout
     migrated = UserState.from_bytes(V2_RECORD)
     rhythm = ("first_purchase_ts", "purchase_occasions", "occasion_start", "prev_occasion_end")
@@ -494,3 +495,14 @@ def test_state_bench_smoke():
     result = run(users=50, seed=1, events_per_user=4, disorder_ms=LATENESS)
     assert result["events"] == 200 and result["statuses"] == {"applied": 200}
     assert {"users", "bytes_per_user", "updates_per_s"} <= result.keys() and result["bytes_per_user"] > 0
+
+
+def test_category_ranking_survives_any_silence():
+    # Decayed scores are stored as float32: a year of silence at a one-hour half-life would flush
+    # them all to zero and lose their order. They are kept at a tiny floor, still ranked.
+    year = 365 * 86_400_000
+    state, _ = build([click("a", T0, cat="c1"), click("b", T0 + 1, cat="c2"), click("c", T0 + 2, cat="c2")])
+    assert apply_event(state, click("d", T0 + year, cat="c3"), CFG) == APPLIED
+    loaded = UserState.from_bytes(state.to_bytes())
+    assert [c for c, _ in sorted(loaded.categories.items(), key=lambda kv: -kv[1])] == ["c3", "c2", "c1"]
+    assert 0 < loaded.categories["c1"] < loaded.categories["c2"] < 1e-29
