@@ -117,14 +117,50 @@ class LabelRule:
                 object.__setattr__(self, "scan_until_ms", 2 * self.horizon_ms)
 
 
-@dataclasses.dataclass(slots=True)
 class Snapshot:
-    """One prediction waiting for its label: when it was made, what it said, what it saw."""
+    """One prediction waiting for its label: when it was made, what it said, what it saw.
 
-    ts: int
-    p: float
-    x: np.ndarray  # float32 feature vector, in the learner's feature order
-    y: int = -1  # the label once an event has settled it and it is held (see LabelRule.hold); -1: open
+    ``x`` is the float32 feature vector, in the learner's feature order. A snapshot read from a
+    record keeps its stored bytes and decodes ``x`` only when it is read: a queued prediction is
+    loaded and stored again with every event of its user but learned from once, so most never
+    need their vector as numbers (this halved the cost of a user's record in the pipeline).
+    """
+
+    __slots__ = ("ts", "p", "y", "_x", "_raw", "_n")
+
+    def __init__(self, ts: int, p: float, x: np.ndarray, y: int = -1) -> None:
+        self.ts, self.p, self.y = ts, p, y  # y: the held label once an event settled it; -1: open
+        self._x: np.ndarray | None = x
+        self._raw: bytes | None = None  # stored form of x: non-zero bit mask, then those values
+        self._n = len(x)
+
+    @classmethod
+    def _stored(cls, ts: int, p: float, y: int, raw: bytes, n_feat: int) -> Snapshot:
+        snap = cls.__new__(cls)
+        snap.ts, snap.p, snap.y, snap._x, snap._raw, snap._n = ts, p, y, None, raw, n_feat
+        return snap
+
+    @property
+    def n_features(self) -> int:
+        return self._n
+
+    @property
+    def x(self) -> np.ndarray:
+        if self._x is None:
+            mask_len = (self._n + 7) // 8
+            raw = self._raw
+            nz = np.unpackbits(np.frombuffer(raw, np.uint8, mask_len), count=self._n, bitorder="little")
+            x = np.zeros(self._n, dtype=np.float32)
+            x[nz.astype(bool)] = np.frombuffer(raw, np.float32, offset=mask_len)
+            self._x = x
+        return self._x
+
+    def _encoded(self) -> bytes:
+        if self._raw is None:
+            x = np.asarray(self._x, dtype=np.float32)
+            nz = x != 0
+            self._raw = np.packbits(nz, bitorder="little").tobytes() + x[nz].tobytes()
+        return self._raw
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -134,6 +170,9 @@ class Snapshot:
             and self.y == other.y
             and np.array_equal(self.x, other.x)
         )
+
+    def __repr__(self) -> str:
+        return f"Snapshot(ts={self.ts}, p={self.p}, y={self.y}, n_features={self._n})"
 
 
 _HEAD = struct.Struct("<BHBH")  # version, dropped (saturating), snapshots, features per snapshot
@@ -153,18 +192,12 @@ class Pending:
 
     def to_bytes(self) -> bytes:
         """Compact binary form (see the module docstring); an empty queue is 6 bytes."""
-        n_feat = len(self.snapshots[0].x) if self.snapshots else 0
+        n_feat = self.snapshots[0].n_features if self.snapshots else 0
         parts = [_HEAD.pack(VERSION, min(self.dropped, 0xFFFF), len(self.snapshots), n_feat)]
         for s in self.snapshots:
-            x = np.asarray(s.x, dtype=np.float32)
-            if len(x) != n_feat:
+            if s.n_features != n_feat:
                 raise ValueError("all snapshots of a queue must have the same number of features")
-            nz = x != 0
-            parts += [
-                _SNAP.pack(s.ts, s.p, s.y),
-                np.packbits(nz, bitorder="little").tobytes(),
-                x[nz].tobytes(),
-            ]
+            parts += [_SNAP.pack(s.ts, s.p, s.y), s._encoded()]
         return b"".join(parts)
 
     @classmethod
@@ -178,15 +211,17 @@ class Pending:
         off, mask_len = _HEAD.size, (n_feat + 7) // 8
         snaps = []
         for _ in range(n):
+            if off + _SNAP.size + mask_len > len(data):
+                raise ValueError("pending-label record is cut short")
             ts, p, y = _SNAP.unpack_from(data, off)
             off += _SNAP.size
-            nz = np.unpackbits(np.frombuffer(data, np.uint8, mask_len, off), count=n_feat, bitorder="little")
-            off += mask_len
-            k = int(nz.sum())
-            x = np.zeros(n_feat, dtype=np.float32)
-            x[nz.astype(bool)] = np.frombuffer(data, np.float32, k, off)
-            off += 4 * k
-            snaps.append(Snapshot(ts, p, x, y))
+            # The mask's popcount is the number of stored values: the vector is decoded on use.
+            k = int.from_bytes(data[off : off + mask_len], "little").bit_count()
+            end = off + mask_len + 4 * k
+            if end > len(data):
+                raise ValueError("pending-label record is cut short")
+            snaps.append(Snapshot._stored(ts, p, y, data[off:end], n_feat))
+            off = end
         if off != len(data):
             raise ValueError(f"pending-label record has {len(data) - off} trailing bytes")
         return cls(snaps, dropped)

@@ -274,8 +274,8 @@ class OnlineLearner:
         n = len(self.names)
         # A stored queue has one vector length, and this learner only adds its own after this
         # check: looking at the oldest snapshot is enough.
-        if snaps and len(snaps[0].x) != n:
-            keep = [s for s in snaps if len(s.x) == n]
+        if snaps and snaps[0].n_features != n:
+            keep = [s for s in snaps if s.n_features == n]
             gone = len(snaps) - len(keep)
             pending.snapshots = keep
             pending.dropped += gone
@@ -402,11 +402,12 @@ def _load(data: bytes) -> dict:
 
 class Scores(NamedTuple):
     """What :meth:`PartitionLearners.on_event` returns: the two tasks' predictions (intent is None
-    for purchases) and how many labels the event settled."""
+    for purchases), how many labels the event settled, and the features both were read from."""
 
     intent: Prediction | None
     churn: Prediction
     learned: int
+    features: dict[str, float]
 
 
 class PartitionLearners:
@@ -449,7 +450,7 @@ class PartitionLearners:
             self.intent.observe(pending.intent, event, f, intent.p)
         churn = self.churn.predict(f, explain=explain)
         self.churn.observe(pending.churn, event, f, churn.p)
-        return Scores(intent, churn, learned)
+        return Scores(intent, churn, learned, f)
 
     def on_watermark(
         self, pending: UserPending, state: UserState, watermark_ms: int, *, explain: bool = True

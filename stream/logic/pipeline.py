@@ -206,17 +206,20 @@ class Pipeline:
             # A returning user is no longer at risk of churning: re-arm the churn signal.
             rec.policy.churn.active = False
             pl = self.learners_for(partition)
-            learned = None
+            scores = None
             if pl is not None:
                 before = self._pending_sizes(rec)
-                learned = pl.on_event(rec.pending, rec.state, ev).intent
+                scores = pl.on_event(rec.pending, rec.state, ev)
                 self._count_pending(before, rec)
             intent = None
             if ev.type != "purchase":
+                learned = scores.intent if scores is not None else None
                 if learned is not None and pl is not None and pl.intent.warm():
                     intent = (learned.p, learned.reasons, learned.cold, f"river-{pl.intent.cfg.model}:n{pl.intent.n_learned}")
                 else:
-                    intent = (*self.scorer.intent(rec.state, ev.ts), self.scorer.versions["online"])
+                    # The rule reads the same features the learners just read (when they did).
+                    f = scores.features if scores is not None else None
+                    intent = (*self.scorer.intent(rec.state, ev.ts, f), self.scorer.versions["online"])
             latent = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k)
             cands.append(Candidate(partition, ev, intent, latent, rec.state.recent if windows else None))
         for user, partition in touched.items():

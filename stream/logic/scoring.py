@@ -29,8 +29,11 @@ Reasons = list[dict]
 class Scorer(Protocol):
     versions: dict[str, str]
 
-    def intent(self, state: UserState, now_ms: int) -> tuple[float, Reasons, bool]:
-        """(probability of a purchase within the intent horizon, reasons, cold start?)"""
+    def intent(
+        self, state: UserState, now_ms: int, features: dict[str, float] | None = None
+    ) -> tuple[float, Reasons, bool]:
+        """(probability of a purchase within the intent horizon, reasons, cold start?);
+        ``features``: ``online_features(state, now_ms)`` if the caller has them already."""
 
     def churn(self, state: UserState, watermark_ms: int) -> tuple[float, Reasons]:
         """(probability the user has churned, reasons), evaluated for a silent user."""
@@ -66,11 +69,13 @@ class RuleScorer:
         self.churn_after_ms = churn_after_ms
         self.cfg = cfg or StateConfig()
 
-    def intent(self, state: UserState, now_ms: int) -> tuple[float, Reasons, bool]:
+    def intent(
+        self, state: UserState, now_ms: int, features: dict[str, float] | None = None
+    ) -> tuple[float, Reasons, bool]:
         if sum(state.totals) <= 1:
             return COLD_PRIOR, [{"feature": "cold_start", "value": 1.0, "contribution": 0.0,
                                  "text": "first event of a new user: population prior"}], True  # fmt: skip
-        f = online_features(state, now_ms, self.cfg)
+        f = features if features is not None else online_features(state, now_ms, self.cfg)
         z, terms = INTENT_BIAS, []
         for name, w, cap, text in INTENT_TERMS:
             v = min(f[name], cap)

@@ -212,6 +212,9 @@ def test_records_of_another_version_or_cut_short_are_refused() -> None:
         Pending.from_bytes(bytes([9]) + data[1:])
     with pytest.raises(ValueError, match="trailing"):
         Pending.from_bytes(data + b"\x00")
+    for cut in (len(data) - 1, len(data) - 4, 12):  # inside the values, and inside a header
+        with pytest.raises(ValueError, match="cut short"):
+            Pending.from_bytes(data[:cut])
     assert Pending.from_bytes(b"") == Pending()
 
 
@@ -220,3 +223,14 @@ def test_user_pending_holds_both_queues() -> None:
     back = UserPending.from_bytes(up.to_bytes())
     assert back == up and [s.ts for s in back.churn.snapshots] == [3]
     assert isinstance(back.intent.snapshots[0], Snapshot)
+
+
+def test_a_stored_snapshot_decodes_its_vector_on_use_and_stores_the_same_bytes() -> None:
+    q = Pending()
+    x = np.array([0.0, 1.5, 0.0, -2.0, 0.0, 0.0, 0.0, 0.0, 3.0], dtype=np.float32)  # 9: a 2-byte mask
+    add(q, INTENT_RULE, 7, x, 0.25)
+    data = q.to_bytes()
+    back = Pending.from_bytes(data)
+    snap = back.snapshots[0]
+    assert snap.n_features == 9 and back.to_bytes() == data  # stored again without decoding
+    assert snap.x.dtype == np.float32 and np.array_equal(snap.x, x) and back == q
