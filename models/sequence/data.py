@@ -1,9 +1,10 @@
 """Training windows for the sequence model, built from the same records the stream keeps.
 
-There is one feature definition: :func:`window_features` turns a list of
-:class:`~models.features.recent.RecentEvent` (what the stream keeps per user as ``recent``) into
-model inputs. Training cuts each user's history (``RecentEvent.from_event`` over their events)
-into windows of ``max_len`` events and calls the same function, so training equals serving.
+There is one feature definition: :func:`batch_features` turns windows, lists of
+:class:`~models.features.recent.RecentEvent` (what the stream keeps per user as ``recent``), into
+model inputs (:func:`window_features` is a batch of one). Training cuts each user's history
+(``RecentEvent.from_event`` over their events) into windows of ``max_len`` events and calls the
+same function, so training equals serving.
 
 Features of the event at position ``i`` use only positions ``<= i`` of the same window. Besides
 hashed ids they include repeat signals (has this item been viewed/carted/bought earlier in the
@@ -85,107 +86,118 @@ def gap_bucket(gap_ms: int | None, n: int) -> int:
 
 
 def window_features(window: Sequence[RecentEvent], cfg: SeqConfig) -> dict[str, np.ndarray]:
-    """Model inputs for one window (at most ``max_len`` events, oldest first).
+    """Model inputs for one window (at most ``max_len`` events, oldest first, sorted by time).
 
     Returns int64 arrays ``type`` (event type + 1; 0 is padding), ``item``, ``cat``, ``query``
     (hash buckets), ``gap`` (log-bucketed gap to the previous event) and a float32 ``num``
-    array of shape (len, N_NUM) with the features named in :data:`NUM_FEATURES`.
+    array of shape (len, N_NUM) with the features named in :data:`NUM_FEATURES`. It is
+    :func:`batch_features` of a batch of one, cut to the window's length.
     """
-    typ: list[int] = []
-    item: list[int] = []
-    cat: list[int] = []
-    query: list[int] = []
-    gap: list[int] = []
-    rows: list[list[float]] = []
-    nb_item, nb_cat, nb_query, nb_gap = (
-        cfg.item_buckets - 1,
-        cfg.category_buckets - 1,
-        cfg.query_buckets - 1,
-        cfg.gap_buckets - 1,
-    )
-    log1p, exp = math.log1p, math.exp
-    item_count: dict[int, int] = defaultdict(int)
-    item_last_ts: dict[int, int] = {}
-    carted: set[int] = set()
-    bought: set[int] = set()
-    cat_count: dict[int, int] = defaultdict(int)
-    cat_carted: set[int] = set()
-    lo = 0  # first index inside the session_gap_ms look-back (two pointers: O(n) per window)
-    carts_before_lo = 0
-    cart_prefix = 0
-    cart_prefix_at: list[int] = []
-    open_carts: set[int] = set()
-    n_purchases = 0
-    last_purchase_ts: int | None = None
-    last_cart_ts: int | None = None
-    prev: RecentEvent | None = None
-    # Plain Python lists, converted once at the end: this runs per scored event in the stream,
-    # and per-element numpy writes cost more than the arithmetic.
-    for i, e in enumerate(window):
-        et, eitem, ecat, ets = e.type, e.item, e.category, e.ts
-        typ.append(et + 1)
-        item.append(1 + eitem % nb_item if eitem else 0)
-        cat.append(1 + ecat % nb_cat if ecat else 0)
-        query.append(1 + e.query % nb_query if e.query else 0)
-        gap.append(0 if prev is None else min(nb_gap, 1 + int(math.log2(1 + max(ets - prev.ts, 0) / 1000))))
-        row = [0.0] * N_NUM
-        row[0] = log1p(max(e.price, 0.0))
-        if eitem:
-            row[1] = log1p(item_count[eitem])
-            row[2] = float(eitem in carted)
-            row[3] = float(eitem in bought)
-            if eitem in item_last_ts:
-                row[4] = log1p(max(ets - item_last_ts[eitem], 0) / 1000) / 10
-            row[5] = float(prev is not None and prev.item == eitem)
-        if ecat:
-            row[6] = log1p(cat_count[ecat])
-            row[7] = float(ecat in cat_carted)
-            row[8] = float(prev is not None and prev.category == ecat)
-        cart_prefix += et == CART
-        cart_prefix_at.append(cart_prefix)
-        while window[lo].ts < ets - cfg.session_gap_ms:
-            carts_before_lo = cart_prefix_at[lo]
-            lo += 1
-        row[9] = log1p(i - lo + 1)
-        row[10] = log1p(cart_prefix - carts_before_lo)
-        row[11] = log1p(len(open_carts))
-        row[12] = log1p(n_purchases)
-        if last_purchase_ts is not None:
-            row[13] = exp(-max(ets - last_purchase_ts, 0) / 3_600_000)
-        if last_cart_ts is not None:
-            row[14] = exp(-max(ets - last_cart_ts, 0) / 3_600_000)
-        angle = 2 * math.pi * (ets % DAY_MS) / DAY_MS
-        row[15] = math.sin(angle)
-        row[16] = math.cos(angle)
-        rows.append(row)
-        # Update the running state only after the row is written: features see earlier events only.
-        if eitem:
-            item_count[eitem] += 1
-            item_last_ts[eitem] = ets
-            if et == CART:
-                carted.add(eitem)
-                open_carts.add(eitem)
-            elif et == PURCHASE:
-                bought.add(eitem)
-                open_carts.discard(eitem)
-        if ecat:
-            cat_count[ecat] += 1
-            if et == CART:
-                cat_carted.add(ecat)
-        if et == PURCHASE:
-            n_purchases += 1
-            last_purchase_ts = ets
-        elif et == CART:
-            last_cart_ts = ets
-        prev = e
-    return {
-        "type": np.array(typ, np.int64),
-        "item": np.array(item, np.int64),
-        "cat": np.array(cat, np.int64),
-        "query": np.array(query, np.int64),
-        "gap": np.array(gap, np.int64),
-        "num": np.array(rows, np.float32).reshape(len(rows), N_NUM),
+    n = len(window)
+    b = batch_features([window], cfg)
+    return {k: v[0, :n] for k, v in b.items() if k != "length"}
+
+
+def batch_features(windows: Sequence[Sequence[RecentEvent]], cfg: SeqConfig) -> dict[str, np.ndarray]:
+    """Model inputs for a batch of windows (each 1..``max_len`` events, oldest first, sorted by
+    time), right-padded to ``max_len``: the arrays of :func:`window_features` with a leading
+    batch axis, plus ``length``. This is the one definition of the features.
+
+    Everything is computed for all windows at once with numpy: "earlier in the window" is a
+    strictly lower-triangular (position, earlier position) mask, so e.g. ``item_seen`` counts the
+    earlier positions with the same item, and an item is an *open cart* at ``i`` if it was carted
+    at some ``j < i`` and its next cart or purchase after ``j`` is not before ``i``. The stream
+    scores every event of a batch on its own window, so building inputs one Python loop per window
+    had cost more than the network (docs/BENCHMARKS.md).
+    """
+    B, L = len(windows), cfg.max_len
+    lengths = np.fromiter((len(w) for w in windows), np.int64, B)
+    if not B or lengths.min() < 1 or lengths.max() > L:
+        raise ValueError(f"need 1 to {L} events per window and at least one window")
+    flat = np.array([tuple(e) for w in windows for e in w], np.float64).reshape(-1, len(RecentEvent._fields))
+    rows = np.repeat(np.arange(B), lengths)
+    cols = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+    def grid(field: str) -> np.ndarray:
+        a = np.zeros((B, L), np.float64)
+        a[rows, cols] = flat[:, RecentEvent._fields.index(field)]
+        return a
+
+    valid = np.arange(L)[None, :] < lengths[:, None]
+    et = grid("type").astype(np.int64)
+    ts = grid("ts").astype(np.int64)
+    price = grid("price")
+    ids = {f: grid(f).astype(np.int64) for f in ("item", "category", "query")}
+    item, cat = ids["item"], ids["category"]
+
+    def bucket(h: np.ndarray, n: int) -> np.ndarray:
+        return np.where(h != 0, 1 + h % (n - 1), 0)
+
+    out = {
+        "type": np.where(valid, et + 1, 0),
+        "item": bucket(item, cfg.item_buckets),
+        "cat": bucket(cat, cfg.category_buckets),
+        "query": bucket(ids["query"], cfg.query_buckets),
     }
+    gap = np.zeros((B, L), np.int64)
+    dt = np.maximum(ts[:, 1:] - ts[:, :-1], 0) / 1000
+    gap[:, 1:] = np.minimum(cfg.gap_buckets - 1, 1 + np.floor(np.log2(1 + dt)).astype(np.int64))
+    out["gap"] = np.where(valid, gap, 0)
+
+    earlier = np.tri(L, L, -1, bool)[None]  # [i, j]: j < i
+    upto = np.tri(L, L, 0, bool)[None]  # [i, j]: j <= i
+    is_cart, is_buy = et == CART, et == PURCHASE
+    num = np.zeros((B, L, N_NUM), np.float64)
+    col = {name: i for i, name in enumerate(NUM_FEATURES)}
+    num[..., col["log_price"]] = np.log1p(np.maximum(price, 0.0))
+
+    def last_ts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(any earlier position in ``mask``, the newest such position's time)."""
+        return mask.any(-1), np.where(mask, ts[:, None, :], np.iinfo(np.int64).min).max(-1)
+
+    for ids_, seen, carted, bought, since, same_prev in (
+        (item, "item_seen", "item_carted", "item_bought", "item_since", "same_item_as_prev"),
+        (cat, "cat_seen", "cat_carted", None, None, "same_cat_as_prev"),
+    ):
+        present = ids_ != 0
+        same = (ids_[:, :, None] == ids_[:, None, :]) & earlier & present[:, :, None]
+        num[..., col[seen]] = np.log1p(same.sum(-1))
+        num[..., col[carted]] = (same & is_cart[:, None, :]).any(-1)
+        if bought is not None:
+            num[..., col[bought]] = (same & is_buy[:, None, :]).any(-1)
+            has, t = last_ts(same)
+            num[..., col[since]] = np.where(has, np.log1p(np.maximum(ts - np.where(has, t, 0), 0) / 1000) / 10, 0.0)
+        num[:, 1:, col[same_prev]] = present[:, 1:] & (ids_[:, 1:] == ids_[:, :-1])
+
+    in_session = upto & (ts[:, None, :] >= (ts - cfg.session_gap_ms)[:, :, None])
+    num[..., col["recent_events"]] = np.log1p(in_session.sum(-1))
+    num[..., col["recent_carts"]] = np.log1p((in_session & is_cart[:, None, :]).sum(-1))
+    # Open carts: a cart of an item at j stays open until the item's next cart or purchase k > j
+    # (then k's line is the one that counts, or the purchase closed it); k itself sees it open.
+    has_item = item != 0
+    later_same = (
+        np.tri(L, L, -1, bool).T[None]  # [j, k]: k > j
+        & (item[:, :, None] == item[:, None, :])
+        & (is_cart | is_buy)[:, None, :]
+    )
+    next_k = np.where(later_same.any(-1), later_same.argmax(-1), L)  # (B, L): per cart position j
+    pos = np.arange(L)
+    open_at = (
+        (is_cart & has_item)[:, None, :]
+        & earlier
+        & (pos[None, :, None] <= next_k[:, None, :])
+    )
+    num[..., col["open_carts"]] = np.log1p(open_at.sum(-1))
+    num[..., col["purchases"]] = np.log1p((earlier & is_buy[:, None, :]).sum(-1))
+    for name, mask in (("purchase_recency", is_buy), ("cart_recency", is_cart)):
+        has, t = last_ts(earlier & mask[:, None, :])
+        num[..., col[name]] = np.where(has, np.exp(-np.maximum(ts - np.where(has, t, 0), 0) / 3_600_000), 0.0)
+    angle = 2 * np.pi * (ts % DAY_MS) / DAY_MS
+    num[..., col["hour_sin"]] = np.sin(angle)
+    num[..., col["hour_cos"]] = np.cos(angle)
+    out["num"] = np.where(valid[:, :, None], num, 0.0).astype(np.float32)
+    out["length"] = lengths
+    return out
 
 
 def history_labels(history: Sequence[RecentEvent], cfg: SeqConfig, data_end_ms: int) -> dict[str, np.ndarray]:
@@ -271,6 +283,7 @@ def build_windows(
     L = cfg.max_len
     stride = max(1, L // 2)
     out: dict[str, list[np.ndarray]] = defaultdict(list)
+    cut: list[Sequence[RecentEvent]] = []  # the windows, featurised together at the end
     for hist in histories.values():
         if not hist:
             continue
@@ -286,19 +299,19 @@ def build_windows(
                 target[: end - start] &= np.array([e.ts >= target_from_ms for e in hist[start:end]])
             covered = end
             if target.any():
-                feats = window_features(hist[start:end], cfg)
-                for k, v in list(feats.items()) + [(k, v[start:end]) for k, v in labels.items()]:
-                    pad = np.zeros((L,) + v.shape[1:], v.dtype)
-                    if k in ("next_type", "next_cat"):
-                        pad[:] = -1
-                    pad[: end - start] = v
+                cut.append(hist[start:end])
+                for k, v in labels.items():
+                    pad = np.full((L,) + v.shape[1:], -1 if k in ("next_type", "next_cat") else 0, v.dtype)
+                    pad[: end - start] = v[start:end]
                     out[k].append(pad)
                 out["target"].append(target)
-                out["length"].append(np.array(end - start))
             end = min(end + stride, n)
-    if not out:
+    if not cut:
         raise ValueError("no windows: no events, or none in the target time range")
-    return Windows({k: np.stack(v) for k, v in out.items()})
+    arrays = {k: np.stack(v) for k, v in out.items()}
+    chunks = [batch_features(cut[i : i + 4096], cfg) for i in range(0, len(cut), 4096)]
+    arrays.update({k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]})
+    return Windows(arrays)
 
 
 def time_split(events: Sequence[Event], cfg: SeqConfig) -> tuple[Windows, Windows, int]:

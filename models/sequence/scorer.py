@@ -28,7 +28,7 @@ import torch
 
 from models.features.recent import RecentEvent
 from models.sequence import checkpoint
-from models.sequence.data import window_features
+from models.sequence.data import batch_features
 
 
 @dataclasses.dataclass
@@ -57,21 +57,14 @@ class SequenceScorer:
 
     def _batch(self, windows: Sequence[Sequence[RecentEvent]], now_ms: int | None):
         L = self.config.max_len
-        feats = []
+        cut = []
         for w in windows:
             if now_ms is not None and w and w[-1].ts > now_ms:
                 w = [e for e in w if e.ts <= now_ms]
-            w = list(w)[-L:]
             if not w:
                 raise ValueError("cannot score an empty window")
-            feats.append(window_features(w, self.config))
-        b: dict[str, np.ndarray] = {}
-        for key in feats[0]:
-            arr = np.zeros((len(feats), L) + feats[0][key].shape[1:], feats[0][key].dtype)
-            for i, f in enumerate(feats):
-                arr[i, : len(f[key])] = f[key]
-            b[key] = arr
-        b["length"] = np.array([len(f["type"]) for f in feats], np.int64)
+            cut.append(w[-L:] if len(w) > L else w)
+        b = batch_features(cut, self.config)
         return {k: torch.from_numpy(v).to(self.device) for k, v in b.items()}
 
     def _scores(self, out) -> Scores:
