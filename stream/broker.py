@@ -5,14 +5,19 @@ shipped inside the ``noida-db`` package on PyPI) and not Tansu, because on these
 returns correct end offsets (Faust changelog recovery and consumer lag depend on them), supports
 idempotent and transactional producers, and persists to disk across restarts; Tansu's
 ListOffsets(latest) is wrong and it lost a table update on failover (see ../shared/PLATFORM.md).
-noida-db's one quirk: auto-created topics get one partition, so :func:`create_topics` creates
-every topic explicitly.
+noida-db's quirks: auto-created topics get one partition, so :func:`create_topics` creates
+every topic explicitly; and it answers a fetch at once even when there is nothing to read (it does
+not hold it for ``fetch.max.wait.ms``), so an idle consumer spins, ~3,600 fetch round trips a
+second, costing most of a core in the client and more in the broker.
+:func:`install_idle_fetch_backoff` makes every aiokafka consumer in the process wait a few
+milliseconds after an empty fetch, as a conforming broker would have held it.
 
 ``KAFKA_BOOTSTRAP_SERVERS`` bypasses all of this and points every command at an external Kafka.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -30,6 +35,34 @@ from stream.settings import Settings
 log = logging.getLogger(__name__)
 
 BROKER_NAME = "noida-db"
+
+_idle_backoff_s = 0.0  # read by the wrapper below on every empty fetch; set by install_idle_fetch_backoff
+
+
+def install_idle_fetch_backoff(ms: int) -> None:
+    """Pause ``ms`` (counted from the request) after a fetch that returned no records, in every
+    aiokafka consumer of this process (Faust's included), so that an idle partition is asked about
+    at most ~1000/ms times a second. A broker that holds empty fetches, as Kafka does for
+    ``fetch.max.wait.ms``, already answers later than that, so there it changes nothing; new
+    records wait at most ``ms`` longer after a quiet spell. Idempotent; ``0`` turns it off."""
+    global _idle_backoff_s
+    from aiokafka.consumer.fetcher import Fetcher
+
+    _idle_backoff_s = ms / 1000
+    if getattr(Fetcher._proc_fetch_request, "_intentstream_backoff", False):
+        return
+    fetch = Fetcher._proc_fetch_request
+
+    async def proc_fetch_request(self, assignment, node_id, request):  # type: ignore[no-untyped-def]
+        t0 = time.monotonic()
+        got_records = await fetch(self, assignment, node_id, request)
+        rest = _idle_backoff_s - (time.monotonic() - t0)
+        if not got_records and rest > 0:
+            await asyncio.sleep(rest)
+        return got_records
+
+    proc_fetch_request._intentstream_backoff = True  # type: ignore[attr-defined]
+    Fetcher._proc_fetch_request = proc_fetch_request
 
 
 def broker_binary() -> Path:
