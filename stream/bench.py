@@ -406,7 +406,8 @@ class Bench:
         result = s.data_dir / "result.json"
         cmd = [sys.executable, "-m", "benchmarks.baselines", kind, "--bootstrap", self.bootstrap,
                "--source", source, "--sink", sink, "--count", str(len(events)),
-               "--partitions", str(self.config.partitions), "--result", str(result)]  # fmt: skip
+               "--partitions", str(self.config.partitions), "--result", str(result),
+               "--idle-fetch-backoff-ms", os.environ.get("INTENTSTREAM_BENCH_BASELINE_FETCH_BACKOFF_MS", "0")]  # fmt: skip
         deadline = time.time() + 60 + len(events) / 200
         with Child(cmd, dict(os.environ), s.data_dir / f"{kind}.log") as child:
             while time.time() < deadline and child.alive() and not result.exists():
