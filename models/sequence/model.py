@@ -229,13 +229,17 @@ class SequenceModel(nn.Module):
 
     # -- inference ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def score_last(self, b: dict[str, torch.Tensor], k: int, h0: torch.Tensor | None = None):
+    def score_last(
+        self, b: dict[str, torch.Tensor], k: int, h0: torch.Tensor | None = None, latent: torch.Tensor | None = None
+    ):
         """Scores at the last real event of each window (batch of right-padded windows).
 
         Returns (p_intent (B,), p_churn (B,), top-k category buckets (B, k), their probabilities,
         GRU state (n_layers, B, d) or None). With ``h0`` (GRU only), only the last event is run
         through the recurrence, starting from the given per-user state: O(1) in the window length
-        for the encoder (the copy attention still reads the window's embeddings).
+        for the encoder (the copy attention still reads the window's embeddings). ``latent``, a
+        (B,) bool mask, limits the next-category head (the costliest part) to those rows; the
+        others get bucket 0 ("absent") with probability 0.
         """
         x = self.embed(b)
         last = b["length"] - 1
@@ -257,5 +261,13 @@ class SequenceModel(nn.Module):
             h = self.encode(x)
         num_last = b["num"][ar, last]
         il, cl = self._binary_heads(h[ar, last], num_last)
-        top_p, top_b = self.top_next_categories(h, x, b["cat"], last, k)
+        if latent is None:
+            top_p, top_b = self.top_next_categories(h, x, b["cat"], last, k)
+        else:
+            k = min(k, self.cat_out.out_features)
+            top_p = torch.zeros((x.shape[0], k), device=x.device)
+            top_b = torch.zeros((x.shape[0], k), dtype=torch.long, device=x.device)
+            rows = latent.nonzero().squeeze(1)
+            if rows.numel():
+                top_p[rows], top_b[rows] = self.top_next_categories(h[rows], x[rows], b["cat"][rows], last[rows], k)
         return torch.sigmoid(il.float()), torch.sigmoid(cl.float()), top_b, top_p, state

@@ -75,11 +75,18 @@ class SequenceScorer:
         return Scores(pi.cpu().numpy(), pc.cpu().numpy(), tb, tp, names, st)
 
     def score_batch(
-        self, windows: Sequence[Sequence[RecentEvent]], now_ms: int | None = None, k: int | None = None
+        self,
+        windows: Sequence[Sequence[RecentEvent]],
+        now_ms: int | None = None,
+        k: int | None = None,
+        latent: Sequence[bool] | None = None,
     ) -> Scores:
-        """Score each window at its last event; for the GRU also returns the per-user state."""
+        """Score each window at its last event; for the GRU also returns the per-user state.
+        ``latent`` (one flag per window) limits the next categories to the flagged windows; the
+        others get no categories (``top_categories`` all None)."""
         b = self._batch(windows, now_ms)
-        return self._scores(self.model.score_last(b, k or self.config.top_k))
+        mask = None if latent is None else torch.as_tensor(np.asarray(latent, bool), device=self.device)
+        return self._scores(self.model.score_last(b, k or self.config.top_k, latent=mask))
 
     def step(
         self,

@@ -339,10 +339,11 @@ class Runtime:
         return self.serving.active
 
     async def _sequence_views(
-        self, served: Served | None, windows: list[list[RecentEvent] | None]
+        self, served: Served | None, windows: list[list[RecentEvent] | None], latent: list[bool] | None = None
     ) -> list[SeqView | None] | None:
         """Score the windows with the served model (and the shadow) on the scoring thread, in one
-        call per batch; one view per window (None for a missing or empty one).
+        call per batch; one view per window (None for a missing or empty one). ``latent`` says
+        which windows need next categories (default: all); the others' views have none.
 
         A scoring failure is logged and the online models serve this batch alone: a model must
         never cost an event."""
@@ -350,12 +351,13 @@ class Runtime:
         if served is None or not todo:
             return None
         batch = [windows[i] for i in todo]
+        mask = None if latent is None else [latent[i] for i in todo]
         loop = asyncio.get_running_loop()
         serving = self.serving
         assert serving is not None
         t0 = time.perf_counter()
         try:
-            sc = await loop.run_in_executor(self._score_pool, serving.score, served, batch)
+            sc = await loop.run_in_executor(self._score_pool, serving.score, served, batch, None, mask)
         except Exception as exc:  # noqa: BLE001
             log.error("sequence scoring of %d windows failed (%s: %s): online models serve this batch alone",
                       len(batch), type(exc).__name__, exc)  # fmt: skip
@@ -364,7 +366,7 @@ class Runtime:
         shadow = serving.shadow
         if shadow is not None:
             try:
-                sh = await loop.run_in_executor(self._score_pool, serving.score, shadow, batch)
+                sh = await loop.run_in_executor(self._score_pool, serving.score, shadow, batch, None, [False] * len(batch))
                 self.metrics.observe_shadow("purchase_intent", sh.p_intent - sc.p_intent)
                 self.metrics.observe_shadow("churn_risk", sh.p_churn - sc.p_churn)
             except Exception as exc:  # noqa: BLE001
@@ -484,7 +486,9 @@ class Runtime:
                 kafka_ts[ev.event_id] = it.kafka_ts
         records = {u: self._load(u) for u in last_of_user}
         result = self.pipeline.apply(records, pairs, windows=served is not None)
-        views = await self._sequence_views(served, [c.window for c in result.candidates])
+        views = await self._sequence_views(
+            served, [c.window for c in result.candidates], [c.latent_due for c in result.candidates]
+        )
         self.pipeline.decide(result, records, views)  # type: ignore[arg-type]
         await self._explain(served, result)
         self._write(result, last_of_user)
@@ -506,7 +510,9 @@ class Runtime:
                 recs = {u: self._load(u) for u in due}
                 scan = self.pipeline.scan_apply(partition, recs)
                 silent = list(scan.silent)
-                views = await self._sequence_views(served, [recs[u].state.recent for u in silent])  # type: ignore[union-attr]
+                views = await self._sequence_views(
+                    served, [recs[u].state.recent for u in silent], [False] * len(silent)  # type: ignore[union-attr]
+                )  # churn risk only: no next categories
                 by_user = dict(zip(silent, views, strict=True)) if views else None
                 self.pipeline.decide_silent(scan, recs, by_user)  # type: ignore[arg-type]
                 await self._explain(served, scan)

@@ -111,6 +111,11 @@ class Candidate:
     intent: tuple[float, list[dict], bool, str] | None  # (score, reasons, cold, version); None: a purchase
     latent: list[tuple[str, float]]  # the state's category affinity at the event
     window: list[RecentEvent] | None = None  # the user's recent events at the event (for the sequence model)
+    # Whether a latent-needs signal may still be emitted at this event: false while the user's last
+    # one is within the cooldown. Decisions in this batch can only make it false, never true, so
+    # the sequence model's next categories are needed only where it is true (they are its
+    # costliest head).
+    latent_due: bool = True
 
 
 @dataclass(slots=True)
@@ -221,7 +226,8 @@ class Pipeline:
                     f = scores.features if scores is not None else None
                     intent = (*self.scorer.intent(rec.state, ev.ts, f), self.scorer.versions["online"])
             latent = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k)
-            cands.append(Candidate(partition, ev, intent, latent, rec.state.recent if windows else None))
+            due = ev.ts - rec.policy.latent_emit_ts >= cfg.intent.cooldown_ms
+            cands.append(Candidate(partition, ev, intent, latent, rec.state.recent if windows else None, due))
         for user, partition in touched.items():
             rec = records[user]
             out.records[user] = rec  # type: ignore[assignment]

@@ -166,11 +166,22 @@ class SequenceServing:
             self.shadow = None  # the candidate was promoted (or overtaken): nothing left to compare
         return new
 
-    def score(self, served: Served, windows: Sequence[Sequence[RecentEvent]], now_ms: int | None = None) -> Scores:
-        """Score windows in chunks of at most ``max_batch`` (bounded memory and call time)."""
-        if len(windows) <= self.max_batch:
-            return served.scorer.score_batch(windows, now_ms)
-        parts = [served.scorer.score_batch(windows[i : i + self.max_batch], now_ms) for i in range(0, len(windows), self.max_batch)]
+    def score(
+        self,
+        served: Served,
+        windows: Sequence[Sequence[RecentEvent]],
+        now_ms: int | None = None,
+        latent: Sequence[bool] | None = None,
+    ) -> Scores:
+        """Score windows in chunks of at most ``max_batch`` (bounded memory and call time);
+        ``latent``: which windows need next categories (default: all)."""
+        n = self.max_batch
+        if len(windows) <= n:
+            return served.scorer.score_batch(windows, now_ms, latent=latent)
+        parts = [
+            served.scorer.score_batch(windows[i : i + n], now_ms, latent=None if latent is None else latent[i : i + n])
+            for i in range(0, len(windows), n)
+        ]
         return Scores(
             p_intent=np.concatenate([p.p_intent for p in parts]),
             p_churn=np.concatenate([p.p_churn for p in parts]),

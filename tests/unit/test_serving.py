@@ -121,6 +121,24 @@ def test_scoring_in_chunks_equals_one_call(tmp_path):
     assert a.top_categories == b.top_categories
 
 
+def test_next_categories_only_where_asked_and_everything_else_unchanged(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    s = serving(reg.root, max_batch=3)
+    publish(reg, tmp_path, 1)
+    s.poll(), s.swap()
+    wins = [window(n) for n in range(1, 9)]
+    mask = [n % 3 == 0 for n in range(8)]
+    full, part = s.score(s.active, wins), s.score(s.active, wins, latent=mask)
+    np.testing.assert_allclose(part.p_intent, full.p_intent, rtol=1e-6)
+    np.testing.assert_allclose(part.p_churn, full.p_churn, rtol=1e-6)
+    for i, asked in enumerate(mask):
+        if asked:
+            assert part.top_categories[i] == full.top_categories[i]
+            np.testing.assert_array_equal(part.top_buckets[i], full.top_buckets[i])
+        else:
+            assert not any(part.top_categories[i]) and not part.top_buckets[i].any()
+
+
 def test_occlusion_names_the_events_that_moved_the_score(tmp_path):
     torch.manual_seed(0)
     checkpoint.save(tmp_path / "m.pt", SequenceModel(CFG), CFG, vocab={})
@@ -163,6 +181,24 @@ def test_decide_blends_the_sequence_view_and_names_both_models():
     assert latent["event_id"] == "e0"
     assert [c["category_id"] for c in latent["categories"]][:2] == ["c1", "c9"], "fused: c1 is in both lists"
     assert latent["model_versions"]["sequence"] == "seq-000001"
+
+
+def test_latent_is_due_only_outside_the_cooldown_and_views_without_categories_change_nothing():
+    evs = [Event(f"e{i}", "u", "click", T0 + i * 60_000, item_id="i1", category_id=f"c{i % 2}") for i in range(6)]
+    evs.append(Event("late", "u", "click", T0 + 40 * 60_000, item_id="i1", category_id="c5"))
+    runs = []
+    for drop in (False, True):
+        p, records = pipeline(), {}
+        first = p.apply(records, [(0, e) for e in evs[:1]], windows=True)
+        p.decide(first, records, [SeqView("seq-1", frozenset(), 0.5, 0.5, ("c9",))])
+        out = p.apply(records, [(0, e) for e in evs[1:]], windows=True)
+        # The first event emitted latent needs: the next ones are inside the 30-min cooldown.
+        assert [c.latent_due for c in out.candidates] == [False] * 5 + [True]
+        views = [SeqView("seq-1", frozenset(), 0.5, 0.5, () if drop and not c.latent_due else ("c9", "c3"))
+                 for c in out.candidates]  # fmt: skip
+        p.decide(out, records, views)
+        runs.append([(s.task, s.value["event_id"], s.value.get("categories")) for s in first.signals + out.signals])
+    assert runs[0] == runs[1] and [e for t, e, _ in runs[0] if t == "latent_needs"] == ["e0", "late"]
 
 
 def test_without_a_sequence_view_the_online_model_serves_alone():
