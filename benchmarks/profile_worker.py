@@ -12,6 +12,10 @@ profile; ``--include-stall`` starts at the first batch of either agent instead),
 Idle samples (the event loop waiting in ``select``) are kept (``--idle``): a worker that is mostly
 idle while a backlog waits is limited by batching and buffering, not by CPU. Sampling is
 non-blocking so that the profiler does not slow the worker down much; run it on a quiet machine.
+
+``--offered N`` profiles the worker under a steady load instead of a backlog: a 2,000-event
+warm-up is preloaded, and while py-spy samples, the rest of ``--events`` is produced at N
+events/s (what ``intentstream bench`` offers for its latency figure).
 Needs ``py-spy`` (``pip install py-spy``; a dev tool, not a dependency of the package).
 """
 
@@ -24,19 +28,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from stream.bench import (
     Bench,
     BenchConfig,
+    Events,
     _scrape,
     make_events,
     parse_metrics,
     produce,
     publish_sequence_model,
 )
-from stream.broker import create_topics, free_port, kafka_for
+from stream.broker import client_config, create_topics, free_port, kafka_for
 from stream.settings import load_settings
 
 
@@ -77,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--out", type=Path, default=Path("out/profile"))
     p.add_argument("--no-sequence", action="store_true", help="no sequence model in the worker")
+    p.add_argument("--offered", type=float, default=None, help="produce at this many events/s while sampling")
     p.add_argument("--include-stall", action="store_true",
                    help="start sampling at the first batch of either agent, not at the first event handled")
     a = p.parse_args(argv)
@@ -96,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             bench = Bench(settings, bootstrap, workdir, BenchConfig(events=a.events, partitions=a.partitions), model_dir)
             s = bench.fresh("prof")
             asyncio.run(create_topics(s, bootstrap))
-            asyncio.run(produce(s, bootstrap, s.events_topic, make_events(a.events, a.users, 0)))
+            events = make_events(a.events, a.users, 0)
+            warm = min(2_000, len(events) // 10) if a.offered else len(events)
+            asyncio.run(produce(s, bootstrap, s.events_topic, Events(events.records[:warm], events.users)))
             port = free_port()
             with bench.worker(s, port) as w:
                 deadline = time.time() + 120
@@ -104,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
                 while time.time() < deadline and parse_metrics(_scrape(port, "/metrics")[1])[start_on] < 1:
                     time.sleep(0.2)
                 before = parse_metrics(_scrape(port, "/metrics")[1])["handled"]
+                load = None
+                if a.offered:
+                    rest = Events(events.records[warm:], events.users)
+                    load = threading.Thread(target=asyncio.run, args=(_paced(s, bootstrap, rest, a.offered),), daemon=True)
+                    load.start()
                 t0 = time.time()
                 subprocess.run(
                     [pyspy, "record", "--pid", str(w.proc.pid), "--duration", str(int(a.seconds)),  # type: ignore[union-attr]
@@ -113,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 )  # fmt: skip
                 after = parse_metrics(_scrape(port, "/metrics")[1])["handled"]
                 rate = (after - before) / (time.time() - t0)
+                if load is not None:
+                    load.join()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     collapsed = (a.out / "worker.collapsed.txt").read_text()
@@ -126,6 +142,27 @@ def main(argv: list[str] | None = None) -> int:
     for f, pct in incl:
         print(f"  {pct:5.1f}  {f}")
     return 0
+
+
+async def _paced(settings, bootstrap: str, events: Events, rate: float) -> None:
+    """Produce ``events`` at ``rate`` events/s (everything due is sent in one go)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(**client_config(settings, bootstrap), linger_ms=5, max_batch_size=262_144)
+    await producer.start()
+    try:
+        loop = asyncio.get_running_loop()
+        t0, i = loop.time(), 0
+        while i < len(events.records):
+            await asyncio.sleep(max(0.0, t0 + i / rate - loop.time()))
+            now = loop.time()
+            while i < len(events.records) and t0 + i / rate <= now:
+                key, value, _ = events.records[i]
+                await producer.send(settings.events_topic, key=key, value=value)
+                i += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
 
 
 def _to_speedscope(collapsed: str, path: Path) -> None:

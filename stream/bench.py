@@ -407,7 +407,7 @@ class Bench:
         cmd = [sys.executable, "-m", "benchmarks.baselines", kind, "--bootstrap", self.bootstrap,
                "--source", source, "--sink", sink, "--count", str(len(events)),
                "--partitions", str(self.config.partitions), "--result", str(result),
-               "--idle-fetch-backoff-ms", os.environ.get("INTENTSTREAM_BENCH_BASELINE_FETCH_BACKOFF_MS", "0")]  # fmt: skip
+               "--fetch-min-interval-ms", os.environ.get("INTENTSTREAM_BENCH_BASELINE_FETCH_MIN_INTERVAL_MS", "0")]  # fmt: skip
         deadline = time.time() + 60 + len(events) / 200
         with Child(cmd, dict(os.environ), s.data_dir / f"{kind}.log") as child:
             while time.time() < deadline and child.alive() and not result.exists():
@@ -488,6 +488,7 @@ class Bench:
             # Steady load: event i is due at t0 + i / rate; everything due is sent in one go.
             records = events.records[warm : warm + measured]
             loop = asyncio.get_running_loop()
+            cpu0 = w.cpu_seconds()
             t0 = loop.time()
             i = 0
             while i < len(records):
@@ -504,6 +505,7 @@ class Bench:
             await producer.flush()
             send_s = loop.time() - t0
             caught_up = await wait_handled(warm + measured, 30 + measured / max(rate, 1))
+            cpu1, busy_s = w.cpu_seconds(), loop.time() - t0
             await asyncio.sleep(1.0)  # the last signals' linger and fetch
         finally:
             stop.set()
@@ -518,6 +520,10 @@ class Bench:
             "warmed_up": warmed,
             "caught_up": caught_up,
             "signals_matched": len(lat_kafka),
+            # The worker's CPU while it took the load (until it had handled every event): per event,
+            # and in cores (1.0 = one core busy all the time).
+            "worker_cpu_us_per_event": 1e6 * (cpu1 - cpu0) / measured if cpu0 is not None and cpu1 is not None else None,
+            "worker_cores": (cpu1 - cpu0) / busy_s if cpu0 is not None and cpu1 is not None and busy_s > 0 else None,
             "latency_ms": {f"p{q}": percentile(lat_kafka, q) for q in (50, 95, 99)} | {"max": max(lat_kafka, default=None)},
             "receive_latency_ms": {f"p{q}": percentile(lat_recv, q) for q in (50, 95, 99)},
         }
@@ -742,6 +748,8 @@ def table(result: dict) -> str:
             rows.append((f"event-to-signal {q} (signal Kafka ts)", _fmt(lat["latency_ms"][q], " ms")))
         rows.append(("event-to-signal p99 (received)", _fmt(lat["receive_latency_ms"]["p99"], " ms")))
         rows.append(("signals matched", _fmt(lat["signals_matched"])))
+        rows.append(("worker CPU per event under that load", _fmt(lat.get("worker_cpu_us_per_event"), " us")))
+        rows.append(("worker cores busy under that load", _fmt(lat.get("worker_cores"))))
     st = result.get("state")
     if st:
         rows += [("state bytes/user", _fmt(st.get("bytes_per_user"))), ("state updates/s", _fmt(st.get("updates_per_s")))]

@@ -8,9 +8,10 @@ ListOffsets(latest) is wrong and it lost a table update on failover (see ../shar
 noida-db's quirks: auto-created topics get one partition, so :func:`create_topics` creates
 every topic explicitly; and it answers a fetch at once even when there is nothing to read (it does
 not hold it for ``fetch.max.wait.ms``), so an idle consumer spins, ~3,600 fetch round trips a
-second, costing most of a core in the client and more in the broker.
-:func:`install_idle_fetch_backoff` makes every aiokafka consumer in the process wait a few
-milliseconds after an empty fetch, as a conforming broker would have held it.
+second, costing most of a core in the client and more in the broker; a trickling partition
+likewise costs one round trip per few records.
+:func:`install_fetch_min_interval` makes every aiokafka consumer in the process leave at least a
+few milliseconds between two fetches to one broker, as a conforming broker would have held them.
 
 ``KAFKA_BOOTSTRAP_SERVERS`` bypasses all of this and points every command at an external Kafka.
 """
@@ -36,32 +37,35 @@ log = logging.getLogger(__name__)
 
 BROKER_NAME = "noida-db"
 
-_idle_backoff_s = 0.0  # read by the wrapper below on every empty fetch; set by install_idle_fetch_backoff
+_min_interval_s = 0.0  # read by the wrapper below on every fetch; set by install_fetch_min_interval
 
 
-def install_idle_fetch_backoff(ms: int) -> None:
-    """Pause ``ms`` (counted from the request) after a fetch that returned no records, in every
-    aiokafka consumer of this process (Faust's included), so that an idle partition is asked about
-    at most ~1000/ms times a second. A broker that holds empty fetches, as Kafka does for
-    ``fetch.max.wait.ms``, already answers later than that, so there it changes nothing; new
-    records wait at most ``ms`` longer after a quiet spell. Idempotent; ``0`` turns it off."""
-    global _idle_backoff_s
+def install_fetch_min_interval(ms: int) -> None:
+    """Leave at least ``ms`` between the start of one fetch request and the next to the same
+    broker, in every aiokafka consumer of this process (Faust's included): the fetch task waits out
+    the rest of the interval after the response. So a broker is asked at most ~1000/ms times a
+    second per consumer, whether its partitions are idle (empty answers) or trickling (a few
+    records per answer); a backlog still moves at up to the fetch size per partition per request.
+    A broker that holds fetches for ``fetch.max.wait.ms`` and ``fetch.min.bytes``, as Kafka does,
+    mostly answers later than that anyway. A record waits at most ``ms`` longer to be fetched.
+    Idempotent; ``0`` turns it off."""
+    global _min_interval_s
     from aiokafka.consumer.fetcher import Fetcher
 
-    _idle_backoff_s = ms / 1000
-    if getattr(Fetcher._proc_fetch_request, "_intentstream_backoff", False):
+    _min_interval_s = ms / 1000
+    if getattr(Fetcher._proc_fetch_request, "_intentstream_min_interval", False):
         return
     fetch = Fetcher._proc_fetch_request
 
     async def proc_fetch_request(self, assignment, node_id, request):  # type: ignore[no-untyped-def]
         t0 = time.monotonic()
         got_records = await fetch(self, assignment, node_id, request)
-        rest = _idle_backoff_s - (time.monotonic() - t0)
-        if not got_records and rest > 0:
+        rest = _min_interval_s - (time.monotonic() - t0)
+        if rest > 0:
             await asyncio.sleep(rest)
         return got_records
 
-    proc_fetch_request._intentstream_backoff = True  # type: ignore[attr-defined]
+    proc_fetch_request._intentstream_min_interval = True  # type: ignore[attr-defined]
     Fetcher._proc_fetch_request = proc_fetch_request
 
 

@@ -88,9 +88,9 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
     import faust
 
     from stream.app import create_app
-    from stream.broker import install_idle_fetch_backoff
+    from stream.broker import install_fetch_min_interval
 
-    install_idle_fetch_backoff(settings.fetch_idle_backoff_ms)
+    install_fetch_min_interval(settings.fetch_min_interval_ms)
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings, bootstrap)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, override_logging=False)

@@ -73,9 +73,9 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(1000, ge=1, le=100_000)
     batch_wait_ms: int = Field(50, ge=1, le=60_000)
-    fetch_idle_backoff_ms: int = Field(
+    fetch_min_interval_ms: int = Field(
         10, ge=0, le=1_000,
-        description="pause after a fetch that brought no records, for brokers that answer idle fetches at once "
+        description="least time between two fetches to one broker, for brokers that answer fetches at once "
         "instead of holding them (noida-db: ~3,600 empty fetches/s per idle consumer); 0: off (docs/BENCHMARKS.md)",
     )  # fmt: skip
     max_event_bytes: int = Field(16_384, ge=256, le=1_048_576)
