@@ -91,6 +91,7 @@ def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
     assert set(latency["latency_ms"]) == {"p50", "p95", "p99", "max"}
     assert set(latency["receive_latency_ms"]) == {"p50", "p95", "p99"}
     assert isinstance(latency["signals_matched"], int)
+    assert latency["worker_cpu_us_per_event"] > 0 and latency["worker_cores"] > 0
 
     state = result["state"]
     assert "skipped" in state or _number_or_none(state["bytes_per_user"])
