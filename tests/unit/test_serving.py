@@ -109,12 +109,17 @@ def test_shadow_candidate_is_loaded_and_dropped_once_promoted(tmp_path):
     assert s.active.version == v2 and s.shadow is None
 
 
-def test_scoring_in_chunks_equals_one_call(tmp_path):
+def serving_in_chunks_of_3(tmp_path) -> tuple[SequenceServing, list[list[RecentEvent]]]:
+    """A serving with a model swapped in, scoring in chunks of 3, and 8 windows of 1..8 events."""
     reg = Registry(tmp_path / "reg")
     s = serving(reg.root, max_batch=3)
     publish(reg, tmp_path, 1)
     s.poll(), s.swap()
-    wins = [window(n) for n in range(1, 9)]
+    return s, [window(n) for n in range(1, 9)]
+
+
+def test_scoring_in_chunks_equals_one_call(tmp_path):
+    s, wins = serving_in_chunks_of_3(tmp_path)
     a = s.score(s.active, wins)
     b = s.active.scorer.score_batch(wins)
     np.testing.assert_allclose(a.p_intent, b.p_intent, rtol=1e-5)
@@ -122,11 +127,7 @@ def test_scoring_in_chunks_equals_one_call(tmp_path):
 
 
 def test_next_categories_only_where_asked_and_everything_else_unchanged(tmp_path):
-    reg = Registry(tmp_path / "reg")
-    s = serving(reg.root, max_batch=3)
-    publish(reg, tmp_path, 1)
-    s.poll(), s.swap()
-    wins = [window(n) for n in range(1, 9)]
+    s, wins = serving_in_chunks_of_3(tmp_path)
     mask = [n % 3 == 0 for n in range(8)]
     full, part = s.score(s.active, wins), s.score(s.active, wins, latent=mask)
     np.testing.assert_allclose(part.p_intent, full.p_intent, rtol=1e-6)
