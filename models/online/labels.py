@@ -123,7 +123,8 @@ class Snapshot:
     ``x`` is the float32 feature vector, in the learner's feature order. A snapshot read from a
     record keeps its stored bytes and decodes ``x`` only when it is read: a queued prediction is
     loaded and stored again with every event of its user but learned from once, so most never
-    need their vector as numbers (this halved the cost of a user's record in the pipeline).
+    need their vector as numbers (decoding and encoding them with numpy had been a quarter of the
+    pure-logic profile of a simulated stream, docs/BENCHMARKS.md).
     """
 
     __slots__ = ("ts", "p", "y", "_x", "_raw", "_n")
