@@ -41,6 +41,7 @@ from stream.bench import (
     parse_metrics,
     produce,
     publish_sequence_model,
+    send_paced,
 )
 from stream.broker import client_config, create_topics, free_port, kafka_for
 from stream.settings import load_settings
@@ -145,21 +146,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _paced(settings, bootstrap: str, events: Events, rate: float) -> None:
-    """Produce ``events`` at ``rate`` events/s (everything due is sent in one go)."""
+    """Produce ``events`` at ``rate`` events/s (:func:`stream.bench.send_paced`)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(**client_config(settings, bootstrap), linger_ms=5, max_batch_size=262_144)
     await producer.start()
     try:
-        loop = asyncio.get_running_loop()
-        t0, i = loop.time(), 0
-        while i < len(events.records):
-            await asyncio.sleep(max(0.0, t0 + i / rate - loop.time()))
-            now = loop.time()
-            while i < len(events.records) and t0 + i / rate <= now:
-                key, value, _ = events.records[i]
-                await producer.send(settings.events_topic, key=key, value=value)
-                i += 1
+        await send_paced(producer, settings.events_topic, events.records, rate)
         await producer.flush()
     finally:
         await producer.stop()

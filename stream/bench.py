@@ -82,7 +82,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,6 +192,29 @@ async def produce(settings: Settings, bootstrap: str, topic: str, events: Events
         return len(events) / (time.perf_counter() - t0)
     finally:
         await producer.stop()
+
+
+async def send_paced(
+    producer, topic: str, records: list[tuple[bytes, bytes, str]], rate: float,
+    on_send: Callable[[str], None] | None = None,
+) -> float:
+    """Send ``records`` at ``rate`` events/s: record i is due at ``t0 + i / rate`` and everything
+    due is sent in one go. ``on_send(event_id)`` runs just before each send. Returns the seconds
+    the sending took (the last ``send`` enqueued; delivery is the caller's ``flush``)."""
+    loop = asyncio.get_running_loop()
+    t0, i = loop.time(), 0
+    while i < len(records):
+        delay = t0 + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        now = loop.time()
+        while i < len(records) and t0 + i / rate <= now:
+            key, value, eid = records[i]
+            if on_send is not None:
+                on_send(eid)
+            await producer.send(topic, key=key, value=value)
+            i += 1
+    return loop.time() - t0
 
 
 async def create_plain_topics(settings: Settings, bootstrap: str, names: list[str], partitions: int) -> None:
@@ -486,22 +509,14 @@ class Bench:
             await producer.flush()
             warmed = await wait_handled(warm, 120)
             # Steady load: event i is due at t0 + i / rate; everything due is sent in one go.
-            records = events.records[warm : warm + measured]
             loop = asyncio.get_running_loop()
             cpu0 = w.cpu_seconds()
             t0 = loop.time()
-            i = 0
-            while i < len(records):
-                due = t0 + i / rate
-                delay = due - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                now = loop.time()
-                while i < len(records) and t0 + i / rate <= now:
-                    key, value, eid = records[i]
-                    sent_ms[eid] = time.time() * 1000
-                    await producer.send(s.events_topic, key=key, value=value)
-                    i += 1
+
+            def stamp(eid: str) -> None:
+                sent_ms[eid] = time.time() * 1000
+
+            await send_paced(producer, s.events_topic, events.records[warm : warm + measured], rate, stamp)
             await producer.flush()
             send_s = loop.time() - t0
             caught_up = await wait_handled(warm + measured, 30 + measured / max(rate, 1))
