@@ -25,7 +25,7 @@ import math
 from river import base
 
 
-def _sigmoid(z: float) -> float:
+def sigmoid(z: float) -> float:
     if z >= 0:
         return 1.0 / (1.0 + math.exp(-min(z, 500.0)))
     e = math.exp(max(z, -500.0))
@@ -66,7 +66,7 @@ class AveragedLogisticRegression(base.Classifier):
     def learn_one(self, x: dict, y: base.typing.ClfTarget) -> None:
         x = self._clip(x)
         w = self.weights
-        g = _sigmoid(self.intercept + sum(w.get(k, 0.0) * v for k, v in x.items())) - float(bool(y))
+        g = sigmoid(self.intercept + sum(w.get(k, 0.0) * v for k, v in x.items())) - float(bool(y))
         lr, l2 = self.lr, self.l2
         for k, v in x.items():
             wk = w.get(k, 0.0)
@@ -87,11 +87,14 @@ class AveragedLogisticRegression(base.Classifier):
 
     def contributions(self, x: dict) -> dict:
         """Per-feature log-odds terms of the served model (they sum to the log-odds minus the intercept)."""
-        aw = self.avg_weights
-        return {k: aw.get(k, 0.0) * v for k, v in self._clip(x).items()}
+        aw, c = self.avg_weights, self.clip
+        # _clip and the products in one pass (the stream calls this for every scored event)
+        return {
+            k: aw.get(k, 0.0) * (c if v > c else -c if v < -c else v) for k, v in x.items() if isinstance(v, (int, float))
+        }
 
     def predict_proba_one(self, x: dict) -> dict:
-        p = _sigmoid(self.decision_function(x))
+        p = sigmoid(self.decision_function(x))
         return {False: 1.0 - p, True: p}
 
     @classmethod
@@ -103,4 +106,4 @@ class AveragedLogisticRegression(base.Classifier):
         return set()
 
 
-__all__ = ["AveragedLogisticRegression"]
+__all__ = ["AveragedLogisticRegression", "sigmoid"]

@@ -62,9 +62,10 @@ from models.events import Event
 from models.features.online import RHYTHM_FEATURES, feature_names, online_features
 from models.features.state import DAY_MS, MINUTE_MS, StateConfig, UserState
 from models.online import labels
+from models.online.estimators import sigmoid
 from models.online.labels import CHURN, INTENT, LabelRule, Pending, UserPending
 from models.online.metrics import ProgressiveMetrics
-from models.online.pipelines import DEFAULT_MODEL, build, linear_contributions
+from models.online.pipelines import DEFAULT_MODEL, build, linear_contributions, linear_terms
 
 Reasons = list[dict]
 
@@ -220,11 +221,15 @@ class OnlineLearner:
             return Prediction(self.base_rate(), reasons, True)
         if self._subset:
             features = {n: features[n] for n in self.names}
+        terms = linear_terms(self.model, features) if self._is_linear else None
+        if terms is not None:  # the default model: score and reasons from one pass over x
+            log_odds, contrib = terms
+            p = sigmoid(log_odds)
+            return Prediction(p, self._top(features, contrib, "log-odds") if explain else [], False)
         p = float(self.model.predict_proba_one(features).get(True, 0.0))
         return Prediction(p, self._reasons(features, p) if explain else [], False)
 
     def _reasons(self, x: dict[str, float], p: float) -> Reasons:
-        k = self.cfg.top_reasons
         contrib = linear_contributions(self.model, x) if self._is_linear else None
         unit = "log-odds"
         if contrib is None:
@@ -239,7 +244,10 @@ class OnlineLearner:
                 name = self.names[i]
                 q = self.model.predict_proba_one({**x, name: float(self._mean[i])}).get(True, 0.0)
                 contrib[name] = p - q
-        top = sorted(contrib.items(), key=lambda kv: -abs(kv[1]))[:k]
+        return self._top(x, contrib, unit)
+
+    def _top(self, x: dict[str, float], contrib: dict[str, float], unit: str) -> Reasons:
+        top = sorted(contrib.items(), key=lambda kv: -abs(kv[1]))[: self.cfg.top_reasons]
         return [
             {"feature": n, "value": round(x[n], 4), "contribution": round(c, 4),
              "text": f"{n} = {x[n]:.3g} {'raises' if c > 0 else 'lowers'} the score ({c:+.2f} {unit})"}
@@ -402,7 +410,8 @@ def _load(data: bytes) -> dict:
 
 class Scores(NamedTuple):
     """What :meth:`PartitionLearners.on_event` returns: the two tasks' predictions (intent is None
-    for purchases), how many labels the event settled, and the features both were read from."""
+    for purchases; churn without reasons), how many labels the event settled, and the features
+    both were read from."""
 
     intent: Prediction | None
     churn: Prediction
@@ -441,14 +450,17 @@ class PartitionLearners:
         self, pending: UserPending, state: UserState, event: Event, *, explain: bool = True
     ) -> Scores:
         """Per *applied* event (after ``apply_event``): learn what the event settles, score it, queue
-        the predictions. ``pending`` is updated in place; store it back with the user's record."""
+        the predictions. ``pending`` is updated in place; store it back with the user's record.
+        ``explain`` adds reasons to the intent prediction."""
         learned = self.intent.resolve(pending.intent, event) + self.churn.resolve(pending.churn, event)
         f = online_features(state, event.ts, self.state_cfg)
         intent = None
         if event.type != "purchase":
             intent = self.intent.predict(f, explain=explain)
             self.intent.observe(pending.intent, event, f, intent.p)
-        churn = self.churn.predict(f, explain=explain)
+        # Churn signals come from the watermark scan (on_watermark, explained there); the score at
+        # an event is only queued for its label, so it is never explained here.
+        churn = self.churn.predict(f, explain=False)
         self.churn.observe(pending.churn, event, f, churn.p)
         return Scores(intent, churn, learned, f)
 

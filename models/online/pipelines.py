@@ -72,4 +72,21 @@ def linear_contributions(model: base.Classifier, x: dict[str, float]) -> dict[st
     return {k: w.get(k, 0.0) * v for k, v in z.items()}
 
 
-__all__ = ["DEFAULT_MODEL", "FAMILIES", "build", "linear_contributions"]
+def linear_terms(model: base.Classifier, x: dict[str, float]) -> tuple[float, dict[str, float]] | None:
+    """``(log-odds, per-feature terms)`` of a ``linear`` pipeline in one pass (None for others).
+
+    The stream scores every event and explains the few that fire; scaling ``x`` once for both
+    the score and the terms halves the cost of a warm model's prediction. The log-odds are summed
+    exactly as :meth:`AveragedLogisticRegression.decision_function` sums them, so
+    ``sigmoid(log_odds)`` equals ``predict_proba_one(x)[True]`` bit for bit.
+    """
+    if not isinstance(model, compose.Pipeline) or "lr" not in model.steps:
+        return None
+    lr = model["lr"]
+    if not isinstance(lr, AveragedLogisticRegression):
+        return None
+    terms = lr.contributions(model["scale"].transform_one(x))
+    return lr.avg_intercept + sum(terms.values()), terms
+
+
+__all__ = ["DEFAULT_MODEL", "FAMILIES", "build", "linear_contributions", "linear_terms"]

@@ -22,7 +22,7 @@ from models.online.learner import (
     PartitionLearners,
     UserPending,
 )
-from models.online.pipelines import build, linear_contributions
+from models.online.pipelines import build, linear_contributions, linear_terms
 
 CFG = StateConfig()
 T0 = 1_700_000_000_000
@@ -268,6 +268,39 @@ def test_linear_reasons_are_the_largest_log_odds_terms_and_they_add_up() -> None
     assert [r["contribution"] for r in reasons] == [round(v, 4) for _, v in top]
     logit = math.log(p / (1 - p))
     assert logit == pytest.approx(lr.model["lr"].avg_intercept + sum(terms.values()), rel=1e-9, abs=1e-9)
+
+
+def test_the_one_pass_linear_score_is_rivers_predict_proba_one_exactly() -> None:
+    """predict() scales the features once for the score and the reasons (linear_terms); the
+    probability must be River's own, bit for bit, or signals would depend on the code path."""
+    learners = fresh()
+    w = Worker(learners)
+    w.run(shop_events(5))
+    from models.features.online import online_features
+
+    for lr in (learners.intent, learners.churn):
+        assert lr.warm()
+        for raw in w.states.values():
+            st = UserState.from_bytes(raw)
+            x = online_features(st, st.last_ts + 60_000, CFG)
+            x["recent_events"] = max(x["recent_events"], 2.0)
+            p, _reasons, cold = lr.predict(x)
+            xs = {n: x[n] for n in lr.names}
+            assert not cold and p == lr.model.predict_proba_one(xs)[True]
+            log_odds, terms = linear_terms(lr.model, xs)
+            assert terms == linear_contributions(lr.model, xs)
+
+
+def test_churn_at_an_event_is_scored_without_reasons() -> None:
+    """Churn signals come from the watermark scan; the per-event churn score is only queued."""
+    learners = fresh()
+    w = Worker(learners)
+    w.run(shop_events(5))
+    st, up = UserState.new(), UserPending()
+    ev = Event("x1", "someone", "click", 1_700_000_000_000, item_id="i1")
+    apply_event(st, ev, CFG)
+    out = learners.on_event(up, st, ev)
+    assert learners.churn.warm() and out.churn.reasons == [] and out.intent.reasons
 
 
 def test_tree_reasons_rank_features_by_how_much_making_them_ordinary_moves_the_score() -> None:
