@@ -25,6 +25,14 @@ Scenarios (``intentstream bench [pipeline|baselines|state|all]``):
       ``events_per_s``, per event. Less sensitive to a busy neighbour than the rates.
     * ``startup_s``: process start to ``/readyz`` 200; ``stall_s``: first batch to first event handled.
 
+    Every pipeline worker starts with **warm online models**: checkpoints learned once per run on
+    simulator history (:func:`warm_online_models`, described in ``meta.online_models``) are written
+    to its models changelog before it starts, and it recovers them as a restarted worker would. A
+    cold worker serves a prior, which costs far less per event than a warm model, so a benchmark
+    of cold workers would flatter the pipeline. ``online_models_warm`` says whether the worker
+    published learned-model metrics; the latency run counts its signals by online model
+    (``signals_by_online_model``: ``river-linear`` learned, ``rule-v1`` the rules).
+
     **Event-to-signal latency** at an offered load of ``--rate`` events/s (default: half the median
     ``events_per_s`` measured in the same run). A fresh worker is warmed up with a quarter of
     ``--events`` (at most 2,000; until they are all handled), then events are produced at a
@@ -67,6 +75,7 @@ and as JSON (``--json PATH`` also writes it to a file).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -266,6 +275,8 @@ def parse_metrics(text: str) -> dict[str, float]:
             out["signals"] += float(value)
         elif base == "intentstream_users_in_state":
             out["users_in_state"] = float(value)
+        elif base == "intentstream_online_roc_auc":  # published only by learners that have learned
+            out["online_models_learned"] = 1.0
     return out
 
 
@@ -340,6 +351,7 @@ class Bench:
     workdir: Path
     config: BenchConfig
     model_dir: Path | None = None  # registry with a current sequence model, shared by the workers
+    online_models: dict[int, bytes] | None = None  # warm online-model checkpoints per partition
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     _n: int = 0
 
@@ -367,10 +379,16 @@ class Bench:
         env[env_var("web_port")] = str(web_port)
         return Child([sys.executable, "-m", "stream.cli", "worker"], env, s.data_dir / "worker.log")
 
+    def _topics(self, s: Settings) -> None:
+        """A pipeline worker's topics, with its online models' changelog seeded (if warm)."""
+        asyncio.run(create_topics(s, self.bootstrap))
+        if self.online_models:
+            asyncio.run(seed_online_models(s, self.bootstrap, self.online_models))
+
     # --------------------------------------------------------------------------- pipeline throughput
     def pipeline_throughput(self, events: Events) -> dict:
         s = self.fresh("pipe")
-        asyncio.run(create_topics(s, self.bootstrap))
+        self._topics(s)
         produce_rate = asyncio.run(produce(s, self.bootstrap, s.events_topic, events))
         port = free_port()
         n = len(events)
@@ -395,7 +413,8 @@ class Bench:
                     cpu_done = w.cpu_seconds()
                     break
             rss = w.rss_bytes()
-            signals = parse_metrics(_scrape(port, "/metrics")[1]).get("signals")
+            last = parse_metrics(_scrape(port, "/metrics")[1])
+            signals = last.get("signals")
             log_tail = "" if timeline and timeline[-1][1] >= n else w.tail()
             started = w.started
         handled = timeline[-1][1] if timeline else 0.0
@@ -414,6 +433,7 @@ class Bench:
             "worker_rss_mb": rss / 2**20 if rss else None,
             "users": events.users,
             "signals": signals,
+            "online_models_warm": bool(last.get("online_models_learned")),
             "preload_events_per_s": produce_rate,
         }
         if log_tail:
@@ -454,7 +474,7 @@ class Bench:
     # --------------------------------------------------------------------------- latency
     def latency(self, events: Events, rate: float) -> dict:
         s = self.fresh("lat")
-        asyncio.run(create_topics(s, self.bootstrap))
+        self._topics(s)
         port = free_port()
         warm = min(2_000, self.config.events // 4)
         measured = len(events) - warm
@@ -487,6 +507,7 @@ class Bench:
         sent_ms: dict[str, float] = {}
         lat_kafka: list[float] = []
         lat_recv: list[float] = []
+        online_models: collections.Counter[str] = collections.Counter()
         stop = asyncio.Event()
 
         async def read_signals() -> None:
@@ -495,7 +516,11 @@ class Bench:
                 now_ms = time.time() * 1000
                 for msgs in batches.values():
                     for msg in msgs:
-                        eid = json.loads(msg.value).get("event_id")
+                        sig = json.loads(msg.value)
+                        eid = sig.get("event_id")
+                        # Which online model scored it: "river-..." (learned) or the rule/prior.
+                        online = str((sig.get("model_versions") or {}).get("online", "?"))
+                        online_models[online.split(":")[0]] += 1
                         t_sent = sent_ms.get(eid)
                         if t_sent is not None:
                             lat_kafka.append(msg.timestamp - t_sent)
@@ -532,6 +557,7 @@ class Bench:
             "achieved_events_per_s": measured / send_s if send_s > 0 else None,
             "events": measured,
             "warmup_events": warm,
+            "signals_by_online_model": dict(online_models),
             "warmed_up": warmed,
             "caught_up": caught_up,
             "signals_matched": len(lat_kafka),
@@ -623,7 +649,11 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
                 if config.sequence and "pipeline" in want:
                     model_dir = workdir / "models"
                     result["meta"]["sequence_model"] = publish_sequence_model(model_dir)
-                bench = Bench(settings, bootstrap, workdir, config, model_dir)
+                online = None
+                if "pipeline" in want and settings.online_learning:
+                    say("warming the online models on simulator history")
+                    online, result["meta"]["online_models"] = warm_online_models(settings, config.partitions, config.seed + 7)
+                bench = Bench(settings, bootstrap, workdir, config, model_dir, online)
                 events = make_events(config.events, config.users, config.seed)
                 runs: dict[str, list[dict]] = {"pipeline": [], "raw_aiokafka": [], "faust_passthrough": []}
                 for r in range(config.repeats):
@@ -661,6 +691,83 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+#: Churn horizon the benchmark's online models are warmed with (see :func:`warm_online_models`).
+WARM_CHURN_HORIZON_MS = 30 * 60_000
+
+
+def warm_online_models(settings: Settings, partitions: int, seed: int, events: int = 30_000) -> tuple[dict[int, bytes], dict]:
+    """Online-model checkpoints, one per partition, that have learned from simulator history.
+
+    A worker in service has warm online models, and a warm linear model costs more per event than
+    the prior a cold one serves (scaling the features, the log-odds, the reasons). So every
+    benchmark worker starts from these checkpoints (:func:`seed_online_models`), as a restarted
+    worker does. They are learned by the worker's own :class:`~stream.logic.pipeline.Pipeline`
+    (state, label join, watermark scans) over ``events`` simulator events of 1,000 users: intent
+    with the configured horizon; churn with a horizon of :data:`WARM_CHURN_HORIZON_MS` instead of
+    ``churn_after_ms`` (30 days of silence would take millions of simulated events). The churn
+    model then answers another question, at the same cost per event: only its cost matters here,
+    and its per-event score is never a signal (churn signals come from the scan of silent users).
+    """
+    from models.events import Event
+    from models.features.hashing import stable_hash
+    from models.online.learner import PartitionLearners
+    from stream.agents.runtime import pipeline_config
+    from stream.logic.pipeline import Pipeline
+    from stream.logic.scoring import RuleScorer
+    from stream.logic.simulator import ShopperSimulator
+
+    cfg = pipeline_config(settings)
+
+    def make(_p: int) -> PartitionLearners:
+        return PartitionLearners.new(state=cfg.state, intent_horizon_ms=settings.intent_horizon_ms,
+                                     churn_horizon_ms=WARM_CHURN_HORIZON_MS)  # fmt: skip
+
+    pipe = Pipeline(cfg, RuleScorer(settings.churn_after_ms), learners=make)
+    records: dict = {}
+    raw = ShopperSimulator(seed=seed, users=1_000).take(events)
+    for i in range(0, len(raw), 1_000):
+        pairs = []
+        for d in raw[i : i + 1_000]:
+            ev = Event(d["event_id"], d["user_id"], d["type"], d["ts"], item_id=d.get("item_id"),
+                       category_id=d.get("category_id"), price=d.get("price"), query=d.get("query"))  # fmt: skip
+            pairs.append((stable_hash(ev.user) % partitions, ev))
+        batch = {ev.user: records.get(ev.user) for _p, ev in pairs}
+        out = pipe.process(batch, pairs)
+        records.update(out.records)
+        for p in range(partitions):
+            due = pipe.due_for_scan(p)
+            if due:
+                scan = pipe.scan(p, {u: records.get(u) for u in due})
+                records.update(scan.records)
+                for u in scan.deleted:
+                    records.pop(u, None)
+    learned = {p: pl.to_bytes() for p, pl in sorted(pipe.learners.items())}
+    meta = {
+        "history_events": len(raw),
+        "span_hours": round((raw[-1]["ts"] - raw[0]["ts"]) / 3_600_000, 2) if raw else 0,
+        "labels_learned": {t: sum(getattr(pl, t).n_learned for pl in pipe.learners.values()) for t in ("intent", "churn")},
+        "warm_partitions": {t: sum(getattr(pl, t).warm() for pl in pipe.learners.values()) for t in ("intent", "churn")},
+        "churn_horizon_ms": WARM_CHURN_HORIZON_MS,
+    }
+    return learned, meta
+
+
+async def seed_online_models(settings: Settings, bootstrap: str, checkpoints: dict[int, bytes]) -> None:
+    """Write online-model checkpoints to the worker's ``online-models`` changelog (partition p's
+    under key ``p``, as the worker checkpoints them), so that it recovers them at start-up."""
+    from aiokafka import AIOKafkaProducer
+
+    topic = f"{settings.app_id}-online-models-changelog"
+    await create_plain_topics(settings, bootstrap, [topic], settings.events_partitions)
+    producer = AIOKafkaProducer(**client_config(settings, bootstrap), max_request_size=16 * 2**20)  # type: ignore[arg-type]
+    await producer.start()
+    try:
+        for p, raw in checkpoints.items():
+            await producer.send_and_wait(topic, key=str(p).encode(), value=raw, partition=p)
+    finally:
+        await producer.stop()
 
 
 def publish_sequence_model(model_dir: Path) -> dict:

@@ -74,6 +74,8 @@ def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
     assert json.loads(stdout) == result, "stdout carries the same JSON as --json"
     assert {"meta", "pipeline", "baselines", "ratios", "latency", "state"} <= set(result)
     assert result["meta"]["events"] == 2000 and result["meta"]["repeats"] == 1
+    # Workers start from online models learned on simulator history (as a restarted worker does).
+    assert result["meta"]["online_models"]["warm_partitions"] == {"intent": 2, "churn": 2}
 
     pipeline = result["pipeline"]
     for key in ("events_per_s", "steady_events_per_s", "cpu_us_per_event", "startup_s", "stall_s", "worker_rss_mb"):
@@ -91,6 +93,7 @@ def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
     assert set(latency["latency_ms"]) == {"p50", "p95", "p99", "max"}
     assert set(latency["receive_latency_ms"]) == {"p50", "p95", "p99"}
     assert isinstance(latency["signals_matched"], int)
+    assert all(isinstance(n, int) for n in latency["signals_by_online_model"].values())
     assert latency["worker_cpu_us_per_event"] > 0 and latency["worker_cores"] > 0
 
     state = result["state"]
