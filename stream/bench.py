@@ -415,6 +415,10 @@ class Bench:
             rss = w.rss_bytes()
             last = parse_metrics(_scrape(port, "/metrics")[1])
             signals = last.get("signals")
+            warm_by = time.time() + 12.0  # the online-model gauges are refreshed every 5 s
+            while self.online_models and not last.get("online_models_learned") and time.time() < warm_by and w.alive():
+                time.sleep(0.5)
+                last = parse_metrics(_scrape(port, "/metrics")[1])
             log_tail = "" if timeline and timeline[-1][1] >= n else w.tail()
             started = w.started
         handled = timeline[-1][1] if timeline else 0.0

@@ -81,6 +81,7 @@ def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
     for key in ("events_per_s", "steady_events_per_s", "cpu_us_per_event", "startup_s", "stall_s", "worker_rss_mb"):
         assert _number_or_none(pipeline[key]), key
     assert len(pipeline["runs"]) == 1
+    assert pipeline["runs"][0]["online_models_warm"] is True, "the worker recovered the seeded online models"
     assert set(result["baselines"]) == {"raw_aiokafka", "faust_passthrough"}
     for b in result["baselines"].values():
         assert _number_or_none(b["events_per_s"]) and _number_or_none(b["cpu_us_per_event"])
