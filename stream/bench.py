@@ -275,6 +275,8 @@ def parse_metrics(text: str) -> dict[str, float]:
             out["signals"] += float(value)
         elif base == "intentstream_users_in_state":
             out["users_in_state"] = float(value)
+        elif base == "intentstream_dead_letters_total":
+            out["dead_letters"] = float(value)
         elif base == "intentstream_online_roc_auc":  # published only by learners that have learned
             out["online_models_learned"] = 1.0
     return out
@@ -442,6 +444,7 @@ class Bench:
         }
         if log_tail:
             out["worker_log_tail"] = log_tail
+            out["dead_letters"] = last.get("dead_letters", 0.0)
         return out
 
     # --------------------------------------------------------------------------- baselines
