@@ -505,7 +505,7 @@ class Runtime:
 
         # Churn risk and expiry for silent users, at each partition's event-time watermark.
         for partition, fe in last_of_partition.items():
-            due = self.pipeline.due_for_scan(partition)[:MAX_SCAN_PER_BATCH]
+            due = self.pipeline.due_for_scan(partition, MAX_SCAN_PER_BATCH)
             if due:
                 recs = {u: self._load(u) for u in due}
                 scan = self.pipeline.scan_apply(partition, recs)
