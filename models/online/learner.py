@@ -51,8 +51,10 @@ That is an occlusion attribution: it explains this score, not the model globally
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pickle
 import struct
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -165,8 +167,12 @@ class LearnerConfig:
 
 class Prediction(NamedTuple):
     p: float
-    reasons: Reasons
+    reasons: Reasons | Callable[[], Reasons]  # a callable with predict(explain="later")
     cold: bool
+
+
+def _deferred(reasons: Reasons) -> Callable[[], Reasons]:
+    return lambda: reasons
 
 
 class OnlineLearner:
@@ -212,22 +218,30 @@ class OnlineLearner:
         """Whether the model has learned enough (``warmup`` labels, both classes) to be served."""
         return self.n_learned >= self.cfg.warmup and 0 < self.learned_pos < self.n_learned
 
-    def predict(self, features: dict[str, float], *, explain: bool = True) -> Prediction:
-        """``(probability, reasons, cold)`` for one user's features (see the module docstring)."""
+    def predict(self, features: dict[str, float], *, explain: bool | str = True) -> Prediction:
+        """``(probability, reasons, cold)`` for one user's features (see the module docstring).
+
+        ``explain="later"`` returns the reasons as a zero-argument callable instead of a list: the
+        stream scores every event but explains only the few that fire a signal. The callable
+        gives what ``explain=True`` would have given at the time of the prediction (the linear
+        model's terms are computed with the score; other models' reasons are computed at once)."""
         if features.get("recent_events", 0.0) < self.cfg.min_history or not self.warm():  # type: ignore[operator]
             why = "no history before this event" if self.warm() else "model still warming up"
             reasons = [{"feature": "cold_start", "value": 1.0, "contribution": 0.0,
                         "text": f"population prior ({why})"}] if explain else []  # fmt: skip
-            return Prediction(self.base_rate(), reasons, True)
+            return Prediction(self.base_rate(), _deferred(reasons) if explain == "later" else reasons, True)
         if self._subset:
             features = {n: features[n] for n in self.names}
         terms = linear_terms(self.model, features) if self._is_linear else None
         if terms is not None:  # the default model: score and reasons from one pass over x
             log_odds, contrib = terms
             p = sigmoid(log_odds)
+            if explain == "later":
+                return Prediction(p, functools.partial(self._top, features, contrib, "log-odds"), False)
             return Prediction(p, self._top(features, contrib, "log-odds") if explain else [], False)
         p = float(self.model.predict_proba_one(features).get(True, 0.0))
-        return Prediction(p, self._reasons(features, p) if explain else [], False)
+        reasons = self._reasons(features, p) if explain else []
+        return Prediction(p, _deferred(reasons) if explain == "later" else reasons, False)
 
     def _reasons(self, x: dict[str, float], p: float) -> Reasons:
         contrib = linear_contributions(self.model, x) if self._is_linear else None
@@ -447,11 +461,12 @@ class PartitionLearners:
         )
 
     def on_event(
-        self, pending: UserPending, state: UserState, event: Event, *, explain: bool = True
+        self, pending: UserPending, state: UserState, event: Event, *, explain: bool | str = True
     ) -> Scores:
         """Per *applied* event (after ``apply_event``): learn what the event settles, score it, queue
         the predictions. ``pending`` is updated in place; store it back with the user's record.
-        ``explain`` adds reasons to the intent prediction."""
+        ``explain`` adds reasons to the intent prediction (``"later"``: as a callable, see
+        :meth:`OnlineLearner.predict`)."""
         learned = self.intent.resolve(pending.intent, event) + self.churn.resolve(pending.churn, event)
         f = online_features(state, event.ts, self.state_cfg)
         intent = None

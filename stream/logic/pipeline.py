@@ -223,7 +223,7 @@ class Pipeline:
             scores = None
             if pl is not None:
                 before = self._pending_sizes(rec)
-                scores = pl.on_event(rec.pending, rec.state, ev)
+                scores = pl.on_event(rec.pending, rec.state, ev, explain="later")
                 self._count_pending(before, rec)
             intent = None
             if ev.type != "purchase":
@@ -259,8 +259,12 @@ class Pipeline:
             score, reasons, cold, version = c.intent
             blended = sv is not None and "intent" in sv.tasks
             if blended:
-                score, reasons = _blend(score, reasons, sv.p_intent, sv.version, "purchase intent")  # type: ignore[union-attr]
+                score = blend_binary(score, sv.p_intent)  # type: ignore[union-attr]
             if cfg.intent.step(policy.intent, score, ev.ts):
+                # Reasons are worked out for the signals that fire only (a few events in a hundred).
+                reasons = reasons() if callable(reasons) else reasons
+                if blended:
+                    reasons = _blend_reasons(reasons, sv.p_intent, sv.version, "purchase intent")  # type: ignore[union-attr]
                 sig = self._signal("purchase_intent", ev.user, score, cfg.intent.threshold, ev.ts, ev.event_id, reasons, cold)
                 sig.value["model_versions"]["online"] = version
                 if blended:
@@ -424,7 +428,8 @@ class Pipeline:
                 version = self.scorer.versions["online"]
             blended = sv is not None and "churn" in sv.tasks
             if blended:
-                score, reasons = _blend(score, reasons, sv.p_churn, sv.version, "churn")  # type: ignore[union-attr]
+                score = blend_binary(score, sv.p_churn)  # type: ignore[union-attr]
+                reasons = _blend_reasons(reasons, sv.p_churn, sv.version, "churn")  # type: ignore[union-attr]
             if self.cfg.churn.step(rec.policy.churn, score, wm):
                 last_id = f"silence:{rec.state.last_ts}"
                 sig = self._signal("churn_risk", user, score, self.cfg.churn.threshold, wm, last_id, reasons, False)
@@ -476,14 +481,13 @@ class Pipeline:
         )
 
 
-def _blend(p_online: float, reasons: list[dict], p_seq: float, version: str, what: str) -> tuple[float, list[dict]]:
-    """Blend a binary score (``models.blend``) and restate the reasons in the blended log-odds:
-    each model contributes half its logit, so each online reason's contribution is halved and the
+def _blend_reasons(reasons: list[dict], p_seq: float, version: str, what: str) -> list[dict]:
+    """Restate the online reasons in the blended log-odds (``models.blend.blend_binary``): each
+    model contributes half its logit, so each online reason's contribution is halved and the
     sequence model appears as one more reason (its per-event attributions are added later)."""
     halved = [dict(r, contribution=round(r["contribution"] / 2, 4)) for r in reasons]
     seq = {
         "feature": "sequence_model", "value": round(float(p_seq), 4), "contribution": round(logit(p_seq) / 2, 4),
         "text": f"sequence model {version} rates {what} at {p_seq:.2f} from the recent events",
     }  # fmt: skip
-    merged = sorted([*halved, seq], key=lambda r: -abs(r["contribution"]))
-    return blend_binary(p_online, p_seq), merged
+    return sorted([*halved, seq], key=lambda r: -abs(r["contribution"]))
