@@ -289,6 +289,10 @@ def test_the_one_pass_linear_score_is_rivers_predict_proba_one_exactly() -> None
             assert not cold and p == lr.model.predict_proba_one(xs)[True]
             log_odds, terms = linear_terms(lr.model, xs)
             assert terms == linear_contributions(lr.model, xs)
+            later = lr.predict(x, explain="later")  # the stream's way: reasons worked out on demand
+            assert later.p == p and later.reasons() == _reasons
+    cold = learners.intent.predict({n: 0.0 for n in learners.intent.names}, explain="later")
+    assert cold.cold and cold.reasons()[0]["feature"] == "cold_start"
 
 
 def test_churn_at_an_event_is_scored_without_reasons() -> None:
