@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import faust
 from prometheus_client import CollectorRegistry
 
-from stream.broker import topic_specs
+from stream.broker import install_uncommitted_seek_to_beginning, topic_specs
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ def _credentials(settings: Settings) -> object | None:
 
 def create_app(settings: Settings, bootstrap: str, *, registry: CollectorRegistry | None = None) -> faust.App:
     """A ready-to-run Faust app with its topics, table, agents and web views registered."""
+    install_uncommitted_seek_to_beginning()  # or a new group can lose records (stream.broker)
     specs = topic_specs(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
