@@ -279,14 +279,20 @@ class OnlineLearner:
         churn predictions for events at least ``min_gap_ms`` after the user's newest queued one
         (default D/30). Returns whether a prediction was queued.
         """
+        if not self.wants(pending, event):
+            return False
+        self._evicted(labels.add(pending, self.rule, event.ts, self._vector(features), p))
+        return True
+
+    def wants(self, pending: Pending, event: Event) -> bool:
+        """Whether :meth:`observe` would queue a prediction for ``event``: the stream scores churn
+        at an event only then (one event a day per user at the default D = 30 days)."""
         if self.cfg.task == INTENT and event.type == "purchase":
             return False
         self._forget_stale(pending)
         snaps = pending.snapshots
-        if snaps and self.cfg.min_gap_ms and event.ts - snaps[-1].ts < self.cfg.min_gap_ms:
-            return False  # a prediction of this user this recent is already queued
-        self._evicted(labels.add(pending, self.rule, event.ts, self._vector(features), p))
-        return True
+        # not when a prediction of this user this recent is already queued
+        return not (snaps and self.cfg.min_gap_ms and event.ts - snaps[-1].ts < self.cfg.min_gap_ms)
 
     def _forget_stale(self, pending: Pending) -> None:
         """Drop queued snapshots whose feature vector is not this learner's (queued by code with
@@ -424,11 +430,11 @@ def _load(data: bytes) -> dict:
 
 class Scores(NamedTuple):
     """What :meth:`PartitionLearners.on_event` returns: the two tasks' predictions (intent is None
-    for purchases; churn without reasons), how many labels the event settled, and the features
-    both were read from."""
+    for purchases; churn is None unless it was queued for a label, and has no reasons), how many
+    labels the event settled, and the features both were read from."""
 
     intent: Prediction | None
-    churn: Prediction
+    churn: Prediction | None
     learned: int
     features: dict[str, float]
 
@@ -474,9 +480,12 @@ class PartitionLearners:
             intent = self.intent.predict(f, explain=explain)
             self.intent.observe(pending.intent, event, f, intent.p)
         # Churn signals come from the watermark scan (on_watermark, explained there); the score at
-        # an event is only queued for its label, so it is never explained here.
-        churn = self.churn.predict(f, explain=False)
-        self.churn.observe(pending.churn, event, f, churn.p)
+        # an event is only queued for its label, so it is computed only when it will be queued,
+        # and never explained here.
+        churn = None
+        if self.churn.wants(pending.churn, event):
+            churn = self.churn.predict(f, explain=False)
+            self.churn.observe(pending.churn, event, f, churn.p)
         return Scores(intent, churn, learned, f)
 
     def on_watermark(

@@ -64,7 +64,7 @@ class Worker:
         self.learners = learners
         self.states: dict[str, bytes] = {}
         self.pending: dict[str, bytes] = {}
-        self.scores: list[tuple[float | None, float]] = []
+        self.scores: list[tuple[float | None, float | None]] = []
 
     def run(self, events: list[Event]) -> None:
         for ev in events:
@@ -73,7 +73,7 @@ class Worker:
             if apply_event(st, ev, CFG) != "applied":
                 continue
             out = self.learners.on_event(up, st, ev)
-            self.scores.append((out.intent.p if out.intent else None, out.churn.p))
+            self.scores.append((out.intent.p if out.intent else None, out.churn.p if out.churn else None))
             wm = ev.ts - CFG.allowed_lateness_ms
             self.states[ev.user], self.pending[ev.user] = st.to_bytes(), up.to_bytes()
             for user in list(self.pending):  # the due users at this watermark (a scan would find them)
@@ -305,6 +305,11 @@ def test_churn_at_an_event_is_scored_without_reasons() -> None:
     apply_event(st, ev, CFG)
     out = learners.on_event(up, st, ev)
     assert learners.churn.warm() and out.churn.reasons == [] and out.intent.reasons
+    # The next event within min_gap_ms queues no churn prediction, so none is computed.
+    ev2 = Event("x2", "someone", "click", ev.ts + 1_000, item_id="i2")
+    apply_event(st, ev2, CFG)
+    again = learners.on_event(up, st, ev2)
+    assert again.churn is None and len(up.churn.snapshots) == 1 and again.intent is not None
 
 
 def test_tree_reasons_rank_features_by_how_much_making_them_ordinary_moves_the_score() -> None:
