@@ -42,8 +42,9 @@ from stream.bench import (
     produce,
     publish_sequence_model,
     send_paced,
+    warm_online_models,
 )
-from stream.broker import client_config, create_topics, free_port, kafka_for
+from stream.broker import client_config, free_port, kafka_for
 from stream.settings import load_settings
 
 
@@ -101,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             if not a.no_sequence:
                 model_dir = workdir / "models"
                 publish_sequence_model(model_dir)
-            bench = Bench(settings, bootstrap, workdir, BenchConfig(events=a.events, partitions=a.partitions), model_dir)
+            online = warm_online_models(settings, a.partitions, 7)[0] if settings.online_learning else None
+            bench = Bench(settings, bootstrap, workdir, BenchConfig(events=a.events, partitions=a.partitions), model_dir, online)
             s = bench.fresh("prof")
-            asyncio.run(create_topics(s, bootstrap))
+            bench.prepare_topics(s)  # with the warm online models, as in the benchmark
             events = make_events(a.events, a.users, 0)
             warm = min(2_000, len(events) // 10) if a.offered else len(events)
             asyncio.run(produce(s, bootstrap, s.events_topic, Events(events.records[:warm], events.users)))

@@ -381,7 +381,7 @@ class Bench:
         env[env_var("web_port")] = str(web_port)
         return Child([sys.executable, "-m", "stream.cli", "worker"], env, s.data_dir / "worker.log")
 
-    def _topics(self, s: Settings) -> None:
+    def prepare_topics(self, s: Settings) -> None:
         """A pipeline worker's topics, with its online models' changelog seeded (if warm)."""
         asyncio.run(create_topics(s, self.bootstrap))
         if self.online_models:
@@ -390,7 +390,7 @@ class Bench:
     # --------------------------------------------------------------------------- pipeline throughput
     def pipeline_throughput(self, events: Events) -> dict:
         s = self.fresh("pipe")
-        self._topics(s)
+        self.prepare_topics(s)
         produce_rate = asyncio.run(produce(s, self.bootstrap, s.events_topic, events))
         port = free_port()
         n = len(events)
@@ -481,7 +481,7 @@ class Bench:
     # --------------------------------------------------------------------------- latency
     def latency(self, events: Events, rate: float) -> dict:
         s = self.fresh("lat")
-        self._topics(s)
+        self.prepare_topics(s)
         port = free_port()
         warm = min(2_000, self.config.events // 4)
         measured = len(events) - warm
