@@ -100,6 +100,7 @@ def run_faust(bootstrap: str, source: str, sink: str, count: int, result: Path, 
         f"bench-faust-{uuid.uuid4().hex[:8]}",
         broker=f"kafka://{bootstrap}",
         store="memory://",
+        datadir=str(result.parent / "faust-data"),  # in the harness's work directory, not the cwd
         web_enabled=False,
         topic_partitions=partitions,
         broker_session_timeout=10.0,
