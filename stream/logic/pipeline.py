@@ -110,7 +110,7 @@ class Candidate:
     partition: int
     event: Event
     intent: tuple[float, list[dict], bool, str] | None  # (score, reasons, cold, version); None: a purchase
-    latent: list[tuple[str, float]]  # the state's category affinity at the event
+    latent: list[tuple[str, float]]  # the state's category affinity at the event (empty unless latent_due)
     window: list[RecentEvent] | None = None  # the user's recent events at the event (for the sequence model)
     # Whether a latent-needs signal may still be emitted at this event: false while the user's last
     # one is within the cooldown. Decisions in this batch can only make it false, never true, so
@@ -234,8 +234,9 @@ class Pipeline:
                     # The rule reads the same features the learners just read (when they did).
                     f = scores.features if scores is not None else None
                     intent = (*self.scorer.intent(rec.state, ev.ts, f), self.scorer.versions["online"])
-            latent = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k)
+            # The affinity's top categories only matter where a latent signal may follow.
             due = ev.ts - rec.policy.latent_emit_ts >= cfg.intent.cooldown_ms
+            latent = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k) if due else []
             cands.append(Candidate(partition, ev, intent, latent, rec.state.recent if windows else None, due))
         for user, partition in touched.items():
             rec = records[user]
