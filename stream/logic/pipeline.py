@@ -109,7 +109,9 @@ class Candidate:
 
     partition: int
     event: Event
-    intent: tuple[float, list[dict], bool, str] | None  # (score, reasons, cold, version); None: a purchase
+    # (score, reasons, cold, version); None: a purchase. Reasons may be a callable that works them
+    # out (a learned model's, see OnlineLearner.predict): the policy calls it only when it fires.
+    intent: tuple[float, list[dict] | Callable[[], list[dict]], bool, str] | None
     latent: list[tuple[str, float]]  # the state's category affinity at the event (empty unless latent_due)
     window: list[RecentEvent] | None = None  # the user's recent events at the event (for the sequence model)
     # Whether a latent-needs signal may still be emitted at this event: false while the user's last
@@ -373,6 +375,7 @@ class Pipeline:
         while heap and heap[0][0] <= wm and (limit is None or len(found) < limit):
             entry = heapq.heappop(heap)
             due, user = entry
+            # current entries only, each once (equal entries pop one after the other)
             if self.activity.get(user) == (partition, due) and (not found or found[-1] != user):
                 found.append(user)
                 popped.append(entry)
