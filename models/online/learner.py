@@ -55,7 +55,7 @@ import functools
 import pickle
 import struct
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import river
@@ -218,7 +218,7 @@ class OnlineLearner:
         """Whether the model has learned enough (``warmup`` labels, both classes) to be served."""
         return self.n_learned >= self.cfg.warmup and 0 < self.learned_pos < self.n_learned
 
-    def predict(self, features: dict[str, float], *, explain: bool | str = True) -> Prediction:
+    def predict(self, features: dict[str, float], *, explain: bool | Literal["later"] = True) -> Prediction:
         """``(probability, reasons, cold)`` for one user's features (see the module docstring).
 
         ``explain="later"`` returns the reasons as a zero-argument callable instead of a list: the
@@ -467,7 +467,7 @@ class PartitionLearners:
         )
 
     def on_event(
-        self, pending: UserPending, state: UserState, event: Event, *, explain: bool | str = True
+        self, pending: UserPending, state: UserState, event: Event, *, explain: bool | Literal["later"] = True
     ) -> Scores:
         """Per *applied* event (after ``apply_event``): learn what the event settles, score it, queue
         the predictions. ``pending`` is updated in place; store it back with the user's record.
