@@ -717,7 +717,7 @@ def warm_online_models(settings: Settings, partitions: int, seed: int, events: i
     model then answers another question, at the same cost per event: only its cost matters here,
     and its per-event score is never a signal (churn signals come from the scan of silent users).
     """
-    from models.events import Event
+    from models.events import parse_event
     from models.features.hashing import stable_hash
     from models.online.learner import PartitionLearners
     from stream.agents.runtime import pipeline_config
@@ -737,8 +737,7 @@ def warm_online_models(settings: Settings, partitions: int, seed: int, events: i
     for i in range(0, len(raw), 1_000):
         pairs = []
         for d in raw[i : i + 1_000]:
-            ev = Event(d["event_id"], d["user_id"], d["type"], d["ts"], item_id=d.get("item_id"),
-                       category_id=d.get("category_id"), price=d.get("price"), query=d.get("query"))  # fmt: skip
+            ev = parse_event(d)  # validated as the worker's ingest does (raw user ids: nothing leaves)
             pairs.append((stable_hash(ev.user) % partitions, ev))
         batch = {ev.user: records.get(ev.user) for _p, ev in pairs}
         out = pipe.process(batch, pairs)

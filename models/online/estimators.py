@@ -82,16 +82,12 @@ class AveragedLogisticRegression(base.Classifier):
 
     def decision_function(self, x: dict) -> float:
         """The served log-odds: averaged intercept plus the averaged weights times clipped ``x``."""
-        aw = self.avg_weights
-        return self.avg_intercept + sum(aw.get(k, 0.0) * v for k, v in self._clip(x).items())
+        return self.avg_intercept + sum(self.contributions(x).values())
 
     def contributions(self, x: dict) -> dict:
         """Per-feature log-odds terms of the served model (they sum to the log-odds minus the intercept)."""
-        aw, c = self.avg_weights, self.clip
-        # _clip and the products in one pass (the stream calls this for every scored event)
-        return {
-            k: aw.get(k, 0.0) * (c if v > c else -c if v < -c else v) for k, v in x.items() if isinstance(v, (int, float))
-        }
+        aw = self.avg_weights
+        return {k: aw.get(k, 0.0) * v for k, v in self._clip(x).items()}
 
     def predict_proba_one(self, x: dict) -> dict:
         p = sigmoid(self.decision_function(x))

@@ -76,8 +76,8 @@ def linear_terms(model: base.Classifier, x: dict[str, float]) -> tuple[float, di
     """``(log-odds, per-feature terms)`` of a ``linear`` pipeline in one pass (None for others).
 
     The stream scores every event and explains the few that fire; scaling ``x`` once for both
-    the score and the terms halves the cost of a warm model's prediction. The log-odds are summed
-    exactly as :meth:`AveragedLogisticRegression.decision_function` sums them, so
+    the score and the terms halves the cost of a warm model's prediction. The log-odds are
+    :meth:`AveragedLogisticRegression.decision_function`'s own sum of these terms, so
     ``sigmoid(log_odds)`` equals ``predict_proba_one(x)[True]`` bit for bit.
     """
     if not isinstance(model, compose.Pipeline) or "lr" not in model.steps:
