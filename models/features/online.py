@@ -137,6 +137,11 @@ RHYTHM_FEATURES: tuple[str, ...] = (
 
 def online_features(state: UserState, now_ms: int, cfg: StateConfig) -> dict[str, float]:
     """The River feature dict of ``state`` read at event time ``now_ms`` (see the module table)."""
+    return dict(zip(feature_names(cfg), online_values(state, now_ms, cfg), strict=True))
+
+
+def online_values(state: UserState, now_ms: int, cfg: StateConfig) -> list[float]:
+    """:func:`online_features`' values alone, in :func:`feature_names` order (for vector models)."""
     dt = max(0, now_ms - state.last_ts)
     now = state.last_ts + dt
     counts = state.counts
@@ -209,7 +214,7 @@ def online_features(state: UserState, now_ms: int, cfg: StateConfig) -> dict[str
     ]
     last_type = recent[-1].type if recent else -1
     values += [1.0 if last_type == t else 0.0 for t in range(N_TYPES)]
-    return dict(zip(feature_names(cfg), values, strict=True))
+    return values
 
 
 def _share(top: float, total: float) -> float:

@@ -21,7 +21,9 @@ ROCAUC: 94.20%
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 from river import base
 
 
@@ -102,4 +104,124 @@ class AveragedLogisticRegression(base.Classifier):
         return set()
 
 
-__all__ = ["AveragedLogisticRegression", "sigmoid"]
+class ScaledAveragedLogisticRegression(base.Classifier):
+    """``StandardScaler() | AveragedLogisticRegression()`` fused over a fixed feature order, on arrays.
+
+    The stream's linear model reads the same features for every event, so the pipeline's dicts
+    (one entry, one scaler lookup and one weight lookup per feature, several passes per event)
+    become numpy vectors in the order of ``features``. The arithmetic is River's, element by
+    element: Welford's update of :class:`river.preprocessing.StandardScaler`, its ``(x - mean) /
+    var ** 0.5`` (0 where the variance is 0), then :class:`AveragedLogisticRegression`'s clip, SGD
+    step and moving average; the sums run left to right as Python's ``sum`` does. So it gives the
+    pipeline's probabilities, weights and terms bit for bit (tested on a long random stream), and a
+    pipeline checkpoint converts into it exactly (:meth:`from_pipeline`).
+
+    The array methods (:meth:`terms`, :meth:`learn`) are what the stream calls. ``learn_one`` and
+    ``predict_proba_one`` take dicts, as any River classifier: ``features`` is fixed by the
+    constructor or by the first dict seen; keys outside it are not read, and a missing one is an
+    error (River's scaler would skip it; a fixed vector cannot).
+
+    >>> from river import preprocessing
+    >>> river_model = preprocessing.StandardScaler() | AveragedLogisticRegression()
+    >>> fused = ScaledAveragedLogisticRegression(features=("a", "b"))
+    >>> for i in range(200):
+    ...     x = {"a": math.sin(i), "b": float(i % 7)}
+    ...     river_model.learn_one(x, i % 3 == 0)
+    ...     fused.learn_one(x, i % 3 == 0)
+    >>> x = {"a": 0.5, "b": 2.0}
+    >>> fused.predict_proba_one(x) == river_model.predict_proba_one(x)
+    True
+    """
+
+    def __init__(
+        self, lr: float = 0.01, l2: float = 1e-4, window: int = 5000, clip: float = 5.0, features: Sequence[str] = ()
+    ) -> None:
+        self.lr = lr
+        self.l2 = l2
+        self.window = window
+        self.clip = clip
+        self._start(list(features))
+
+    def _start(self, features: list[str]) -> None:
+        self.features = features
+        k = len(features)
+        self.seen = 0  # the scaler's count (every feature is seen with every example)
+        self.mean = np.zeros(k)
+        self.var = np.zeros(k)
+        self._sd = np.zeros(k)  # var ** 0.5, refreshed on learning
+        self.weights = np.zeros(k)
+        self.intercept = 0.0
+        self.avg_weights = np.zeros(k)
+        self.avg_intercept = 0.0
+        self.n = 0
+
+    @classmethod
+    def from_pipeline(cls, model: base.Classifier, features: Sequence[str]) -> ScaledAveragedLogisticRegression:
+        """The fused model holding exactly the state of a ``StandardScaler | AveragedLogisticRegression``
+        pipeline (a checkpoint written before the stream used this class)."""
+        scale, lr = model["scale"], model["lr"]  # type: ignore[index]
+        out = cls(lr.lr, lr.l2, lr.window, lr.clip, features)
+        counts = {scale.counts.get(n, 0) for n in out.features}
+        if len(counts) > 1:
+            raise ValueError("the scaler saw the features unequally often; it cannot be fused")
+        out.seen = counts.pop() if counts else 0
+        out.mean = np.array([float(scale.means.get(n, 0.0)) for n in out.features])
+        out.var = np.array([float(scale.vars.get(n, 0.0)) for n in out.features])
+        out._sd = np.float_power(out.var, 0.5)
+        out.weights = np.array([lr.weights.get(n, 0.0) for n in out.features])
+        out.avg_weights = np.array([lr.avg_weights.get(n, 0.0) for n in out.features])
+        out.intercept, out.avg_intercept, out.n = lr.intercept, lr.avg_intercept, lr.n
+        return out
+
+    # ------------------------------------------------------------------ arrays (the stream's path)
+    def scaled(self, x: np.ndarray) -> np.ndarray:
+        """``x`` (float64, in ``features`` order) standardised and clipped: the inputs of the weights."""
+        z = np.divide(x - self.mean, self._sd, out=np.zeros(len(x)), where=self.var != 0)
+        c = self.clip
+        return np.clip(z, -c, c, out=z)
+
+    def terms(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """``(log-odds, per-feature terms w_i * z_i)`` of the served (averaged) weights."""
+        t = self.avg_weights * self.scaled(x)
+        return self.avg_intercept + sum(t.tolist()), t
+
+    def learn(self, x: np.ndarray, y: bool) -> None:
+        """One example: the scaler learns ``x``, then one SGD step on the rescaled ``x``, then the average."""
+        self.seen += 1
+        old = self.mean
+        self.mean = old + (x - old) / self.seen
+        self.var = self.var + ((x - old) * (x - self.mean) - self.var) / self.seen
+        self._sd = np.float_power(self.var, 0.5)  # Python's ** (C pow), not sqrt: River's exact bits
+        z = self.scaled(x)
+        w = self.weights
+        g = sigmoid(self.intercept + sum((w * z).tolist())) - float(bool(y))
+        self.weights = w = w - self.lr * (g * z + self.l2 * w)
+        self.intercept -= self.lr * g
+        self.n += 1
+        a = max(1.0 / self.n, 1.0 / self.window)
+        self.avg_weights = self.avg_weights + a * (w - self.avg_weights)
+        self.avg_intercept += a * (self.intercept - self.avg_intercept)
+
+    # ------------------------------------------------------------------ River's dict interface
+    def array(self, x: dict) -> np.ndarray:
+        """``x`` as the float64 vector the array methods take (fixes ``features`` on first use)."""
+        if not self.features:
+            self._start(list(x))
+        try:
+            return np.fromiter((x[n] for n in self.features), float, len(self.features))
+        except KeyError as exc:
+            raise ValueError(f"feature {exc.args[0]!r} missing: this model reads a fixed set of features") from None
+
+    def learn_one(self, x: dict, y: base.typing.ClfTarget) -> None:
+        self.learn(self.array(x), bool(y))
+
+    def contributions(self, x: dict) -> dict:
+        """Per-feature log-odds terms, by name (as :meth:`AveragedLogisticRegression.contributions`)."""
+        return dict(zip(self.features, self.terms(self.array(x))[1].tolist(), strict=True))
+
+    def predict_proba_one(self, x: dict) -> dict:
+        p = sigmoid(self.terms(self.array(x))[0])
+        return {False: 1.0 - p, True: p}
+
+
+__all__ = ["AveragedLogisticRegression", "ScaledAveragedLogisticRegression", "sigmoid"]

@@ -61,10 +61,10 @@ import numpy as np
 import river
 
 from models.events import Event
-from models.features.online import RHYTHM_FEATURES, feature_names, online_features
+from models.features.online import RHYTHM_FEATURES, feature_names, online_values
 from models.features.state import DAY_MS, MINUTE_MS, StateConfig, UserState
 from models.online import labels
-from models.online.estimators import sigmoid
+from models.online.estimators import ScaledAveragedLogisticRegression, sigmoid
 from models.online.labels import CHURN, INTENT, LabelRule, Pending, UserPending
 from models.online.metrics import ProgressiveMetrics
 from models.online.pipelines import DEFAULT_MODEL, build, linear_contributions, linear_terms
@@ -198,8 +198,13 @@ class OnlineLearner:
         self.cfg = cfg
         self.rule = cfg.rule()
         self.names = cfg.feature_names()
-        self._subset = len(self.names) != len(feature_names(cfg.state))
-        self.model = model if model is not None else build(cfg.model, cfg.seed)  # type: ignore[arg-type]
+        every = feature_names(cfg.state)
+        self._subset = len(self.names) != len(every)
+        # Where this task's features sit in online_values' full vector.
+        self._take = np.array([every.index(n) for n in self.names]) if self._subset else None
+        self.model = model if model is not None else build(cfg.model, cfg.seed, self.names)  # type: ignore[arg-type]
+        # The default model works on vectors (ScaledAveragedLogisticRegression); others on dicts.
+        self._fused = isinstance(self.model, ScaledAveragedLogisticRegression)
         self.metrics_ = ProgressiveMetrics(cfg.metrics_window)
         self.n_learned = 0
         self.learned_pos = 0
@@ -218,18 +223,27 @@ class OnlineLearner:
         """Whether the model has learned enough (``warmup`` labels, both classes) to be served."""
         return self.n_learned >= self.cfg.warmup and 0 < self.learned_pos < self.n_learned
 
-    def predict(self, features: dict[str, float], *, explain: bool | Literal["later"] = True) -> Prediction:
+    def predict(
+        self, features: dict[str, float], *, explain: bool | Literal["later"] = True, values: np.ndarray | None = None
+    ) -> Prediction:
         """``(probability, reasons, cold)`` for one user's features (see the module docstring).
 
         ``explain="later"`` returns the reasons as a zero-argument callable instead of a list: the
         stream scores every event but explains only the few that fire a signal. The callable
         gives what ``explain=True`` would have given at the time of the prediction (the linear
-        model's terms are computed with the score; other models' reasons are computed at once)."""
+        model's terms are computed with the score; other models' reasons are computed at once).
+        ``values``: the same features as ``online_values``' float64 vector, if the caller has it."""
         if features.get("recent_events", 0.0) < self.cfg.min_history or not self.warm():  # type: ignore[operator]
             why = "no history before this event" if self.warm() else "model still warming up"
             reasons = [{"feature": "cold_start", "value": 1.0, "contribution": 0.0,
                         "text": f"population prior ({why})"}] if explain else []  # fmt: skip
             return Prediction(self.base_rate(), _deferred(reasons) if explain == "later" else reasons, True)
+        if self._fused:  # the default model: score and reasons from one pass over the vector
+            log_odds, t = self.model.terms(self._vector(features, values, np.float64))
+            p = sigmoid(log_odds)
+            if explain == "later":
+                return Prediction(p, functools.partial(self._top_terms, features, t), False)
+            return Prediction(p, self._top_terms(features, t) if explain else [], False)
         if self._subset:
             features = {n: features[n] for n in self.names}
         terms = linear_terms(self.model, features) if self._is_linear else None
@@ -260,6 +274,9 @@ class OnlineLearner:
                 contrib[name] = p - q
         return self._top(x, contrib, unit)
 
+    def _top_terms(self, x: dict[str, float], terms: np.ndarray) -> Reasons:
+        return self._top(x, dict(zip(self.names, terms.tolist(), strict=True)), "log-odds")
+
     def _top(self, x: dict[str, float], contrib: dict[str, float], unit: str) -> Reasons:
         top = sorted(contrib.items(), key=lambda kv: -abs(kv[1]))[: self.cfg.top_reasons]
         return [
@@ -269,10 +286,15 @@ class OnlineLearner:
         ]  # fmt: skip
 
     # ------------------------------------------------------------------ label join
-    def _vector(self, features: dict[str, float]) -> np.ndarray:
-        return np.fromiter((features[n] for n in self.names), np.float32, len(self.names))
+    def _vector(self, features: dict[str, float], values: np.ndarray | None = None, dtype: type = np.float32) -> np.ndarray:
+        """This task's features in ``names`` order; from ``values`` (all of ``online_values``) if given."""
+        if values is not None:
+            return (values if self._take is None else values[self._take]).astype(dtype, copy=False)
+        return np.fromiter((features[n] for n in self.names), dtype, len(self.names))
 
-    def observe(self, pending: Pending, event: Event, features: dict[str, float], p: float) -> bool:
+    def observe(
+        self, pending: Pending, event: Event, features: dict[str, float], p: float, values: np.ndarray | None = None
+    ) -> bool:
         """Queue the prediction ``p`` made for ``event`` from ``features`` until its label is known.
 
         Intent predictions are queued for non-purchase events only (the product's definition);
@@ -281,7 +303,7 @@ class OnlineLearner:
         """
         if not self.wants(pending, event):
             return False
-        self._evicted(labels.add(pending, self.rule, event.ts, self._vector(features), p))
+        self._evicted(labels.add(pending, self.rule, event.ts, self._vector(features, values), p))
         return True
 
     def wants(self, pending: Pending, event: Event) -> bool:
@@ -317,7 +339,9 @@ class OnlineLearner:
         else:
             self.metrics_.dropped += 1
 
-    def observe_scan(self, pending: Pending, watermark_ms: int, features: dict[str, float], p: float) -> bool:
+    def observe_scan(
+        self, pending: Pending, watermark_ms: int, features: dict[str, float], p: float, values: np.ndarray | None = None
+    ) -> bool:
         """Queue a churn prediction made for a *silent* user at ``watermark_ms`` (features read at
         the watermark), at most one per ``scan_every_ms`` and only while the silence is below
         ``scan_until_ms``: these teach the model what growing silence means, which predictions
@@ -331,7 +355,7 @@ class OnlineLearner:
             return False
         if newest is not None and watermark_ms - newest < self.rule.scan_every_ms:  # type: ignore[operator]
             return False
-        self._evicted(labels.add(pending, self.rule, watermark_ms, self._vector(features), p))
+        self._evicted(labels.add(pending, self.rule, watermark_ms, self._vector(features, values), p))
         return True
 
     def resolve(
@@ -353,8 +377,10 @@ class OnlineLearner:
     def _learn(self, done: list[tuple[labels.Snapshot, int]], collect: list | None) -> None:
         for snap, y in done:
             self.metrics_.update(y, snap.p)
-            x = dict(zip(self.names, snap.x.tolist(), strict=True))
-            self.model.learn_one(x, bool(y))
+            if self._fused:
+                self.model.learn(snap.x.astype(np.float64), bool(y))
+            else:
+                self.model.learn_one(dict(zip(self.names, snap.x.tolist(), strict=True)), bool(y))
             self.n_learned += 1
             self.learned_pos += y
             if not self._is_linear:
@@ -408,7 +434,11 @@ class OnlineLearner:
                 f"checkpoint was learned on {n} features that are not this code's {len(names)} "
                 "(online_features changed)"
             )
-        lr = cls(cfg, model=body["model"])
+        model = body["model"]
+        if cfg.model == "linear" and not isinstance(model, ScaledAveragedLogisticRegression):
+            # written when the linear model ran as River's two-step pipeline: the same numbers
+            model = ScaledAveragedLogisticRegression.from_pipeline(model, names)
+        lr = cls(cfg, model=model)
         lr.metrics_ = body["metrics"]
         lr.n_learned, lr.learned_pos = body["n_learned"], body["learned_pos"]
         lr._mean, lr._m2 = body["mean"], body["m2"]
@@ -474,19 +504,24 @@ class PartitionLearners:
         ``explain`` adds reasons to the intent prediction (``"later"``: as a callable, see
         :meth:`OnlineLearner.predict`)."""
         learned = self.intent.resolve(pending.intent, event) + self.churn.resolve(pending.churn, event)
-        f = online_features(state, event.ts, self.state_cfg)
+        f, v = self._features(state, event.ts)
         intent = None
         if event.type != "purchase":
-            intent = self.intent.predict(f, explain=explain)
-            self.intent.observe(pending.intent, event, f, intent.p)
+            intent = self.intent.predict(f, explain=explain, values=v)
+            self.intent.observe(pending.intent, event, f, intent.p, v)
         # Churn signals come from the watermark scan (on_watermark, explained there); the score at
         # an event is only queued for its label, so it is computed only when it will be queued,
         # and never explained here.
         churn = None
         if self.churn.wants(pending.churn, event):
-            churn = self.churn.predict(f, explain=False)
-            self.churn.observe(pending.churn, event, f, churn.p)
+            churn = self.churn.predict(f, explain=False, values=v)
+            self.churn.observe(pending.churn, event, f, churn.p, v)
         return Scores(intent, churn, learned, f)
+
+    def _features(self, state: UserState, now_ms: int) -> tuple[dict[str, float], np.ndarray]:
+        """``online_features`` as a dict (reasons, the rule) and as one float64 vector (the models)."""
+        values = online_values(state, now_ms, self.state_cfg)
+        return dict(zip(feature_names(self.state_cfg), values, strict=True)), np.array(values)
 
     def on_watermark(
         self, pending: UserPending, state: UserState, watermark_ms: int, *, explain: bool = True
@@ -500,9 +535,9 @@ class PartitionLearners:
         )
         if not state.last_ts or watermark_ms <= state.last_ts:
             return None, learned
-        f = online_features(state, watermark_ms, self.state_cfg)
-        pred = self.churn.predict(f, explain=explain)
-        self.churn.observe_scan(pending.churn, watermark_ms, f, pred.p)
+        f, v = self._features(state, watermark_ms)
+        pred = self.churn.predict(f, explain=explain, values=v)
+        self.churn.observe_scan(pending.churn, watermark_ms, f, pred.p, v)
         return pred, learned
 
     def next_due(self, pending: UserPending, state: UserState, watermark_ms: int | None = None) -> int | None:
