@@ -203,16 +203,18 @@ def online_values(state: UserState, now_ms: int, cfg: StateConfig) -> list[float
     terms = state.terms.values()
     values += [float(len(terms)), _share(max(terms, default=0.0), sum(terms))]
 
-    recent = state.recent
-    items = [r.item for r in recent if r.item]
-    prices = [r.price for r in recent if r.price > 0]
+    window = state.recent_window()
+    rows = window.rows()  # (type, item, category, price, query) per event
+    n = len(rows)
+    items = [r[1] for r in rows if r[1]]
+    prices = [r[3] for r in rows if r[3] > 0]
     values += [
-        float(len(recent)),
+        float(n),
         len(set(items)) / len(items) if items else 0.0,
-        (recent[-1].ts - recent[0].ts) / (len(recent) - 1) / 1000.0 if len(recent) > 1 else 0.0,
+        (window.ts(-1) - window.ts(0)) / (n - 1) / 1000.0 if n > 1 else 0.0,
         sum(prices) / len(prices) if prices else 0.0,
     ]
-    last_type = recent[-1].type if recent else -1
+    last_type = rows[-1][0] if rows else -1
     values += [1.0 if last_type == t else 0.0 for t in range(N_TYPES)]
     return values
 

@@ -101,7 +101,10 @@ import dataclasses
 import math
 import struct
 import zlib
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
+
+import numpy as np
 
 from models.events import EVENT_TYPES, TYPE_INDEX, Event
 from models.features.hashing import stable_hash
@@ -263,15 +266,17 @@ class UserState:
     def recent(self) -> list[RecentEvent]:
         """The last ``recent_n`` applied events, oldest first (a fresh list: edit the state via
         :func:`apply_event` only)."""
+        return list(self.recent_window())
+
+    def recent_window(self) -> RecentWindow:
+        """The same events as :attr:`recent`, left in the state's packed bytes (decoded on access).
+
+        A window is a snapshot: later events replace the state's bytes, never edit them. The
+        stream keeps one per event for the sequence model, which reads a batch of them straight
+        into arrays (:meth:`RecentWindow.columns`)."""
         blob = self.recent_blob
         n = len(blob) // _REC.size
-        if not n:
-            return []
-        keys = _KEY.iter_unpack(self.seen[len(self.seen) - n * _KEY.size :])
-        return [
-            RecentEvent(t, item, cat, price, (hi << 32) | lo, query)
-            for (t, item, cat, price, query), (hi, lo, _h) in zip(_REC.iter_unpack(blob), keys, strict=True)
-        ]
+        return RecentWindow(blob, self.seen[len(self.seen) - n * _KEY.size :] if n else b"")
 
     def seen_keys(self) -> list[tuple[int, int]]:
         """The de-duplication ring as (ts, event_id_hash(event_id)) pairs, oldest first."""
@@ -360,6 +365,91 @@ _PREV = struct.Struct("<qq4If")  # prev_start, prev_end, prev_counts[4], prev_va
 _OCC = struct.Struct("<qq")  # occasion_start, prev_occasion_end (only while a late purchase can merge)
 _KEY = struct.Struct(">HII")  # de-duplication key: ts high 16 bits, ts low 32 bits, event-id hash
 _REC = struct.Struct("<BIIdI")  # recent record: type, item, category, price, query
+# The same layouts for numpy (packed, no padding: "<" and ">" structs have none).
+_KEY_DTYPE = np.dtype([("hi", ">u2"), ("lo", ">u4"), ("hash", ">u4")])
+_REC_DTYPE = np.dtype([("type", "u1"), ("item", "<u4"), ("category", "<u4"), ("price", "<f8"), ("query", "<u4")])
+
+
+class RecentWindow(Sequence[RecentEvent]):
+    """A window of recent events in the state's packed form: ``recs`` (one 21-byte record per
+    event) and ``keys`` (their de-duplication keys, which hold the times). A read-only sequence
+    of :class:`RecentEvent`, equal to the list :attr:`UserState.recent` gives.
+
+    >>> st = UserState.new()
+    >>> for i, t in enumerate(["click", "add_to_cart"]):
+    ...     _ = apply_event(st, Event(f"e{i}", "u", t, 1_700_000_000_000 + i, item_id="i", price=2.5), StateConfig())
+    >>> w = st.recent_window()
+    >>> len(w), w[-1].type, w == st.recent, w[1:] == st.recent[1:]
+    (2, 2, True, True)
+    >>> RecentWindow.columns([w, w[1:]])[:, 4].astype(int).tolist()  # the times of both windows' events
+    [1700000000000, 1700000000001, 1700000000001]
+    """
+
+    __slots__ = ("keys", "recs")
+
+    def __init__(self, recs: bytes, keys: bytes) -> None:
+        if len(recs) // _REC.size != len(keys) // _KEY.size:
+            raise ValueError("a window needs one key per record")
+        self.recs, self.keys = recs, keys
+
+    def __len__(self) -> int:
+        return len(self.recs) // _REC.size
+
+    def __getitem__(self, i):  # type: ignore[override]
+        n = len(self)
+        if isinstance(i, slice):
+            start, stop, step = i.indices(n)
+            if step != 1:
+                return [self[j] for j in range(start, stop, step)]
+            stop = max(start, stop)
+            return RecentWindow(self.recs[start * _REC.size : stop * _REC.size], self.keys[start * _KEY.size : stop * _KEY.size])
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("window index out of range")
+        t, item, cat, price, query = _REC.unpack_from(self.recs, i * _REC.size)
+        hi, lo, _h = _KEY.unpack_from(self.keys, i * _KEY.size)
+        return RecentEvent(t, item, cat, price, (hi << 32) | lo, query)
+
+    def __iter__(self) -> Iterator[RecentEvent]:
+        for (t, item, cat, price, query), (hi, lo, _h) in zip(
+            _REC.iter_unpack(self.recs), _KEY.iter_unpack(self.keys), strict=True
+        ):
+            yield RecentEvent(t, item, cat, price, (hi << 32) | lo, query)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RecentWindow):
+            return self.recs == other.recs and self.keys == other.keys
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RecentWindow({list(self)!r})"
+
+    def rows(self) -> list[tuple[int, int, int, float, int]]:
+        """``(type, item, category, price, query)`` per event, without the times (cheaper than events)."""
+        return list(_REC.iter_unpack(self.recs))
+
+    def ts(self, i: int) -> int:
+        """The time of event ``i`` (negative counts from the end)."""
+        hi, lo, _h = _KEY.unpack_from(self.keys, (i % len(self)) * _KEY.size)
+        return (hi << 32) | lo
+
+    @staticmethod
+    def columns(windows: Sequence[RecentWindow]) -> np.ndarray:
+        """The events of all ``windows``, one after another, as a float64 ``(events, 6)`` array in
+        :class:`RecentEvent`'s field order: what ``np.array([tuple(e) for w in windows for e in w])``
+        gives, read from the bytes at once."""
+        recs = np.frombuffer(b"".join(w.recs for w in windows), _REC_DTYPE)
+        keys = np.frombuffer(b"".join(w.keys for w in windows), _KEY_DTYPE)
+        out = np.empty((len(recs), len(RecentEvent._fields)), np.float64)
+        for j, name in enumerate(RecentEvent._fields):
+            if name == "ts":
+                out[:, j] = (keys["hi"].astype(np.int64) << 32) | keys["lo"].astype(np.int64)
+            else:
+                out[:, j] = recs[name]
+        return out
 
 
 @lru_cache(maxsize=1024)

@@ -43,6 +43,7 @@ import numpy as np
 
 from models.events import EVENT_TYPES, TYPE_INDEX, Event
 from models.features.recent import RecentEvent
+from models.features.state import RecentWindow
 from models.sequence.config import DAY_MS, SeqConfig
 
 # Bumped whenever window_features changes meaning: a checkpoint with another version is refused.
@@ -114,7 +115,10 @@ def batch_features(windows: Sequence[Sequence[RecentEvent]], cfg: SeqConfig) -> 
     lengths = np.fromiter((len(w) for w in windows), np.int64, B)
     if not B or lengths.min() < 1 or lengths.max() > L:
         raise ValueError(f"need 1 to {L} events per window and at least one window")
-    flat = np.array([tuple(e) for w in windows for e in w], np.float64).reshape(-1, len(RecentEvent._fields))
+    if all(type(w) is RecentWindow for w in windows):  # the stream's windows: straight from their bytes
+        flat = RecentWindow.columns(windows)  # type: ignore[arg-type]
+    else:
+        flat = np.array([tuple(e) for w in windows for e in w], np.float64).reshape(-1, len(RecentEvent._fields))
     rows = np.repeat(np.arange(B), lengths)
     cols = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 

@@ -32,7 +32,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -339,7 +339,7 @@ class Runtime:
         return self.serving.active
 
     async def _sequence_views(
-        self, served: Served | None, windows: list[list[RecentEvent] | None], latent: list[bool] | None = None
+        self, served: Served | None, windows: Sequence[Sequence[RecentEvent] | None], latent: list[bool] | None = None
     ) -> list[SeqView | None] | None:
         """Score the windows with the served model (and the shadow) on the scoring thread, in one
         call per batch; one view per window (None for a missing or empty one). ``latent`` says
@@ -511,7 +511,7 @@ class Runtime:
                 scan = self.pipeline.scan_apply(partition, recs)
                 silent = list(scan.silent)
                 views = await self._sequence_views(
-                    served, [recs[u].state.recent for u in silent], [False] * len(silent)  # type: ignore[union-attr]
+                    served, [recs[u].state.recent_window() for u in silent], [False] * len(silent)  # type: ignore[union-attr]
                 )  # churn risk only: no next categories
                 by_user = dict(zip(silent, views, strict=True)) if views else None
                 self.pipeline.decide_silent(scan, recs, by_user)  # type: ignore[arg-type]

@@ -113,7 +113,7 @@ class Candidate:
     # out (a learned model's, see OnlineLearner.predict): the policy calls it only when it fires.
     intent: tuple[float, list[dict] | Callable[[], list[dict]], bool, str] | None
     latent: list[tuple[str, float]]  # the state's category affinity at the event (empty unless latent_due)
-    window: list[RecentEvent] | None = None  # the user's recent events at the event (for the sequence model)
+    window: Sequence[RecentEvent] | None = None  # the user's recent events at the event (for the sequence model)
     # Whether a latent-needs signal may still be emitted at this event: false while the user's last
     # one is within the cooldown. Decisions in this batch can only make it false, never true, so
     # the sequence model's next categories are needed only where it is true (they are its
@@ -143,7 +143,7 @@ class BatchResult:
     silent: dict[str, Silent] = field(default_factory=dict)  # scan_apply -> decide_silent
     # Signals whose score includes the sequence model, for explanations: (index in signals, head,
     # the window the model scored).
-    explain: list[tuple[int, str, list[RecentEvent]]] = field(default_factory=list)
+    explain: list[tuple[int, str, Sequence[RecentEvent]]] = field(default_factory=list)
 
 
 def wall_ms() -> int:
@@ -239,7 +239,7 @@ class Pipeline:
             # The affinity's top categories only matter where a latent signal may follow.
             due = ev.ts - rec.policy.latent_emit_ts >= cfg.intent.cooldown_ms
             latent = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k) if due else []
-            cands.append(Candidate(partition, ev, intent, latent, rec.state.recent if windows else None, due))
+            cands.append(Candidate(partition, ev, intent, latent, rec.state.recent_window() if windows else None, due))
         for user, partition in touched.items():
             rec = records[user]
             out.records[user] = rec  # type: ignore[assignment]
@@ -440,7 +440,7 @@ class Pipeline:
                 sig.value["model_versions"]["online"] = version
                 if blended:
                     sig.value["model_versions"]["sequence"] = sv.version  # type: ignore[union-attr]
-                    out.explain.append((len(out.signals), "churn", rec.state.recent))
+                    out.explain.append((len(out.signals), "churn", rec.state.recent_window()))
                 out.signals.append(sig)
 
     def forget_partitions(self, keep: set[int]) -> None:

@@ -161,3 +161,39 @@ def test_windows_longer_than_max_len_or_empty_are_refused():
         batch_features([[]], SeqConfig(max_len=4))
     with pytest.raises(ValueError, match="events per window"):
         batch_features([random_window(random.Random(0), 5)], SeqConfig(max_len=4))
+
+
+def test_windows_read_from_the_states_bytes_give_the_same_inputs_as_lists():
+    """The stream hands the model ``RecentWindow``s (the state's packed ring, decoded in one go);
+    they must give exactly the inputs of the same events as a list, through state round trips,
+    slices and rings that have wrapped."""
+    from models.events import EVENT_TYPES, Event
+    from models.features.state import RecentWindow, StateConfig, UserState, apply_event
+
+    rng = random.Random(3)
+    st_cfg = StateConfig()
+    cfg = SeqConfig(max_len=st_cfg.recent_n)
+    states: dict[str, UserState] = {}
+    windows: list[RecentWindow] = []
+    ts = T0
+    for i in range(3000):
+        ts += rng.choice([0, 1_000, 60_000, 4_000_000])
+        user = f"u{rng.randrange(40)}"
+        st = states.setdefault(user, UserState.new())
+        kind = rng.choice(EVENT_TYPES)
+        ev = Event(f"e{i}", user, kind, ts - rng.choice([0, 0, 5_000]), item_id=rng.choice([None, "a", "b", f"i{i % 50}"]),
+                   category_id=rng.choice([None, "c1", "c2"]), price=rng.choice([None, 3.25, 99.0]),
+                   query="shoes" if kind == "search" else None)  # fmt: skip
+        if apply_event(st, ev, st_cfg) != "applied":
+            continue
+        if i % 5 == 0:
+            states[user] = st = UserState.from_bytes(st.to_bytes())
+        w = st.recent_window()
+        assert w == st.recent and list(w[1:]) == st.recent[1:] and list(w[-3:]) == st.recent[-3:]
+        windows.append(w if i % 2 else w[max(0, len(w) - rng.randint(1, len(w))) :])
+    assert any(len(w) == st_cfg.recent_n for w in windows) and all(type(w) is RecentWindow for w in windows)
+    fast = batch_features(windows, cfg)
+    slow = batch_features([list(w) for w in windows], cfg)
+    assert fast.keys() == slow.keys()
+    for key in fast:
+        assert fast[key].dtype == slow[key].dtype and np.array_equal(fast[key], slow[key]), key
