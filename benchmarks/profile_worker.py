@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--offered", type=float, default=None, help="produce at this many events/s while sampling")
     p.add_argument("--include-stall", action="store_true",
                    help="start sampling at the first batch of either agent, not at the first event handled")
+    p.add_argument("--gil", action="store_true",
+                   help="sample only the thread holding the GIL (Python CPU; a thread waiting for the GIL "
+                        "otherwise shows as busy in whatever call released it)")
     a = p.parse_args(argv)
     if shutil.which("py-spy") is None and not (Path(sys.executable).parent / "py-spy").exists():
         print("py-spy not found: pip install py-spy", file=sys.stderr)
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.time()
                 subprocess.run(
                     [pyspy, "record", "--pid", str(w.proc.pid), "--duration", str(int(a.seconds)),  # type: ignore[union-attr]
-                     "--rate", str(a.rate), "--idle", "--nonblocking", "--format", "raw",
+                     "--rate", str(a.rate), "--gil" if a.gil else "--idle", "--nonblocking", "--format", "raw",
                      "--output", str(a.out / "worker.collapsed.txt")],
                     check=True, capture_output=True,
                 )  # fmt: skip
