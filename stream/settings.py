@@ -67,9 +67,10 @@ class Settings(BaseSettings):
 
     # --- batching (PLATFORM.md: per-event table writes and awaited sends top out near 1k events/s)
     ingest: Literal["faust", "raw"] = Field(
-        "faust",
-        description="ingest stage: a Faust agent, or 'raw', a batched aiokafka consumer (group <app_id>-ingest): "
-        "faster, but its group stalls on the embedded broker when a second worker joins (docs/BENCHMARKS.md)",
+        "raw",
+        description="ingest stage: 'raw', a batched aiokafka consumer reading the input partitions that go with "
+        "the internal partitions Faust assigned this worker (offsets under <app_id>-ingest), or 'faust', an agent "
+        "(slower: Faust's per-record cost, docs/BENCHMARKS.md)",
     )
     batch_size: int = Field(1000, ge=1, le=100_000)
     batch_wait_ms: int = Field(

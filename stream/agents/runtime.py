@@ -71,6 +71,18 @@ def partition_for(user: str, partitions: int) -> int:
     return int(user[:8], 16) % partitions
 
 
+def ingest_partitions(assigned: set[int], n_input: int, n_internal: int) -> set[int]:
+    """The input partitions a worker ingests: those whose events it would have received had the
+    input been co-partitioned with the internal topic (``p % n_internal`` is one of its
+    ``assigned`` internal partitions). Across the workers of a group, every input partition is
+    read by exactly one.
+
+    >>> sorted(ingest_partitions({0, 3}, 8, 4))
+    [0, 3, 4, 7]
+    """
+    return {p for p in range(n_input) if p % n_internal in assigned}
+
+
 class RawMessage(NamedTuple):
     """An input record, from aiokafka or from Faust (their timestamps differ in unit)."""
 
@@ -263,29 +275,51 @@ class Runtime:
                 )
 
     async def run_raw_ingest(self) -> None:
-        """The ingest stage on a plain aiokafka consumer (its own group, ``<app_id>-ingest``).
+        """The ingest stage on a plain aiokafka consumer, without Faust's per-record machinery.
 
         Ingest keeps no state, so it needs none of Faust's table machinery, and its per-record
         stream overhead was the larger half of the worker's cost per event (docs/BENCHMARKS.md):
         here a whole ``getmany`` batch is validated, packed and sent, the producer is flushed, and
         only then are the batch's offsets committed (at-least-once, as before: a crash re-sends
         the uncommitted tail, which the state de-duplicates by ``event_id``).
+
+        The consumer joins no group. It reads the input partitions that go with the internal
+        partitions Faust assigned this worker (:func:`ingest_partitions`), follows every
+        rebalance of Faust's group, and commits its offsets under ``<app_id>-ingest``. (A group
+        of its own stalled on the embedded broker when a second worker joined: after the
+        rebalance every commit failed with ``IllegalGenerationError``.) While a partition moves,
+        its old and new owner may both read its uncommitted tail: duplicates, never a loss, since
+        every commit follows the flush of what it covers.
         """
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.errors import CommitFailedError, KafkaError
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka.errors import KafkaError
 
         from stream.broker import client_config
 
         s = self.settings
         consumer = AIOKafkaConsumer(
-            s.events_topic, group_id=f"{s.app_id}-ingest", enable_auto_commit=False, auto_offset_reset="earliest",
+            group_id=f"{s.app_id}-ingest", enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=s.batch_size, fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024,
-            session_timeout_ms=10_000, heartbeat_interval_ms=1_000, **client_config(s, self.bootstrap),  # type: ignore[arg-type]
+            **client_config(s, self.bootstrap),  # type: ignore[arg-type]
         )  # fmt: skip
         await consumer.start()
         self.ingest_consumer = consumer
+        n_input: int | None = None
+        mine: set[int] = set()
         try:
             while True:
+                if n_input is None:
+                    await consumer.topics()  # metadata: the input topic's partition count
+                    n_input = len(consumer.partitions_for_topic(s.events_topic) or ())
+                wanted = ingest_partitions(self._assigned, n_input, s.events_partitions)
+                if wanted != mine:
+                    consumer.assign([TopicPartition(s.events_topic, p) for p in sorted(wanted)])
+                    log.info("ingest reads %s partitions %s", s.events_topic, sorted(wanted))
+                    mine = wanted
+                if not mine:
+                    await asyncio.sleep(s.batch_wait_ms / 1000)
+                    n_input = None  # the topic may not exist yet
+                    continue
                 batches = await consumer.getmany(timeout_ms=s.batch_wait_ms, max_records=s.batch_size)
                 msgs = [_raw(m, ms=True) for records in batches.values() for m in records]
                 if not msgs:
@@ -293,8 +327,8 @@ class Runtime:
                 self.guarded(self.ingest_batch, msgs)
                 await self.app.producer.flush()  # packs and dead letters acknowledged before the commit
                 try:
-                    await consumer.commit()
-                except (CommitFailedError, KafkaError) as exc:  # a rebalance: the tail comes again
+                    await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items() if records})
+                except KafkaError as exc:  # the next commit covers it; a restart reads the tail again
                     log.warning("ingest commit failed (%s); the batch may be delivered again", exc)
         finally:
             self.ingest_consumer = None

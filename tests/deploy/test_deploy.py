@@ -176,7 +176,10 @@ def test_scaledobject_scales_the_workers_within_the_partition_count(overlay: str
         assert trigger["type"] == "kafka"
         meta = trigger["metadata"]
         assert meta["topic"] == "shop.events"
-        assert meta["consumerGroup"]
+        # the group that commits shop.events offsets: the raw ingest's, unless ingest is a Faust agent
+        app_id = settings.get("INTENTSTREAM_APP_ID", "intentstream")
+        faust_ingest = settings.get("INTENTSTREAM_INGEST", "raw") == "faust"
+        assert meta["consumerGroup"] == (app_id if faust_ingest else f"{app_id}-ingest")
         assert int(meta["lagThreshold"]) > 0
         assert str(meta.get("allowIdleConsumers", "false")).lower() == "false"
         if "bootstrapServersFromEnv" in meta:

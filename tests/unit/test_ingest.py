@@ -98,3 +98,19 @@ def test_any_input_is_either_an_event_or_a_known_reason(raw):
         assert exc.reason in REASONS
     else:
         assert ev.type in ("click", "search", "add_to_cart", "purchase") and len(ev.user) == 32
+
+
+def test_each_input_partition_is_ingested_by_exactly_one_worker():
+    """The raw ingest reads the input partitions that go with a worker's internal ones: however
+    Faust splits the internal partitions among workers, every input partition has one reader,
+    also when the input topic has more or fewer partitions than the internal one."""
+    import random
+
+    from stream.agents.runtime import ingest_partitions
+
+    rng = random.Random(5)
+    for _ in range(200):
+        n_internal, n_input, workers = rng.randint(1, 12), rng.randint(1, 30), rng.randint(1, 5)
+        owner = {p: rng.randrange(workers) for p in range(n_internal)}
+        readers = [ingest_partitions({p for p, w in owner.items() if w == k}, n_input, n_internal) for k in range(workers)]
+        assert sorted(p for r in readers for p in r) == list(range(n_input))
