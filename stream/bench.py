@@ -6,7 +6,7 @@ measured in the same run on the same events (a shared 2-core machine is too nois
 taken on different days to be compared). Each measurement gets topics and a consumer group of its
 own (``bench-<run>-<name>...``), so repeats never see each other's records.
 
-Scenarios (``intentstream bench [pipeline|baselines|state|all]``):
+Scenarios (``intentstream bench [pipeline|baselines|state|all|scaling]``):
 
 ``pipeline``
     **Sustained throughput.** ``--events`` simulated events are preloaded into a fresh events
@@ -55,6 +55,11 @@ Scenarios (``intentstream bench [pipeline|baselines|state|all]``):
     ``benchmarks.state_bench.run(users, seed)``: bytes per user of the stored state and
     read-modify-write updates per second (skipped if that module is absent).
 
+``scaling`` (not part of ``all``: minutes)
+    The pipeline's backlog through k workers of one application on k partitions, k = 1, 2, 4
+    (``--scaling``), all on this machine: the workers' handled events and CPU are summed, the
+    rate is taken as for ``pipeline``.
+
 ``--restart`` (with ``all`` or ``pipeline``, slow)
     A worker on a ``rocksdb://`` store fills its table with ``--restart-users`` users (one event
     each), is stopped with SIGTERM and started again on the same data directory:
@@ -92,7 +97,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from stream.broker import EmbeddedBroker, client_config, create_topics, free_port
@@ -102,7 +107,7 @@ from stream.settings import Settings, env_var
 #: Repository root: the baselines and the state benchmark live in ``benchmarks/`` beside ``stream/``.
 ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.1
-SCENARIOS = ("pipeline", "baselines", "state", "all")
+SCENARIOS = ("pipeline", "baselines", "state", "all", "scaling")
 #: Events counted as "handled": every canonical type; ``invalid``/``other`` never reach the state.
 NOT_HANDLED_TYPES = ("invalid", "other")
 
@@ -119,6 +124,7 @@ class BenchConfig:
     restart: bool = False
     restart_users: int = 100_000
     sequence: bool = True  # serve a sequence model in the pipeline workers (see publish_sequence_model)
+    scaling: tuple[int, ...] = (1, 2, 4)  # the scaling scenario: k partitions and k workers, for each k
 
 
 # ------------------------------------------------------------------------------------- statistics
@@ -388,41 +394,58 @@ class Bench:
             asyncio.run(seed_online_models(s, self.bootstrap, self.online_models))
 
     # --------------------------------------------------------------------------- pipeline throughput
-    def pipeline_throughput(self, events: Events) -> dict:
+    def pipeline_throughput(self, events: Events, workers: int = 1) -> dict:
+        """The backlog through ``workers`` workers of one application (one by default); their
+        handled events, batches and CPU are summed (the scaling scenario runs several)."""
         s = self.fresh("pipe")
         self.prepare_topics(s)
         produce_rate = asyncio.run(produce(s, self.bootstrap, s.events_topic, events))
-        port = free_port()
+        ports = [free_port() for _ in range(workers)]
         n = len(events)
         timeline: list[tuple[float, float]] = []
         t_ready = t_first_batch = None
         cpu_first = cpu_done = None
         deadline = time.time() + 60 + n / 200
-        with self.worker(s, port) as w:
-            while time.time() < deadline and w.alive():
+        with contextlib.ExitStack() as stack:
+            ws = [stack.enter_context(self.worker(s.model_copy(update={"data_dir": s.data_dir / f"w{i}"}) if workers > 1 else s, port))
+                  for i, port in enumerate(ports)]  # fmt: skip
+
+            def cpu() -> float:
+                return sum(w.cpu_seconds() or 0.0 for w in ws)
+
+            def alive() -> bool:
+                return all(w.alive() for w in ws)
+
+            def scrape() -> dict | None:
+                found = [_scrape(port, "/metrics") for port in ports]
+                if any(status != 200 for status, _ in found):
+                    return None
+                per = [parse_metrics(text) for _, text in found]
+                return {k: sum(m.get(k) or 0.0 for m in per) for k in dict.fromkeys(k for m in per for k in m)}
+
+            while time.time() < deadline and alive():
                 time.sleep(POLL_S)
                 now = time.time()
-                if t_ready is None and _scrape(port, "/readyz")[0] == 200:
+                if t_ready is None and all(_scrape(port, "/readyz")[0] == 200 for port in ports):
                     t_ready = now
-                status, text = _scrape(port, "/metrics")
-                if status != 200:
+                m = scrape()
+                if m is None:
                     continue
-                m = parse_metrics(text)
                 if t_first_batch is None and m["batches"] > 0:
-                    t_first_batch, cpu_first = now, w.cpu_seconds()
+                    t_first_batch, cpu_first = now, cpu()
                 timeline.append((now, m["handled"]))
                 if m["handled"] >= n:
-                    cpu_done = w.cpu_seconds()
+                    cpu_done = cpu()
                     break
-            rss = w.rss_bytes()
-            last = parse_metrics(_scrape(port, "/metrics")[1])
+            rss = sum(w.rss_bytes() or 0 for w in ws)
+            last = scrape() or {}
             signals = last.get("signals")
             warm_by = time.time() + 12.0  # the online-model gauges are refreshed every 5 s
-            while self.online_models and not last.get("online_models_learned") and time.time() < warm_by and w.alive():
+            while self.online_models and not last.get("online_models_learned") and time.time() < warm_by and alive():
                 time.sleep(0.5)
-                last = parse_metrics(_scrape(port, "/metrics")[1])
-            log_tail = "" if timeline and timeline[-1][1] >= n else w.tail()
-            started = w.started
+                last = scrape() or {}
+            log_tail = "" if timeline and timeline[-1][1] >= n else "\n".join(w.tail() for w in ws)
+            started = min(w.started for w in ws)
         handled = timeline[-1][1] if timeline else 0.0
         t10, t90 = crossing(timeline, 0.1 * n), crossing(timeline, 0.9 * n)
         t_first_event = crossing(timeline, 1)
@@ -437,6 +460,7 @@ class Bench:
             "startup_s": t_ready - started if t_ready else None,
             "stall_s": t_first_event - t_first_batch if t_first_event and t_first_batch else None,
             "worker_rss_mb": rss / 2**20 if rss else None,
+            "workers": workers,
             "users": events.users,
             "signals": signals,
             "online_models_warm": bool(last.get("online_models_learned")),
@@ -692,12 +716,38 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
                     if config.restart:
                         say(f"restart with {config.restart_users:,} users (rocksdb://)")
                         result["restart"] = bench.restart(config.restart_users)
+            if "scaling" in want:
+                result["scaling"] = _scaling(settings, config, workdir, stack, bootstrap, say)
             if "state" in want:
                 say(f"state benchmark with {config.users:,} users")
                 result["state"] = state(config.users, config.seed)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+def _scaling(settings: Settings, config: BenchConfig, workdir: Path, stack: contextlib.ExitStack,
+             bootstrap: str | None, say: Callable[[str], None]) -> dict:  # fmt: skip
+    """The same backlog through k workers of one application on k partitions, for k in
+    ``config.scaling``: medians of ``config.repeats`` runs each (warm online models per partition,
+    the sequence model on)."""
+    bootstrap = bootstrap or settings.kafka_bootstrap_servers or stack.enter_context(EmbeddedBroker(workdir / "broker")).bootstrap
+    model_dir = None
+    if config.sequence:
+        model_dir = workdir / "models"
+        publish_sequence_model(model_dir)
+    events = make_events(config.events, config.users, config.seed)
+    out: dict = {}
+    for k in config.scaling:
+        cfg = replace(config, partitions=k)
+        online = warm_online_models(settings, k, config.seed + 7)[0] if settings.online_learning else None
+        bench = Bench(settings, bootstrap, workdir, cfg, model_dir, online)
+        runs = []
+        for r in range(config.repeats):
+            say(f"scaling: {k} partition(s) and worker(s), repeat {r + 1}/{config.repeats}")
+            runs.append(bench.pipeline_throughput(events, workers=k))
+        out[str(k)] = _summary(runs)
+    return out
 
 
 #: Churn horizon the benchmark's online models are warmed with (see :func:`warm_online_models`).
@@ -878,6 +928,9 @@ def table(result: dict) -> str:
         rows.append(("signals matched", _fmt(lat["signals_matched"])))
         rows.append(("worker CPU per event under that load", _fmt(lat.get("worker_cpu_us_per_event"), " us")))
         rows.append(("worker cores busy under that load", _fmt(lat.get("worker_cores"))))
+    for k, sc in (result.get("scaling") or {}).items():
+        rows.append((f"scaling: {k} partition(s) and worker(s), events/s", _fmt(sc.get("events_per_s"))))
+        rows.append((f"scaling: {k} partition(s) and worker(s), CPU per event", _fmt(sc.get("cpu_us_per_event"), " us")))
     st = result.get("state")
     if st:
         rows += [("state bytes/user", _fmt(st.get("bytes_per_user"))), ("state updates/s", _fmt(st.get("updates_per_s")))]

@@ -207,8 +207,19 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
     config = BenchConfig(events=args.events, users=args.users, partitions=args.partitions or settings.events_partitions,
                          repeats=args.repeats, seed=args.seed, rate=args.rate, restart=args.restart,
-                         sequence=not args.no_sequence)  # fmt: skip
+                         sequence=not args.no_sequence, scaling=_counts(args.scaling))  # fmt: skip
     return main(settings, args.scenario, config, Path(args.json) if args.json else None)
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    """``"1,2,4"`` -> ``(1, 2, 4)``; an error naming ``--scaling`` otherwise."""
+    try:
+        counts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"--scaling must be positive whole numbers separated by commas, got {text!r}")
+    return counts
 
 
 # ---------------------------------------------------------------------------------------- train, refresh, evaluate
@@ -326,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(fn=cmd_watch)
 
     bn = sub.add_parser("bench", help="throughput, latency, memory against the pipeline's baselines (docs/BENCHMARKS.md)")
-    bn.add_argument("scenario", nargs="?", default="all", choices=["pipeline", "baselines", "state", "all"])
+    bn.add_argument("scenario", nargs="?", default="all", choices=["pipeline", "baselines", "state", "all", "scaling"])
     bn.add_argument("--events", type=int, default=50_000, help="events in each preloaded backlog (default 50000)")
     bn.add_argument("--users", type=int, default=10_000, help="simulated active users (default 10000)")
     bn.add_argument("--partitions", type=int, default=None, help="partitions per topic (default INTENTSTREAM_EVENTS_PARTITIONS)")
@@ -335,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--rate", type=float, default=None, help="offered load for the latency run (default: half the sustained max)")
     bn.add_argument("--restart", action="store_true", help="also time a restart with 100k users of rocksdb state (slow)")
     bn.add_argument("--no-sequence", action="store_true", help="pipeline workers without a sequence model (online models only)")
+    bn.add_argument("--scaling", default="1,2,4", help="the scaling scenario's partition and worker counts (default 1,2,4)")
     bn.add_argument("--json", default=None, help="also write the JSON result to this file")
     bn.set_defaults(fn=cmd_bench)
 

@@ -40,7 +40,9 @@ def _number_or_none(v: object) -> bool:
     return v is None or (isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v))
 
 
-def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
+def _bench(broker, tmp_path, args: list[str]) -> dict:
+    """Run ``intentstream bench ARGS --json OUT`` on the test broker; its JSON (also on stdout),
+    after checking that it exited 0 and left no process behind."""
     pytest.importorskip("psutil")
     marker = uuid.uuid4().hex
     out = tmp_path / "bench.json"
@@ -52,8 +54,7 @@ def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
         "INTENTSTREAM_STORE": "memory://",
         "INTENTSTREAM_PSEUDONYM_KEY": "bench-smoke-key-0123456789",
     }
-    cmd = [sys.executable, "-m", "stream.cli", "bench", "all", "--events", "2000", "--users", "200",
-           "--repeats", "1", "--partitions", "2", "--rate", "200", "--json", str(out)]  # fmt: skip
+    cmd = [sys.executable, "-m", "stream.cli", "bench", *args, "--json", str(out)]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)  # fmt: skip
     try:
@@ -69,9 +70,14 @@ def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
             os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 0, stderr.decode()[-3000:]
     assert not leftovers, f"processes left behind: {leftovers}"
-
     result = json.loads(out.read_text())
     assert json.loads(stdout) == result, "stdout carries the same JSON as --json"
+    return result
+
+
+def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
+    result = _bench(broker, tmp_path, ["all", "--events", "2000", "--users", "200", "--repeats", "1",
+                                       "--partitions", "2", "--rate", "200"])  # fmt: skip
     assert {"meta", "pipeline", "baselines", "ratios", "latency", "state"} <= set(result)
     assert result["meta"]["events"] == 2000 and result["meta"]["repeats"] == 1
     # Workers start from online models learned on simulator history (as a restarted worker does).
@@ -99,3 +105,16 @@ def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
 
     state = result["state"]
     assert "skipped" in state or _number_or_none(state["bytes_per_user"])
+
+
+def test_bench_scaling_runs_k_workers_on_k_partitions(broker, tmp_path):
+    """Two workers of one application share the backlog: together they handle every event (a
+    rebalance while they start may hand a few to both: at-least-once, de-duplicated by the state)."""
+    result = _bench(broker, tmp_path, ["scaling", "--events", "600", "--users", "100", "--repeats", "1", "--scaling", "1,2"])
+    assert set(result["scaling"]) == {"1", "2"}
+    for k, summary in result["scaling"].items():
+        (run,) = summary["runs"]
+        assert run["workers"] == int(k)
+        assert run["complete"] and run["handled"] >= 600, run.get("worker_log_tail")
+        assert run["online_models_warm"] is True
+        assert _number_or_none(run["events_per_s"]) and _number_or_none(run["cpu_us_per_event"])
