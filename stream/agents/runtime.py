@@ -1,14 +1,16 @@
 """The thin Faust shell: batched agents that decode, call the pure pipeline, write state, emit.
 
-Two agents, both consuming with ``take_events`` so that the per-event cost of Faust's stream
-machinery is paid once per batch where it can be (PLATFORM.md: a table write and an awaited send
-per event top out near 1k events/s on these machines):
+Two stages, each working on whole batches so that per-record costs are paid once per batch where
+they can be (PLATFORM.md: a table write and an awaited send per event top out near 1k events/s on
+these machines):
 
 * ``ingest`` reads ``shop.events`` (raw bytes, any key), validates and pseudonymises each message
   (:mod:`stream.logic.ingest`), dead-letters the bad ones with their reason, and forwards the good
   ones to the internal topic *partitioned* by the pseudonymous user, packed: one record per
   partition and batch (:mod:`stream.logic.packing`), so that the second hop pays Faust's
-  per-record cost once per pack instead of once per event.
+  per-record cost once per pack instead of once per event. By default it is a plain aiokafka
+  consumer on the input partitions that go with the worker's Faust assignment
+  (:meth:`Runtime.run_raw_ingest`); ``INTENTSTREAM_INGEST=faust`` makes it an agent.
 * ``process`` reads that topic, loads each user's record once per batch, runs
   :class:`~stream.logic.pipeline.Pipeline`, writes each changed record back once, and sends the
   signals. Between the pipeline's two steps the sequence model scores every event of the batch
@@ -18,7 +20,8 @@ per event top out near 1k events/s on these machines):
   between batches (:mod:`stream.logic.serving`).
 
 Delivery is at-least-once: ``take_events`` acknowledges a batch only after the agent has handled
-it, and Faust flushes the producer (signals, dead letters, changelog) before it commits offsets.
+it, and Faust flushes the producer (signals, dead letters, changelog) before it commits offsets;
+the raw ingest commits a batch's offsets after flushing its packs and dead letters.
 A crash replays the uncommitted tail; state de-duplicates events by ``event_id`` and signal ids
 are deterministic, so consumers can drop repeats.
 """
@@ -316,9 +319,10 @@ class Runtime:
                     consumer.assign([TopicPartition(s.events_topic, p) for p in sorted(wanted)])
                     log.info("ingest reads %s partitions %s", s.events_topic, sorted(wanted))
                     mine = wanted
-                if not mine:
-                    await asyncio.sleep(s.batch_wait_ms / 1000)
-                    n_input = None  # the topic may not exist yet
+                if not mine:  # no internal partitions yet (or none for this worker)
+                    await asyncio.sleep(0.1)
+                    if not n_input:
+                        n_input = None  # the input topic did not exist: look again
                     continue
                 batches = await consumer.getmany(timeout_ms=s.batch_wait_ms, max_records=s.batch_size)
                 msgs = [_raw(m, ms=True) for records in batches.values() for m in records]
