@@ -437,7 +437,10 @@ class OnlineLearner:
         model = body["model"]
         if cfg.model == "linear" and not isinstance(model, ScaledAveragedLogisticRegression):
             # written when the linear model ran as River's two-step pipeline: the same numbers
-            model = ScaledAveragedLogisticRegression.from_pipeline(model, names)
+            try:
+                model = ScaledAveragedLogisticRegression.from_pipeline(model, names)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise IncompatibleCheckpoint(f"linear-model checkpoint cannot be converted: {exc}") from None
         lr = cls(cfg, model=model)
         lr.metrics_ = body["metrics"]
         lr.n_learned, lr.learned_pos = body["n_learned"], body["learned_pos"]

@@ -171,6 +171,18 @@ def test_learners_score_as_river_pipelines_would_and_old_checkpoints_load_as_fus
     assert restored.learners.metrics() == fused.learners.metrics()
 
 
+def test_a_pipeline_checkpoint_that_cannot_be_fused_is_refused_not_crashed_on() -> None:
+    """A scaler that saw some features fewer times has no single count: the checkpoint is refused
+    as incompatible (the worker then starts fresh models) rather than raising on restore."""
+    lr = OnlineLearner(LearnerConfig("intent"))
+    lr.model, lr._fused = river_pipeline(), False
+    x = {n: 1.0 for n in lr.names}
+    lr.model.learn_one(x, True)
+    lr.model.learn_one({n: 2.0 for n in lr.names[1:]}, False)
+    with pytest.raises(IncompatibleCheckpoint, match="cannot be converted"):
+        OnlineLearner.from_bytes(lr.to_bytes())
+
+
 # --- order of learning -----------------------------------------------------------------------
 
 
