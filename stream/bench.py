@@ -670,16 +670,17 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
     workdir = Path(tempfile.mkdtemp(prefix="intentstream-bench-"))
     try:
         with contextlib.ExitStack() as stack:
-            if want & {"pipeline", "baselines"}:
+            model_dir = None
+            if want & {"pipeline", "baselines", "scaling"}:
                 if bootstrap is None and settings.kafka_bootstrap_servers:
                     bootstrap = settings.kafka_bootstrap_servers
                 if bootstrap is None:
                     bootstrap = stack.enter_context(EmbeddedBroker(workdir / "broker")).bootstrap
                 result["meta"]["bootstrap"] = bootstrap
-                model_dir = None
-                if config.sequence and "pipeline" in want:
+                if config.sequence and want & {"pipeline", "scaling"}:
                     model_dir = workdir / "models"
                     result["meta"]["sequence_model"] = publish_sequence_model(model_dir)
+            if want & {"pipeline", "baselines"}:
                 online = None
                 if "pipeline" in want and settings.online_learning:
                     say("warming the online models on simulator history")
@@ -717,7 +718,7 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
                         say(f"restart with {config.restart_users:,} users (rocksdb://)")
                         result["restart"] = bench.restart(config.restart_users)
             if "scaling" in want:
-                result["scaling"] = _scaling(settings, config, workdir, stack, bootstrap, say)
+                result["scaling"] = _scaling(settings, config, workdir, bootstrap, model_dir, say)
             if "state" in want:
                 say(f"state benchmark with {config.users:,} users")
                 result["state"] = state(config.users, config.seed)
@@ -726,16 +727,11 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
     return result
 
 
-def _scaling(settings: Settings, config: BenchConfig, workdir: Path, stack: contextlib.ExitStack,
-             bootstrap: str | None, say: Callable[[str], None]) -> dict:  # fmt: skip
+def _scaling(settings: Settings, config: BenchConfig, workdir: Path, bootstrap: str, model_dir: Path | None,
+             say: Callable[[str], None]) -> dict:  # fmt: skip
     """The same backlog through k workers of one application on k partitions, for k in
     ``config.scaling``: medians of ``config.repeats`` runs each (warm online models per partition,
-    the sequence model on)."""
-    bootstrap = bootstrap or settings.kafka_bootstrap_servers or stack.enter_context(EmbeddedBroker(workdir / "broker")).bootstrap
-    model_dir = None
-    if config.sequence:
-        model_dir = workdir / "models"
-        publish_sequence_model(model_dir)
+    the sequence model served from ``model_dir`` if given)."""
     events = make_events(config.events, config.users, config.seed)
     out: dict = {}
     for k in config.scaling:
