@@ -1,0 +1,125 @@
+"""CPU per event of each stage of the worker's pure logic, in one process (no broker, no Faust).
+
+``python -m benchmarks.stage_costs --events 20000 --batch 1000`` runs simulator events through
+what a worker does per batch, with warm online models and the benchmark's sequence model, and
+prints the process CPU time per event of each step:
+
+* ingest: validate and pseudonymise (``ingest_one``), pack; the process side: unpack and
+  ``Event.from_dict``;
+* load (``UserRecord.from_bytes``), ``Pipeline.apply``, sequence scoring, ``Pipeline.decide``,
+  store (``UserRecord.to_bytes``), signal JSON.
+
+What is left of a worker's CPU per event (``intentstream bench pipeline``) beyond these is Faust,
+aiokafka and the threads' hand-offs. ``--gc`` chooses the cyclic garbage collector: ``on``
+(Python's default), ``freeze`` (what a worker does once ready: ``gc.freeze()`` after start-up)
+or ``off``. The collector's passes land on whichever step allocates when they run, so compare
+totals across ``--gc`` settings, not single steps. Timings on a shared 2-core machine vary by
+about 20% from run to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--users", type=int, default=5_000)
+    p.add_argument("--batch", type=int, default=1_000, help="events per batch (the worker's INTENTSTREAM_BATCH_SIZE)")
+    p.add_argument("--gc", choices=["on", "freeze", "off"], default="freeze")
+    a = p.parse_args(argv)
+
+    import torch
+
+    from models.events import Event
+    from models.online.learner import PartitionLearners
+    from stream.agents.runtime import partition_for, pipeline_config
+    from stream.bench import make_events, publish_sequence_model, warm_online_models
+    from stream.logic import packing
+    from stream.logic.ingest import Pseudonymizer, ingest_one
+    from stream.logic.pipeline import Pipeline, SeqView, UserRecord
+    from stream.logic.scoring import RuleScorer
+    from stream.logic.serving import SequenceServing
+    from stream.settings import load_settings
+
+    torch.set_num_threads(1)  # the worker's default (INTENTSTREAM_SEQUENCE_THREADS)
+    s = load_settings()
+    events = make_events(a.events, a.users, 1)
+    pseudonymize = Pseudonymizer(b"stage-costs-key-0123456789")
+    checkpoints, _meta = warm_online_models(s, s.events_partitions, 8)
+    pipe = Pipeline(pipeline_config(s), RuleScorer(s.churn_after_ms),
+                    learners=lambda part: PartitionLearners.from_bytes(checkpoints[part]))  # fmt: skip
+    registry = Path(tempfile.mkdtemp(prefix="stage-costs-"))
+    publish_sequence_model(registry)
+    serving = SequenceServing(registry / "sequence", intent_horizon_ms=s.intent_horizon_ms, churn_horizon_ms=s.churn_after_ms,
+                              device="cpu", max_batch=s.sequence_max_batch, shadow=False)  # fmt: skip
+    serving.poll()
+    served = serving.swap()
+    if a.gc == "off":
+        gc.disable()
+    elif a.gc == "freeze":
+        gc.collect()
+        gc.freeze()
+
+    cost: collections.Counter[str] = collections.Counter()
+    table: dict[str, bytes] = {}
+    mark = time.process_time()
+
+    def step(name: str) -> None:
+        nonlocal mark
+        now = time.process_time()
+        cost[name] += now - mark
+        mark = now
+
+    for i in range(0, a.events, a.batch):
+        mark = time.process_time()
+        now_ms = time.time_ns() // 1_000_000
+        packs: dict[int, tuple[list[dict], list[int]]] = {}
+        for _key, value, _eid in events.records[i : i + a.batch]:
+            ev = ingest_one(value, pseudonymize, now_ms=now_ms)
+            evs, kts = packs.setdefault(partition_for(ev.user, s.events_partitions), ([], []))
+            evs.append(ev.to_dict())
+            kts.append(now_ms)
+        step("ingest: validate, pseudonymise")
+        raw = [(part, packing.pack(evs, kts)) for part, (evs, kts) in packs.items()]
+        step("ingest: pack")
+        items = [(part, Event.from_dict(d)) for part, blob in raw for d, _kts in packing.unpack(blob)]
+        step("process: unpack, Event.from_dict")
+        records = {u: UserRecord.from_bytes(table[u]) if u in table else None for u in {ev.user for _p, ev in items}}
+        step("process: load (UserRecord.from_bytes)")
+        result = pipe.apply(records, items, windows=served is not None)
+        step("process: Pipeline.apply")
+        views = None
+        if served is not None:
+            cands = result.candidates
+            sc = serving.score(served, [c.window for c in cands], None, [c.latent_due for c in cands])
+            views = [SeqView(served.name, served.tasks, float(sc.p_intent[j]), float(sc.p_churn[j]),
+                             tuple(c for c in sc.top_categories[j] if c)[: s.latent_top_k]) for j in range(len(cands))]  # fmt: skip
+            step("process: sequence scoring")
+        pipe.decide(result, records, views)  # type: ignore[arg-type]
+        step("process: Pipeline.decide")
+        for user, rec in result.records.items():
+            table[user] = rec.to_bytes()
+        step("process: store (UserRecord.to_bytes)")
+        for sig in result.signals:
+            json.dumps(sig.value, separators=(",", ":")).encode()
+        step("process: signal JSON")
+
+    width = max(len(k) for k in cost)
+    print(f"{a.events:,} events in batches of {a.batch:,}, gc {a.gc}; process CPU per event:")
+    for name, seconds in cost.items():
+        print(f"  {name:<{width}}  {1e6 * seconds / a.events:7.1f} us")
+    print(f"  {'total':<{width}}  {1e6 * sum(cost.values()) / a.events:7.1f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
