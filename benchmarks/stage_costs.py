@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from models.events import Event
     from models.online.learner import PartitionLearners
+    from models.sequence import explain
     from stream.agents.runtime import partition_for, pipeline_config
     from stream.bench import make_events, publish_sequence_model, warm_online_models
     from stream.logic import packing
@@ -106,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
             step("process: sequence scoring")
         pipe.decide(result, records, views)  # type: ignore[arg-type]
         step("process: Pipeline.decide")
+        if served is not None and s.explain_events:
+            for head in ("intent", "churn"):  # what Runtime._explain runs for the blended signals
+                windows = [w for _i, h, w in result.explain if h == head and w]
+                if windows:
+                    explain.occlusion(served.scorer, windows, head, s.explain_events)
+            step("process: explain (occlusion)")
         for user, rec in result.records.items():
             table[user] = rec.to_bytes()
         step("process: store (UserRecord.to_bytes)")

@@ -100,7 +100,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from stream.broker import EmbeddedBroker, client_config, create_topics, free_port
+from stream.broker import EmbeddedBroker, client_config, create_topics, free_port, install_fetch_min_interval
 from stream.procs import stop_process_group
 from stream.settings import Settings, env_var
 
@@ -528,6 +528,10 @@ class Bench:
                 await asyncio.sleep(0.2)
             return False
 
+        # Our signal consumer must not spin on a broker that answers empty fetches at once
+        # (noida-db): it would take a core from the worker on a small machine. ``latency_ms`` reads
+        # the signals' Kafka timestamps, so pacing our fetches does not change it.
+        install_fetch_min_interval(s.fetch_min_interval_ms)
         producer = AIOKafkaProducer(**client_config(s, self.bootstrap), linger_ms=5, max_batch_size=262_144)
         consumer = AIOKafkaConsumer(
             *s.signal_topics().values(), **client_config(s, self.bootstrap),

@@ -62,7 +62,12 @@ def install_fetch_min_interval(ms: int) -> None:
         got_records = await fetch(self, assignment, node_id, request)
         rest = _min_interval_s - (time.monotonic() - t0)
         if rest > 0:
-            await asyncio.sleep(rest)
+            try:
+                await asyncio.sleep(rest)
+            except asyncio.CancelledError:
+                # As aiokafka's own fetch does: a cancelled fetch (consumer closing, partitions
+                # revoked) ends quietly. Raising here made ``consumer.stop()`` raise.
+                return got_records
         return got_records
 
     proc_fetch_request._intentstream_min_interval = True  # type: ignore[attr-defined]

@@ -90,3 +90,25 @@ def test_an_idle_consumer_slows_down_and_a_backlog_still_comes_in_large_fetches(
     assert record == b"hello" and read == 5_000
     # 5,000 records of ~100 bytes: a handful of fetches, not one per record batch of the producer.
     assert fetches <= 30, fetches
+
+
+async def _stop_while_waiting(bootstrap: str, topic: str) -> None:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        await consumer.getmany(timeout_ms=500)  # the idle topic's fetch came back empty
+        await asyncio.sleep(0.2)  # ... and its task now waits out the 5 s interval
+    finally:
+        await consumer.stop()
+
+
+def test_a_consumer_stops_cleanly_while_its_fetch_waits_out_the_interval(broker):
+    """aiokafka cancels the fetch task when a consumer stops (or loses its partitions) and expects
+    it to end quietly, as its own fetch does; the interval's wait used to raise CancelledError out
+    of ``consumer.stop()``."""
+    asyncio.run(_topic(broker.bootstrap, "idle.stop"))
+    install_fetch_min_interval(5_000)
+    try:
+        asyncio.run(_stop_while_waiting(broker.bootstrap, "idle.stop"))
+    finally:
+        install_fetch_min_interval(0)
