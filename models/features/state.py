@@ -395,6 +395,13 @@ class RecentWindow(Sequence[RecentEvent]):
     def __len__(self) -> int:
         return len(self.recs) // _REC.size
 
+    def without(self, i: int) -> RecentWindow:
+        """The window with its ``i``-th event left out (still packed)."""
+        if not 0 <= i < len(self):
+            raise IndexError("window index out of range")
+        r, k = i * _REC.size, i * _KEY.size
+        return RecentWindow(self.recs[:r] + self.recs[r + _REC.size :], self.keys[:k] + self.keys[k + _KEY.size :])
+
     def __getitem__(self, i):  # type: ignore[override]
         n = len(self)
         if isinstance(i, slice):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from models.blend import logit
 from models.events import EVENT_TYPES
 from models.features.recent import RecentEvent
+from models.features.state import RecentWindow
 from models.sequence.data import hash_bucket
 from models.sequence.scorer import SequenceScorer
 
@@ -40,7 +41,8 @@ def occlusion(
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}")
     L = scorer.config.max_len
-    trimmed = [list(w)[-L:] for w in windows]
+    # The stream's packed windows stay packed (the scorer reads them straight from their bytes).
+    trimmed = [w[-L:] if isinstance(w, RecentWindow) else list(w)[-L:] for w in windows]
     variants: list[list[RecentEvent]] = []
     owners: list[tuple[int, int]] = []  # (window index, removed position)
     for i, w in enumerate(trimmed):
@@ -49,11 +51,11 @@ def occlusion(
         if len(w) < 2:
             continue
         for j in range(max(0, len(w) - max_events), len(w)):
-            variants.append(w[:j] + w[j + 1 :])
+            variants.append(w.without(j) if isinstance(w, RecentWindow) else w[:j] + w[j + 1 :])
             owners.append((i, j))
     if not variants:
         return []
-    s = scorer.score_batch(variants)
+    s = scorer.score_batch(variants, latent=[False] * len(variants))  # binary heads only
     p = s.p_intent if head == "intent" else s.p_churn
     base = {i: logit(float(p[n])) for n, (i, j) in enumerate(owners) if j < 0}
     out: list[list[Attribution]] = [[] for _ in trimmed]

@@ -10,7 +10,7 @@ import torch
 from models.blend import blend_binary
 from models.events import Event
 from models.features.recent import RecentEvent
-from models.features.state import StateConfig
+from models.features.state import RecentWindow, StateConfig, UserState, apply_event
 from models.registry import Registry
 from models.sequence import checkpoint, explain
 from models.sequence.checkpoint import CHECKPOINT_NAME
@@ -155,6 +155,23 @@ def test_occlusion_names_the_events_that_moved_the_score(tmp_path):
     r = explain.describe(newest, w[-1].ts, {}, CFG.category_buckets)
     assert r["feature"] == "sequence:" + ["click", "search", "add_to_cart"][w[-1].type] + "[-0]"
     assert explain.occlusion(scorer, [w[:1]], "churn") == [[]]
+
+
+def test_occlusion_of_a_packed_window_equals_that_of_its_list(tmp_path):
+    """The stream explains its packed windows (RecentWindow) without unpacking them: same
+    attributions as for the same events as a list."""
+    torch.manual_seed(0)
+    checkpoint.save(tmp_path / "m.pt", SequenceModel(CFG), CFG, vocab={})
+    scorer = SequenceScorer.load(tmp_path / "m.pt")
+    st = UserState.new()
+    for i, typ in enumerate(["click", "search", "click", "add_to_cart", "click", "add_to_cart", "click"] * 3):
+        apply_event(st, Event(f"e{i}", "u", typ, T0 + i * 45_000, item_id=f"i{i % 4}", category_id=f"c{i % 3}",
+                              price=5.0 + i, query="shoes" if typ == "search" else None), StateConfig())  # fmt: skip
+    packed = st.recent_window()
+    assert isinstance(packed, RecentWindow) and len(packed) > 8  # more events than occlusion tries
+    for head in explain.HEADS:
+        assert explain.occlusion(scorer, [packed, packed[:3]], head) == explain.occlusion(scorer, [list(packed), list(packed[:3])], head)
+    assert list(packed.without(2)) == list(packed)[:2] + list(packed)[3:]
 
 
 def pipeline() -> Pipeline:
