@@ -282,9 +282,12 @@ class Runtime:
 
         Ingest keeps no state, so it needs none of Faust's table machinery, and its per-record
         stream overhead was the larger half of the worker's cost per event (docs/BENCHMARKS.md):
-        here a whole ``getmany`` batch is validated, packed and sent, the producer is flushed, and
-        only then are the batch's offsets committed (at-least-once, as before: a crash re-sends
-        the uncommitted tail, which the state de-duplicates by ``event_id``).
+        here a whole ``getmany`` batch is validated, packed and sent. Offsets are committed every
+        ``broker_commit_interval`` (1 s, as Faust commits its own), each time after a producer
+        flush, so a commit never covers a pack that is not acknowledged (at-least-once: a crash
+        re-sends the uncommitted tail, which the state de-duplicates by ``event_id``). A flush and
+        a commit per batch had cost a round trip each, and small batches at moderate load made
+        them a large share of the ingest's work.
 
         The consumer joins no group. It reads the input partitions that go with the internal
         partitions Faust assigned this worker (:func:`ingest_partitions`), follows every
@@ -309,6 +312,22 @@ class Runtime:
         self.ingest_consumer = consumer
         n_input: int | None = None
         mine: set[int] = set()
+        done: dict = {}  # partition -> next offset, forwarded but not committed yet
+        committed = time.monotonic()
+        interval = float(self.app.conf.broker_commit_interval)
+
+        async def commit() -> None:
+            nonlocal done, committed
+            committed = time.monotonic()
+            if not done:
+                return
+            await self.app.producer.flush()  # packs and dead letters acknowledged before the commit
+            offsets, done = done, {}
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:  # the next commit covers it; a restart reads the tail again
+                log.warning("ingest commit failed (%s); up to %.1f s of input may be delivered again", exc, interval)
+
         try:
             while True:
                 if n_input is None:
@@ -316,6 +335,7 @@ class Runtime:
                     n_input = len(consumer.partitions_for_topic(s.events_topic) or ())
                 wanted = ingest_partitions(self._assigned, n_input, s.events_partitions)
                 if wanted != mine:
+                    await commit()  # what we forwarded from partitions about to move is not read again
                     consumer.assign([TopicPartition(s.events_topic, p) for p in sorted(wanted)])
                     log.info("ingest reads %s partitions %s", s.events_topic, sorted(wanted))
                     mine = wanted
@@ -326,17 +346,19 @@ class Runtime:
                     continue
                 batches = await consumer.getmany(timeout_ms=s.batch_wait_ms, max_records=s.batch_size)
                 msgs = [_raw(m, ms=True) for records in batches.values() for m in records]
-                if not msgs:
-                    continue
-                self.guarded(self.ingest_batch, msgs)
-                await self.app.producer.flush()  # packs and dead letters acknowledged before the commit
-                try:
-                    await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items() if records})
-                except KafkaError as exc:  # the next commit covers it; a restart reads the tail again
-                    log.warning("ingest commit failed (%s); the batch may be delivered again", exc)
+                if msgs:
+                    self.guarded(self.ingest_batch, msgs)
+                    done.update({tp: records[-1].offset + 1 for tp, records in batches.items() if records})
+                if time.monotonic() - committed >= interval:
+                    await commit()
         finally:
             self.ingest_consumer = None
-            await consumer.stop()
+            try:  # a clean stop commits what it forwarded; if it cannot, a restart reads it again
+                await asyncio.wait_for(commit(), timeout=5.0)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("ingest commit at stop failed (%s: %s)", type(exc).__name__, exc)
+            finally:
+                await consumer.stop()
 
     async def _ingest_lag(self) -> None:
         """Consumer lag of the raw ingest's partitions (Faust's lag reader sees only its own)."""
