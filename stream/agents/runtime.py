@@ -38,7 +38,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import faust
 from faust.streams import _current_event  # see _as_current(): Faust tables key writes by it
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from stream.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_SCAN_PER_BATCH = 5_000  # bounds the latency a churn scan can add to one batch
 
@@ -400,6 +401,19 @@ class Runtime:
             self.metrics.set_shadow_model(self.serving.shadow.name)
         return self.serving.active
 
+    async def _score_call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a scoring function where ``INTENTSTREAM_SEQUENCE_SCORING`` says: on this thread
+        (``inline``, the default) or on the scoring thread (``thread``).
+
+        Inline blocks the event loop for the call (a few ms for a small batch, ~100 ms for 1,000
+        windows), but on CPython a scoring thread is slower: torch releases the GIL in each op,
+        and re-acquiring it waits for the loop thread's switch interval whenever the loop is
+        running Python (ingest, Faust). A 40-window call took 6 ms alone and 0.7 s beside a busy
+        loop thread (docs/BENCHMARKS.md)."""
+        if self.settings.sequence_scoring == "inline":
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._score_pool, fn, *args)
+
     async def _sequence_views(
         self, served: Served | None, windows: Sequence[Sequence[RecentEvent] | None], latent: list[bool] | None = None
     ) -> list[SeqView | None] | None:
@@ -414,12 +428,11 @@ class Runtime:
             return None
         batch = [windows[i] for i in todo]
         mask = None if latent is None else [latent[i] for i in todo]
-        loop = asyncio.get_running_loop()
         serving = self.serving
         assert serving is not None
         t0 = time.perf_counter()
         try:
-            sc = await loop.run_in_executor(self._score_pool, serving.score, served, batch, None, mask)
+            sc = await self._score_call(serving.score, served, batch, None, mask)
         except Exception as exc:  # noqa: BLE001
             log.error("sequence scoring of %d windows failed (%s: %s): online models serve this batch alone",
                       len(batch), type(exc).__name__, exc)  # fmt: skip
@@ -428,7 +441,7 @@ class Runtime:
         shadow = serving.shadow
         if shadow is not None:
             try:
-                sh = await loop.run_in_executor(self._score_pool, serving.score, shadow, batch, None, [False] * len(batch))
+                sh = await self._score_call(serving.score, shadow, batch, None, [False] * len(batch))
                 self.metrics.observe_shadow("purchase_intent", sh.p_intent - sc.p_intent)
                 self.metrics.observe_shadow("churn_risk", sh.p_churn - sc.p_churn)
             except Exception as exc:  # noqa: BLE001
@@ -445,7 +458,6 @@ class Runtime:
         n = self.settings.explain_events
         if served is None or not result.explain or n == 0:
             return
-        loop = asyncio.get_running_loop()
         cfg = served.scorer.config
         for head in ("intent", "churn"):
             items = [(i, w) for i, h, w in result.explain if h == head and w]
@@ -454,7 +466,7 @@ class Runtime:
             sigs = [result.signals[i] for i, _ in items]
             windows = [w for _, w in items]
             try:
-                attrs = await loop.run_in_executor(self._score_pool, explain.occlusion, served.scorer, windows, head, n)
+                attrs = await self._score_call(explain.occlusion, served.scorer, windows, head, n)
             except Exception as exc:  # noqa: BLE001 - a signal without attributions is still a signal
                 log.error("explaining %d signals failed (%s: %s)", len(sigs), type(exc).__name__, exc)
                 continue
