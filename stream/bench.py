@@ -100,7 +100,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from stream.broker import EmbeddedBroker, client_config, create_topics, free_port, install_fetch_min_interval
+from stream.broker import EmbeddedBroker, client_config, create_topics, fetch_min_interval, free_port
 from stream.procs import stop_process_group
 from stream.settings import Settings, env_var
 
@@ -454,7 +454,8 @@ class Bench:
             "events": n,
             "handled": handled,
             "complete": handled >= n,
-            "events_per_s": n / (t_done - t_first_batch) if t_done and t_first_batch else None,
+            # None when the whole backlog went through between two scrapes (POLL_S): too fast to time.
+            "events_per_s": n / (t_done - t_first_batch) if t_done and t_first_batch and t_done > t_first_batch else None,
             "steady_events_per_s": 0.8 * n / (t90 - t10) if t10 and t90 and t90 > t10 else None,
             "cpu_us_per_event": 1e6 * (cpu_done - cpu_first) / n if cpu_done is not None and cpu_first is not None else None,
             "startup_s": t_ready - started if t_ready else None,
@@ -509,7 +510,10 @@ class Bench:
         port = free_port()
         warm = min(2_000, self.config.events // 4)
         measured = len(events) - warm
-        with self.worker(s, port) as w:
+        # Our signal consumer must not spin on a broker that answers empty fetches at once
+        # (noida-db): it would take a core from the worker on a small machine. ``latency_ms`` reads
+        # the signals' Kafka timestamps, so pacing our fetches does not change it.
+        with self.worker(s, port) as w, fetch_min_interval(s.fetch_min_interval_ms):
             return asyncio.run(self._latency(s, w, port, events, warm, measured, rate))
 
     async def _latency(self, s: Settings, w: Child, port: int, events: Events, warm: int, measured: int,
@@ -528,10 +532,6 @@ class Bench:
                 await asyncio.sleep(0.2)
             return False
 
-        # Our signal consumer must not spin on a broker that answers empty fetches at once
-        # (noida-db): it would take a core from the worker on a small machine. ``latency_ms`` reads
-        # the signals' Kafka timestamps, so pacing our fetches does not change it.
-        install_fetch_min_interval(s.fetch_min_interval_ms)
         producer = AIOKafkaProducer(**client_config(s, self.bootstrap), linger_ms=5, max_batch_size=262_144)
         consumer = AIOKafkaConsumer(
             *s.signal_topics().values(), **client_config(s, self.bootstrap),

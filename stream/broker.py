@@ -74,6 +74,17 @@ def install_fetch_min_interval(ms: int) -> None:
     Fetcher._proc_fetch_request = proc_fetch_request
 
 
+@contextlib.contextmanager
+def fetch_min_interval(ms: int) -> Iterator[None]:
+    """:func:`install_fetch_min_interval` for a block; the interval before it is restored after."""
+    before = round(_min_interval_s * 1000)
+    install_fetch_min_interval(ms)
+    try:
+        yield
+    finally:
+        install_fetch_min_interval(before)
+
+
 def install_uncommitted_seek_to_beginning() -> None:
     """Make aiokafka's ``seek_to_committed`` rewind partitions the group has not committed yet.
 
