@@ -19,18 +19,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import torch
-
-from benchmarks.scoring_cost import windows
-from models.sequence import checkpoint
-from models.sequence.config import SeqConfig
-from models.sequence.model import SequenceModel
-from models.sequence.scorer import SequenceScorer
+from benchmarks.scoring_cost import untrained_scorer, windows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,12 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--switch-ms", type=float, default=None, help="sys.setswitchinterval for the busy case")
     a = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    cfg = SeqConfig()
-    with tempfile.TemporaryDirectory() as d:
-        checkpoint.save(Path(d) / "seq.pt", SequenceModel(cfg), cfg, vocab={})
-        scorer = SequenceScorer.load(Path(d) / "seq.pt")
+    scorer = untrained_scorer()
     sizes = [int(x) for x in a.windows.split(",")]
     pool = ThreadPoolExecutor(max_workers=1)
     wins = windows(max(sizes))

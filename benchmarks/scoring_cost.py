@@ -36,17 +36,22 @@ def windows(n_users: int, seed: int = 1) -> list:
     return full[:n_users]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--users", type=int, default=500)
-    ap.add_argument("--rounds", type=int, default=5)
-    a = ap.parse_args()
+def untrained_scorer() -> SequenceScorer:
+    """The default ``SeqConfig``'s model with seeded random weights, on one torch thread."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = SeqConfig()
     with tempfile.TemporaryDirectory() as d:
         checkpoint.save(Path(d) / "seq.pt", SequenceModel(cfg), cfg, vocab={})
-        scorer = SequenceScorer.load(Path(d) / "seq.pt")
+        return SequenceScorer.load(Path(d) / "seq.pt")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=5)
+    a = ap.parse_args()
+    scorer = untrained_scorer()
     wins = windows(a.users)
     state = scorer.score_batch(wins).state
     print(f"{len(wins)} users, windows of {len(wins[0])} events, one torch thread")
