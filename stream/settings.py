@@ -112,7 +112,7 @@ class Settings(BaseSettings):
         "inline",
         description="where the sequence model runs: 'inline' on the worker's event-loop thread, or 'thread' on a "
         "scoring thread, which waits for the GIL after each torch op while the loop runs Python (on this 2-core "
-        "machine inline gave ~13% more events/s; docs/BENCHMARKS.md)",
+        "machine inline cost less CPU per event and gave a lower p99 at the same throughput; docs/BENCHMARKS.md)",
     )  # fmt: skip
     sequence_shadow: bool = Field(False, description="also score with the newest unpromoted version; its scores feed metrics only")
     explain_events: int = Field(8, ge=0, le=64, description="newest events tried by the occlusion explanation of a signal (0: none)")

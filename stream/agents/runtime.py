@@ -408,8 +408,8 @@ class Runtime:
         Inline blocks the event loop for the call (a few ms for a small batch, ~100 ms for 1,000
         windows), but on CPython a scoring thread is slower: torch releases the GIL in each op,
         and re-acquiring it waits for the loop thread's switch interval whenever the loop is
-        running Python (ingest, Faust). A 40-window call took 6 ms alone and 0.7 s beside a busy
-        loop thread (docs/BENCHMARKS.md)."""
+        running Python (ingest, Faust). A 40-window call took 6 ms inline and 0.8 s on a thread
+        beside a caller running Python (``python -m benchmarks.gil_convoy``, docs/BENCHMARKS.md)."""
         if self.settings.sequence_scoring == "inline":
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._score_pool, fn, *args)
