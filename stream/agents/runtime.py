@@ -14,14 +14,15 @@ these machines):
 * ``process`` reads that topic, loads each user's record once per batch, runs
   :class:`~stream.logic.pipeline.Pipeline`, writes each changed record back once, and sends the
   signals. Between the pipeline's two steps the sequence model scores every event of the batch
-  (the user's window as of that event) in one call (chunks of ``sequence_max_batch``) on a scoring thread, so the event loop keeps
-  serving the ingest agent and the web server meanwhile; signals that include it are explained by
-  occlusion in one more call. A newly promoted model is loaded by another thread and swapped in
+  (the user's window as of that event) in one call (chunks of ``sequence_max_batch``), on the
+  event-loop thread by default (:meth:`Runtime._score_call` says why); signals that include it
+  are explained by occlusion in one more call. A newly promoted model is loaded by another thread and swapped in
   between batches (:mod:`stream.logic.serving`).
 
 Delivery is at-least-once: ``take_events`` acknowledges a batch only after the agent has handled
 it, and Faust flushes the producer (signals, dead letters, changelog) before it commits offsets;
-the raw ingest commits a batch's offsets after flushing its packs and dead letters.
+the raw ingest commits its offsets once a second, each time after flushing its packs and dead
+letters.
 A crash replays the uncommitted tail; state de-duplicates events by ``event_id`` and signal ids
 are deterministic, so consumers can drop repeats.
 """
@@ -313,7 +314,7 @@ class Runtime:
         self.ingest_consumer = consumer
         n_input: int | None = None
         mine: set[int] = set()
-        done: dict = {}  # partition -> next offset, forwarded but not committed yet
+        done: dict[TopicPartition, int] = {}  # next offset per partition, forwarded but not committed yet
         committed = time.monotonic()
         interval = float(self.app.conf.broker_commit_interval)
 
@@ -417,7 +418,7 @@ class Runtime:
     async def _sequence_views(
         self, served: Served | None, windows: Sequence[Sequence[RecentEvent] | None], latent: list[bool] | None = None
     ) -> list[SeqView | None] | None:
-        """Score the windows with the served model (and the shadow) on the scoring thread, in one
+        """Score the windows with the served model (and the shadow) via :meth:`_score_call`, in one
         call per batch; one view per window (None for a missing or empty one). ``latent`` says
         which windows need next categories (default: all); the others' views have none.
 

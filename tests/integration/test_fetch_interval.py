@@ -1,6 +1,6 @@
 """The embedded broker answers an idle fetch at once instead of holding it for fetch.max.wait.ms,
-so an idle aiokafka consumer spins. ``install_fetch_min_interval`` (installed by every worker)
-leaves a least interval between fetches. Checked against the real broker: the fetch requests an
+so an idle aiokafka consumer spins. ``install_fetch_min_interval`` (installed by every worker;
+``fetch_min_interval`` for a block) leaves a least interval between fetches. Checked against the real broker: the fetch requests an
 idle consumer sends in a second, that a record produced into the quiet topic still arrives, and
 that a backlog still comes in a few large fetches."""
 
@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import AIOKafkaConnection
 
-from stream.broker import install_fetch_min_interval
+from stream.broker import fetch_min_interval
 
 pytestmark = pytest.mark.integration
 
@@ -76,13 +76,10 @@ def test_an_idle_consumer_slows_down_and_a_backlog_still_comes_in_large_fetches(
     bs = broker.bootstrap
     asyncio.run(_topic(bs, "idle.a"))
     asyncio.run(_topic(bs, "idle.b"))
-    try:
-        install_fetch_min_interval(0)  # off: the broker's own behaviour
+    with fetch_min_interval(0):  # off: the broker's own behaviour
         spinning, _, _, _ = asyncio.run(_idle_fetches(bs, "idle.a", 1.0))
-        install_fetch_min_interval(100)
+    with fetch_min_interval(100):
         calm, record, read, fetches = asyncio.run(_idle_fetches(bs, "idle.b", 1.0, backlog=5_000))
-    finally:
-        install_fetch_min_interval(0)
     # With at least 100 ms between fetches, one broker connection is asked at most ~10 times in
     # a second (plus the fetch in flight); without it, the embedded broker is asked hundreds or
     # thousands of times.
@@ -107,8 +104,5 @@ def test_a_consumer_stops_cleanly_while_its_fetch_waits_out_the_interval(broker)
     it to end quietly, as its own fetch does; the interval's wait used to raise CancelledError out
     of ``consumer.stop()``."""
     asyncio.run(_topic(broker.bootstrap, "idle.stop"))
-    install_fetch_min_interval(5_000)
-    try:
+    with fetch_min_interval(5_000):
         asyncio.run(_stop_while_waiting(broker.bootstrap, "idle.stop"))
-    finally:
-        install_fetch_min_interval(0)
