@@ -31,6 +31,12 @@ from models.sequence.data import N_NUM, N_TYPES
 INPUT_KEYS = ("type", "item", "cat", "query", "gap", "num")
 
 
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is set; 0 (with a gradient path) where it is set nowhere."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 class SequenceModel(nn.Module):
     def __init__(self, cfg: SeqConfig) -> None:
         super().__init__()
@@ -125,7 +131,12 @@ class SequenceModel(nn.Module):
     def forward(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Multi-task loss over the target positions of a batch of windows.
 
-        Returns (total loss, per-task losses). Missing labels (masks, -1 targets) are skipped.
+        Returns (total loss, per-task losses); each is a mean over the positions that have its
+        label (masks, -1 targets), and 0 when a batch has none. Every loss is computed densely over
+        all positions and masked, with no data-dependent shapes: on a GPU, boolean indexing and
+        ``mask.any()`` each wait for the device, several times a step. The one exception is the
+        next-category softmax over every category bucket, the costliest part: on the CPU it is
+        computed for the target positions only (about half of them).
         """
         cfg = self.cfg
         x = self.embed(b)
@@ -133,25 +144,20 @@ class SequenceModel(nn.Module):
         tgt = b["target"]
         intent_logit, churn_logit = self._binary_heads(h, b["num"])
         parts: dict[str, torch.Tensor] = {}
-        zero = h.sum() * 0.0  # keeps the graph valid when a batch has no label of a kind
 
         m = tgt & b["intent_mask"]
-        parts["intent"] = (
-            F.binary_cross_entropy_with_logits(intent_logit[m].float(), b["intent"][m]) if m.any() else zero
-        )
+        bce = F.binary_cross_entropy_with_logits(intent_logit.float(), b["intent"], reduction="none")
+        parts["intent"] = _masked_mean(bce, m)
         m = tgt & b["churn_mask"]
-        parts["churn"] = (
-            F.binary_cross_entropy_with_logits(churn_logit[m].float(), b["churn"][m]) if m.any() else zero
-        )
+        bce = F.binary_cross_entropy_with_logits(churn_logit.float(), b["churn"], reduction="none")
+        parts["churn"] = _masked_mean(bce, m)
         m = tgt & (b["next_type"] >= 0)
-        parts["next_type"] = (
-            F.cross_entropy(self.next_type_head(h[m]).float(), b["next_type"][m]) if m.any() else zero
+        ce = F.cross_entropy(
+            self.next_type_head(h).float().flatten(0, 1), b["next_type"].clamp(min=0).flatten(), reduction="none"
         )
+        parts["next_type"] = _masked_mean(ce.view_as(m), m)
         m = tgt & (b["next_cat"] >= 0)
-        if m.any():
-            parts["next_category"] = -torch.log(self._next_cat_prob_of(h, x, b, m) + 1e-8).mean()
-        else:
-            parts["next_category"] = zero
+        parts["next_category"] = _masked_mean(-torch.log(self._next_cat_prob(h, x, b, m) + 1e-8), m)
         loss = (
             cfg.w_intent * parts["intent"]
             + cfg.w_churn * parts["churn"]
@@ -160,17 +166,24 @@ class SequenceModel(nn.Module):
         )
         return loss, parts
 
-    def _next_cat_prob_of(self, h, x, b, m) -> torch.Tensor:
-        """Mixture probability of the true next category at the masked positions (N,)."""
-        target = b["next_cat"][m]
-        gen = torch.log_softmax(self.cat_out(h[m]).float(), -1).gather(1, target[:, None]).squeeze(1).exp()
-        B, L = b["cat"].shape
+    def _next_cat_prob(self, h, x, b, m, dense: bool | None = None) -> torch.Tensor:
+        """Mixture probability of the true next category at every position (B, L); meaningful
+        where ``m`` is set. With ``dense`` (the default on a GPU) the generator's softmax runs on
+        every position; otherwise on the ``m`` positions only, and the others get 1."""
+        cats, nxt = b["cat"], b["next_cat"]
+        B, L = cats.shape
+        target = nxt.clamp(min=0)
+        if h.is_cuda if dense is None else dense:
+            gen = torch.log_softmax(self.cat_out(h).float(), -1).gather(2, target.unsqueeze(-1)).squeeze(-1).exp()
+        else:
+            gen = torch.ones((B, L), device=h.device)
+            gen[m] = torch.log_softmax(self.cat_out(h[m]).float(), -1).gather(1, target[m, None]).squeeze(1).exp()
         q_pos = torch.arange(L, device=h.device).expand(B, L)
-        w, has = self._copy_attention(h, x, b["cat"], q_pos)  # (B, L, L)
-        hit = (b["cat"].unsqueeze(1) == b["next_cat"].unsqueeze(2)).float()  # (B, L, L)
-        copy = (w * hit).sum(-1)[m]
-        g = torch.sigmoid(self.copy_gate(h[m]).float().squeeze(-1))
-        g = torch.where(has[m], g, torch.ones_like(g))
+        w, has = self._copy_attention(h, x, cats, q_pos)  # (B, L, L)
+        hit = (cats.unsqueeze(1) == nxt.unsqueeze(2)).float()  # (B, L, L)
+        copy = (w * hit).sum(-1)
+        g = torch.sigmoid(self.copy_gate(h).float().squeeze(-1))
+        g = torch.where(has, g, torch.ones_like(g))
         return g * gen + (1.0 - g) * copy
 
     def next_category_dist(

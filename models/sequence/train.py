@@ -54,6 +54,11 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def default_batch_size(device: torch.device) -> int:
+    """``SeqConfig.batch_size=0``: 32 windows per step on the CPU, 256 on a GPU."""
+    return 256 if device.type == "cuda" else 32
+
+
 def autocast_for(device: torch.device):
     """Mixed precision on CUDA (bf16 if the GPU has it, else fp16); nothing on the CPU, where
     autocast is slower than float32 for models this small."""
@@ -63,8 +68,112 @@ def autocast_for(device: torch.device):
     return torch.autocast("cuda", dtype=dtype), dtype
 
 
-def to_batch(w: Windows, idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v[idx]).to(device, non_blocking=True) for k, v in w.arrays.items()}
+class DeviceWindows:
+    """A :class:`Windows`' arrays as tensors on the training device, copied there once.
+
+    Batches are gathered on the device (``index_select``), so a GPU is not fed by a host-side
+    gather and a copy per step. On the CPU the tensors share the arrays' memory. The number of
+    target events per window stays on the host, so counting trained events never waits for the GPU.
+    """
+
+    def __init__(self, w: Windows, device: torch.device) -> None:
+        self.device = device
+        self.tensors = {k: torch.from_numpy(v).to(device) for k, v in w.arrays.items()}
+        self.targets_per_window = w.arrays["target"].sum(1)
+
+    def __len__(self) -> int:
+        return len(self.targets_per_window)
+
+    def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        i = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)).to(self.device, non_blocking=True)
+        return self.gather(i)
+
+    def gather(self, i: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The windows at positions ``i`` (a long tensor on the device)."""
+        return {k: v.index_select(0, i) for k, v in self.tensors.items()}
+
+
+class TrainStep:
+    """One optimiser step on the windows at device positions ``idx``: gather, forward, backward,
+    gradient clipping, AdamW. Returns the loss as a device tensor (reading it waits for the GPU)."""
+
+    def __init__(self, model: SequenceModel, opt: torch.optim.Optimizer, data: DeviceWindows, amp, scaler) -> None:
+        self.model, self.opt, self.data, self.amp, self.scaler = model, opt, data, amp, scaler
+
+    def _forward_backward(self, idx: torch.Tensor) -> torch.Tensor:
+        with self.amp:
+            loss, _ = self.model(self.data.gather(idx))
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        return loss.detach()
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        self.opt.zero_grad(set_to_none=True)
+        return self._forward_backward(idx)
+
+
+class CudaGraphStep(TrainStep):
+    """The same step, captured once as a CUDA graph and replayed for every later batch.
+
+    A model this small is limited on a GPU by launching its ~400 kernels per step from Python
+    (profiled in docs/SEQUENCE.md), not by the GPU's arithmetic; a replay is one launch. The first
+    ``WARMUP`` steps run eagerly on a side stream (cuDNN and cuBLAS pick their algorithms, AdamW
+    creates its state), as graph capture requires; they are real training steps. Every replay
+    needs a batch of exactly ``batch_size`` windows, and nothing in the step may wait for the
+    device: the loss has no data-dependent shapes, AdamW is fused and ``capturable``, and float16's
+    gradient scaler (which reads an overflow flag) is not supported here.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, model, opt, data: DeviceWindows, amp, batch_size: int) -> None:
+        super().__init__(model, opt, data, amp, None)
+        self.idx = torch.zeros(batch_size, dtype=torch.long, device=data.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.loss: torch.Tensor | None = None
+        self.warm = 0
+        self.error: str | None = None  # why capture failed; the steps then stay eager
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.error is not None:
+            return super().__call__(idx)
+        self.idx.copy_(idx)
+        if self.graph is None and self.warm < self.WARMUP:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.opt.zero_grad(set_to_none=True)
+                loss = self._forward_backward(self.idx)
+            torch.cuda.current_stream().wait_stream(side)
+            self.warm += 1
+            return loss
+        if self.graph is None:
+            self.opt.zero_grad(set_to_none=True)  # gradients are then allocated inside the graph
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):  # records the step; runs nothing
+                    self.loss = self._forward_backward(self.idx)
+            except RuntimeError as e:  # an op that cannot be captured (a library, a driver)
+                self.error = f"{type(e).__name__}: {e}".splitlines()[0]
+                return super().__call__(idx)
+            self.graph = graph
+        self.graph.replay()
+        assert self.loss is not None
+        return self.loss
+
+
+def eval_batch_size(device: torch.device) -> int:
+    """Windows per prediction batch: small on the CPU (cache-friendly), large on a GPU."""
+    return 1024 if device.type == "cuda" else 64
 
 
 # -- metrics (small, dependency-free) -----------------------------------------------------------
@@ -89,7 +198,7 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
 
 @torch.no_grad()
 def predict(
-    model: SequenceModel, w: Windows, device: torch.device, batch_size: int = 64, k: int = 10
+    model: SequenceModel, w: Windows, device: torch.device, batch_size: int | None = None, k: int = 10
 ) -> dict[str, np.ndarray]:
     """Predictions at every target position: p_intent, p_churn, next-type probs, top-k categories,
     with the matching labels and masks (flattened over target positions)."""
@@ -110,8 +219,10 @@ def predict(
         )
     }
     amp, _ = autocast_for(device)
+    batch_size = batch_size or eval_batch_size(device)
+    dw = DeviceWindows(w, device)
     for s in range(0, len(w), batch_size):
-        b = to_batch(w, np.arange(s, min(s + batch_size, len(w))), device)
+        b = dw.batch(np.arange(s, min(s + batch_size, len(w))))
         with amp:
             x = model.embed(b)
             h = model.encode(x)
@@ -176,6 +287,12 @@ def _progress(log: TextIO | None, epoch: int, n_epochs: int, done: int, total: i
     log.flush()
 
 
+def _step_kind(step: TrainStep) -> str:
+    if not isinstance(step, CudaGraphStep):
+        return "eager"
+    return "cuda_graph" if step.error is None else f"eager (CUDA graph capture failed: {step.error})"
+
+
 def train(
     events: Sequence[Event],
     cfg: SeqConfig,
@@ -183,65 +300,84 @@ def train(
     device: str | None = None,
     log: TextIO | None = sys.stderr,
     max_seconds: float | None = None,
+    split: tuple[Windows, Windows, int] | None = None,
+    cuda_graph: bool = True,
 ) -> TrainResult:
     """Fit on ``events`` (any order, many users); validate on the last ``val_fraction`` of time.
 
     Keeps the weights of the epoch with the best validation score (mean of intent ROC AUC and
     next-category HR@10) and stops after ``cfg.patience`` epochs without improvement, after
-    ``cfg.max_epochs``, or once ``max_seconds`` of training have passed.
+    ``cfg.max_epochs``, or once ``max_seconds`` of training have passed. ``split``, the result of
+    ``time_split(events, cfg)``, saves rebuilding the windows when the same events are trained
+    several times (benchmarks); it must come from a config with the same window and label fields.
+    On a GPU the training step is replayed as a CUDA graph (:class:`CudaGraphStep`) unless
+    ``cuda_graph`` is false, float16 needs a gradient scaler, or there is no full batch.
     """
     if not events:
         raise ValueError("no events to train on")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     dev = pick_device(device)
-    train_w, val_w, cutoff = time_split(events, cfg)
+    if cfg.batch_size == 0:
+        cfg = dataclasses.replace(cfg, batch_size=default_batch_size(dev))
+    train_w, val_w, cutoff = split or time_split(events, cfg)
     vocab = category_vocab((e for e in events if e.ts < cutoff), cfg)
     model = SequenceModel(cfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     amp, amp_dtype = autocast_for(dev)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    graphed = cuda_graph and dev.type == "cuda" and scaler is None and len(train_w) >= cfg.batch_size
+    # Fused AdamW: one kernel for all parameters instead of a few per parameter tensor;
+    # capturable keeps its step count on the device, so a CUDA graph can replay it.
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        fused=dev.type == "cuda",
+        capturable=graphed,
+    )
+    data = DeviceWindows(train_w, dev)
+    step = (
+        CudaGraphStep(model, opt, data, amp, cfg.batch_size) if graphed else TrainStep(model, opt, data, amp, scaler)
+    )
 
     best: tuple[float, int, dict[str, Any], dict[str, float]] | None = None
     history: list[dict[str, float]] = []
     train_time = 0.0
     trained_events = 0
-    n_batches = (len(train_w) + cfg.batch_size - 1) // cfg.batch_size
+    # A graph replays full batches only: the last, partial batch of an epoch is left out (a
+    # different one each epoch, as the order is shuffled).
+    n_batches = len(train_w) // cfg.batch_size if graphed else -(-len(train_w) // cfg.batch_size)
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
         perm = rng.permutation(len(train_w))
-        running = 0.0
-        t_start = time.perf_counter()
+        perm_dev = torch.from_numpy(perm).to(dev)
+        # The running loss stays on the device: reading it waits for the GPU, so it is read
+        # only for the progress bar, a few times a second.
+        running = torch.zeros((), device=dev)
+        epoch_events = 0
+        shown = t_start = time.perf_counter()
         for bi in range(n_batches):
-            idx = perm[bi * cfg.batch_size : (bi + 1) * cfg.batch_size]
-            b = to_batch(train_w, idx, dev)
-            with amp:
-                loss, _ = model(b)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-            trained_events += int(b["target"].sum())
-            lv = float(loss.detach())
-            running = 0.9 * running + 0.1 * lv if bi else lv
-            if bi % 10 == 0 or bi == n_batches - 1:
-                _progress(log, epoch, cfg.max_epochs, bi + 1, n_batches, running)
+            lo, hi = bi * cfg.batch_size, (bi + 1) * cfg.batch_size
+            loss = step(perm_dev[lo:hi])
+            epoch_events += int(data.targets_per_window[perm[lo:hi]].sum())
+            running = running.mul(0.9).add(loss, alpha=0.1) if bi else loss.clone()
+            now = time.perf_counter()
+            if log is not None and (now - shown >= 0.25 or bi == n_batches - 1):
+                shown = now
+                _progress(log, epoch, cfg.max_epochs, bi + 1, n_batches, float(running))
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        train_time += time.perf_counter() - t_start
+        epoch_time = time.perf_counter() - t_start
+        train_time += epoch_time
+        trained_events += epoch_events
         val = evaluate(model, val_w, dev, k=cfg.top_k)
         val["epoch"] = epoch
-        val["train_loss"] = running
+        val["train_loss"] = float(running)
+        val["train_events_per_s"] = epoch_events / max(epoch_time, 1e-9)
         history.append(val)
         if log is not None:
-            log.write(f"  val intent_auc {val['intent_auc']:.4f} hr@10 {val['hr@10']:.4f}\n")
+            steps = f" ({_step_kind(step)} steps)" if epoch == 1 else ""
+            log.write(f"  val intent_auc {val['intent_auc']:.4f} hr@10 {val['hr@10']:.4f}{steps}\n")
         score = _score(val)
         if best is None or score > best[0]:
             best = (score, epoch, copy.deepcopy(model.state_dict()), val)
@@ -262,6 +398,7 @@ def train(
         "train_windows": len(train_w),
         "train_targets": train_w.n_targets,
         "val_targets": val_w.n_targets,
+        "step": _step_kind(step),
     }
     return TrainResult(
         model=model,

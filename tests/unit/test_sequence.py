@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -259,6 +260,7 @@ def test_unusable_checkpoints_are_refused(trained, tmp_path):
 def test_trains_and_scores_on_cuda_with_mixed_precision(tmp_path):
     res = train(planted(), TINY, log=None, device="cuda")
     assert res.device.startswith("cuda") and res.metrics["val"]["intent_auc"] > 0.8
+    assert res.metrics["step"] == "cuda_graph"  # replayed steps learn as eager ones do
     res.save(tmp_path / "seq.pt")
     cpu = SequenceScorer.load(tmp_path / "seq.pt")
     gpu = SequenceScorer.load(tmp_path / "seq.pt", device="cuda")
@@ -266,6 +268,20 @@ def test_trains_and_scores_on_cuda_with_mixed_precision(tmp_path):
     np.testing.assert_allclose(
         cpu.score_batch(windows).p_intent, gpu.score_batch(windows).p_intent, atol=1e-3
     )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_falls_back_to_eager_steps_when_capture_fails(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    eager = train(planted(), TINY, log=None, device="cuda", cuda_graph=False)
+    assert eager.metrics["step"] == "eager" and eager.metrics["val"]["intent_auc"] > 0.8
+    monkeypatch.setattr(torch.cuda, "graph", refuse)
+    res = train(planted(), TINY, log=None, device="cuda")
+    assert res.metrics["step"].startswith("eager (CUDA graph capture failed: RuntimeError: operation not")
+    assert res.metrics["val"]["intent_auc"] > 0.8
 
 
 def test_registry_serves_checkpoints_and_refuses_a_broken_one(trained, tmp_path):
@@ -309,3 +325,50 @@ def test_top_next_categories_equals_the_full_mixture_topk():
     # Buckets agree wherever the probabilities are not tied.
     distinct = torch.cat([ref_p[:, :-1] - ref_p[:, 1:] > 1e-6, torch.ones(B, 1, dtype=torch.bool)], 1)
     assert torch.equal(b[distinct], ref_b[distinct])
+
+
+def test_batch_size_zero_means_the_devices_default_and_is_stored():
+    res = train(planted(20), dataclasses.replace(TINY, batch_size=0, max_epochs=1), log=None, device="cpu")
+    assert res.config.batch_size == 32 and res.metrics["step"] == "eager"
+    with pytest.raises(ValueError, match="batch_size"):
+        SeqConfig(batch_size=-1)
+
+
+def test_loss_parts_are_means_over_the_labelled_targets():
+    """The dense, masked loss (no data-dependent shapes, so a GPU never waits inside a step) equals
+    the mean over the labelled target positions; the next-category term is the same whether its
+    softmax runs on every position (GPU) or on the target positions only (CPU); and a batch
+    without labels gives a zero loss that still back-propagates."""
+    import torch.nn.functional as F
+
+    from models.sequence.model import SequenceModel
+    from models.sequence.train import DeviceWindows
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, dropout=0.0)
+    w, _, _ = time_split(planted(20), cfg)
+    b = DeviceWindows(w, torch.device("cpu")).batch(np.arange(min(len(w), 24)))
+    model = SequenceModel(cfg)
+    _, parts = model(b)
+    x = model.embed(b)
+    h = model.encode(x)
+    il, cl = model._binary_heads(h, b["num"])
+    m = b["target"] & b["intent_mask"]
+    assert m.any() and not m.all()
+    torch.testing.assert_close(parts["intent"], F.binary_cross_entropy_with_logits(il[m], b["intent"][m]))
+    m = b["target"] & b["churn_mask"]
+    torch.testing.assert_close(parts["churn"], F.binary_cross_entropy_with_logits(cl[m], b["churn"][m]))
+    m = b["target"] & (b["next_type"] >= 0)
+    torch.testing.assert_close(parts["next_type"], F.cross_entropy(model.next_type_head(h[m]), b["next_type"][m]))
+    m = b["target"] & (b["next_cat"] >= 0)
+    dense = model._next_cat_prob(h, x, b, m, dense=True)
+    torch.testing.assert_close(dense[m], model._next_cat_prob(h, x, b, m, dense=False)[m])
+    torch.testing.assert_close(parts["next_category"], -torch.log(dense[m] + 1e-8).mean())
+
+    unlabelled = dict(b, target=torch.zeros_like(b["target"]))
+    loss, parts = model(unlabelled)
+    assert float(loss) == 0.0 and all(float(v) == 0.0 for v in parts.values())
+    model.zero_grad()
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(not g.any() for g in grads)  # back-propagates, and moves nothing
