@@ -15,9 +15,7 @@ so every run trains ``E`` epochs; ``--set FIELD=VALUE`` overrides other fields) 
   20% of the time range), so a batch size's speed is read beside what it does to quality.
 
 A batch size of 0 is the device's default (32 on the CPU, 256 on a GPU). On a GPU, ``--eager``
-launches every kernel from Python instead of replaying the step as a CUDA graph, and
-``--profile`` adds, per batch size, the wall time of a step eager and replayed and a
-``torch.profiler`` breakdown of an eager step (kernel launches, CPU and GPU time per step).
+launches every kernel from Python instead of replaying the step as a CUDA graph.
 
 Data: ``taobao`` is the two files of complete 9-day Taobao histories in ``--data-dir`` (584 users,
 61k events); ``simulator`` is ``--sim-events`` events of the shop simulator (``--sim-users``
@@ -113,61 +111,6 @@ def run(events: list[Event], cfg: SeqConfig, device: str | None, split, cuda_gra
     }
 
 
-def step_profile(split, cfg: SeqConfig, device: str | None, steps: int = 20) -> dict:
-    """Where a training step's time goes on a GPU: ``torch.profiler`` over ``steps`` eager steps
-    (kernel launches per step, CPU time per step spent in PyTorch's ops and launches, GPU time
-    per step), and the wall time per step of eager steps against CUDA-graph replays."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from models.sequence.model import SequenceModel
-    from models.sequence.train import CudaGraphStep, DeviceWindows, TrainStep, autocast_for
-
-    dev = pick_device(device)
-    if dev.type != "cuda":
-        raise SystemExit("--profile needs a GPU")
-    data = DeviceWindows(split[0], dev)
-    amp, _ = autocast_for(dev)
-    gen = torch.Generator().manual_seed(0)
-    batches = [torch.randint(len(data), (cfg.batch_size,), generator=gen).to(dev) for _ in range(steps)]
-
-    def make(graph: bool):
-        torch.manual_seed(0)
-        model = SequenceModel(cfg).to(dev).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=True, capturable=graph)
-        if graph:
-            return CudaGraphStep(model, opt, data, amp, cfg.batch_size)
-        return TrainStep(model, opt, data, amp, None)
-
-    def wall_ms(step) -> float:
-        for i in batches[:5]:
-            step(i)  # warm-up (and, for the graph, capture)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for i in batches:
-            step(i)
-        torch.cuda.synchronize()
-        return 1e3 * (time.perf_counter() - t) / len(batches)
-
-    out = {"batch_size": cfg.batch_size, "eager_ms_per_step": round(wall_ms(make(False)), 3)}
-    graphed = make(True)
-    out["cuda_graph_ms_per_step"] = round(wall_ms(graphed), 3)
-    out["cuda_graph_error"] = graphed.error
-    eager = make(False)
-    wall_ms(eager)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for i in batches:
-            eager(i)
-        torch.cuda.synchronize()
-    ka = prof.key_averages()
-    print(ka.table(sort_by="self_cpu_time_total", row_limit=12), file=sys.stderr)
-    n = len(batches)
-    launches = sum(e.count for e in ka if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx"))
-    out["profiled_kernel_launches_per_step"] = round(launches / n, 1)
-    out["profiled_cpu_ms_per_step"] = round(sum(e.self_cpu_time_total for e in ka) / n / 1e3, 2)
-    out["profiled_gpu_ms_per_step"] = round(sum(getattr(e, "self_device_time_total", 0) for e in ka) / n / 1e3, 2)
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", choices=("taobao", "simulator"), default="taobao")
@@ -179,9 +122,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads on the CPU")
     ap.add_argument("--eager", action="store_true", help="on a GPU, launch every kernel from Python (no CUDA graph)")
-    ap.add_argument(
-        "--profile", action="store_true", help="on a GPU: also profile steps at each batch size (eager vs CUDA graph)"
-    )
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a SeqConfig field")
     a = ap.parse_args(argv)
     if a.threads:
@@ -207,8 +147,6 @@ def main(argv: list[str] | None = None) -> dict:
     out["windows_s"] = round(time.perf_counter() - t, 1)
     for bs in (int(x) for x in a.batch_sizes.split(",")):
         r = run(events, dataclasses.replace(base, batch_size=bs), a.device, split, cuda_graph=not a.eager)
-        if a.profile:
-            r["profile"] = step_profile(split, dataclasses.replace(base, batch_size=bs), a.device)
         out["runs"].append(r)
         print(json.dumps(r), file=sys.stderr, flush=True)
     print(json.dumps(out, indent=1))
