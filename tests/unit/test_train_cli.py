@@ -155,3 +155,19 @@ def test_history_from_the_archive_reads_the_last_days_only(tmp_path):
     events, info = load_history(archive=tmp_path / "archive", days=30, now_ms=T0)
     assert [e.event_id for e in events] == ["a", "b"]
     assert info[str(tmp_path / "archive")]["events"] == 2
+
+
+def test_train_throughput_benchmark_runs_and_reports_json(capsys):
+    """Smoke test only (no timing asserted): the harness trains, and its JSON has the fields the
+    docs quote, one run per batch size, the device's default size resolved."""
+    import json
+
+    from benchmarks.train_throughput import main
+
+    out = main(["--data", "simulator", "--sim-events", "4000", "--sim-users", "50", "--batch-sizes", "0,16",
+                "--epochs", "2", "--device", "cpu", "--threads", "1"])  # fmt: skip
+    assert json.loads(capsys.readouterr().out) == out
+    assert [r["batch_size"] for r in out["runs"]] == [32, 16]
+    for r in out["runs"]:
+        assert r["step"] == "eager" and r["epochs"] == 2 and r["train_events_per_s"] > 0
+        assert r["steady_events_per_s"] > 0 and 0.0 <= r["val_hr@10"] <= 1.0
