@@ -223,6 +223,17 @@ def _counts(text: str) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------------------------- train, refresh, evaluate
+def _train_threads(args: argparse.Namespace) -> None:
+    """``--threads``: on a machine whose cores are busy (the demo's broker, worker and simulator),
+    more torch threads than free cores make training several times slower, not faster."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"intentstream {args.command}: --threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _history(settings: Settings, args: argparse.Namespace) -> list:
     if args.from_topic is not None:
         events, info = _topic_history(settings, args)
@@ -260,6 +271,7 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     from models.registry import Registry
     from models.training import seq_config_with, train_to_registry
 
+    _train_threads(args)
     registry = Registry(settings.registry_dir / "sequence")
     _, _, summary = train_to_registry(_history(settings, args), registry, seq_config_with(args.set), device=args.device,
                                       max_seconds=args.max_seconds, promote=args.promote)  # fmt: skip
@@ -272,6 +284,7 @@ def cmd_refresh(settings: Settings, args: argparse.Namespace) -> int:
     from models.registry import Registry
     from models.training import refresh, seq_config_with
 
+    _train_threads(args)
     registry = Registry(settings.registry_dir / "sequence")
     out = refresh(_history(settings, args), registry, seq_config_with(args.set), device=args.device, max_seconds=args.max_seconds)
     print(json.dumps(out))
@@ -364,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
         tr.add_argument("--days", type=float, default=30.0, help="with --archive or --from-topic: the last N days of event time (default 30)")  # fmt: skip
         tr.add_argument("--device", default=None, help="cuda | cpu (default: cuda when present)")
         tr.add_argument("--max-seconds", type=float, default=None, help="cap on training time")
+        tr.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (default: torch's, one per core); 1 beside other busy processes")  # fmt: skip
         tr.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a SeqConfig field")
         if name == "train":
             tr.add_argument("--promote", action="store_true", help="make the new version current")

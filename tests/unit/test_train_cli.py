@@ -52,6 +52,22 @@ def run_cli(argv: list[str], capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def test_threads_option_sets_torch_threads_and_refuses_zero(env, capsys):
+    import torch
+
+    hist = write_history(env / "h.jsonl")
+    args = ["train", "--format", "jsonl", "--input", str(hist), "--device", "cpu", *sum((["--set", s] for s in TINY), [])]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run_cli([*args, "--threads", "1"], capsys)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert cli.main([*args, "--threads", "0"]) != 0
+    assert "--threads must be >= 1" in capsys.readouterr().err
+
+
 def test_train_writes_a_loadable_registry_version(env, capsys):
     hist = write_history(env / "h.jsonl")
     out = run_cli(["train", "--format", "jsonl", "--input", str(hist), "--device", "cpu",
