@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from models.events import Event
+from models.events import Event, parse_event
 from models.sequence.config import SeqConfig
 from models.sequence.data import time_split
 from models.sequence.train import pick_device, train
@@ -61,13 +61,7 @@ def taobao_events(data_dir: Path) -> list[Event]:
 def simulator_events(n: int, users: int, seed: int = 0) -> list[Event]:
     from stream.logic.simulator import ShopperSimulator
 
-    out = []
-    for raw in ShopperSimulator(seed=seed, users=users).take(n):
-        out.append(
-            Event(raw["event_id"], raw["user_id"], raw["type"], raw["ts"], item_id=raw.get("item_id"),
-                  category_id=raw.get("category_id"), price=raw.get("price"), query=raw.get("query"))  # fmt: skip
-        )
-    return out
+    return [parse_event(raw) for raw in ShopperSimulator(seed=seed, users=users).take(n)]
 
 
 def device_name(dev: torch.device) -> str:

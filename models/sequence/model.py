@@ -173,7 +173,9 @@ class SequenceModel(nn.Module):
         cats, nxt = b["cat"], b["next_cat"]
         B, L = cats.shape
         target = nxt.clamp(min=0)
-        if h.is_cuda if dense is None else dense:
+        if dense is None:
+            dense = h.is_cuda
+        if dense:
             gen = torch.log_softmax(self.cat_out(h).float(), -1).gather(2, target.unsqueeze(-1)).squeeze(-1).exp()
         else:
             gen = torch.ones((B, L), device=h.device)

@@ -198,10 +198,15 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
 
 @torch.no_grad()
 def predict(
-    model: SequenceModel, w: Windows, device: torch.device, batch_size: int | None = None, k: int = 10
+    model: SequenceModel,
+    w: Windows | DeviceWindows,
+    device: torch.device,
+    batch_size: int | None = None,
+    k: int = 10,
 ) -> dict[str, np.ndarray]:
     """Predictions at every target position: p_intent, p_churn, next-type probs, top-k categories,
-    with the matching labels and masks (flattened over target positions)."""
+    with the matching labels and masks (flattened over target positions). ``w`` may already be on
+    ``device`` (training validates the same windows every epoch)."""
     model.eval()
     out: dict[str, list[np.ndarray]] = {
         k_: []
@@ -220,9 +225,9 @@ def predict(
     }
     amp, _ = autocast_for(device)
     batch_size = batch_size or eval_batch_size(device)
-    dw = DeviceWindows(w, device)
-    for s in range(0, len(w), batch_size):
-        b = dw.batch(np.arange(s, min(s + batch_size, len(w))))
+    dw = w if isinstance(w, DeviceWindows) else DeviceWindows(w, device)
+    for s in range(0, len(dw), batch_size):
+        b = dw.batch(np.arange(s, min(s + batch_size, len(dw))))
         with amp:
             x = model.embed(b)
             h = model.encode(x)
@@ -264,7 +269,7 @@ def metrics_from(pred: dict[str, np.ndarray], k: int = 10) -> dict[str, float]:
 
 
 def evaluate(
-    model: SequenceModel, w: Windows, device: torch.device | None = None, k: int = 10
+    model: SequenceModel, w: Windows | DeviceWindows, device: torch.device | None = None, k: int = 10
 ) -> dict[str, float]:
     device = device or next(model.parameters()).device
     return metrics_from(predict(model, w, device, k=k), k=k)
@@ -336,6 +341,7 @@ def train(
         capturable=graphed,
     )
     data = DeviceWindows(train_w, dev)
+    val_data = DeviceWindows(val_w, dev)
     step = (
         CudaGraphStep(model, opt, data, amp, cfg.batch_size) if graphed else TrainStep(model, opt, data, amp, scaler)
     )
@@ -370,7 +376,7 @@ def train(
         epoch_time = time.perf_counter() - t_start
         train_time += epoch_time
         trained_events += epoch_events
-        val = evaluate(model, val_w, dev, k=cfg.top_k)
+        val = evaluate(model, val_data, dev, k=cfg.top_k)
         val["epoch"] = epoch
         val["train_loss"] = float(running)
         val["train_events_per_s"] = epoch_events / max(epoch_time, 1e-9)
