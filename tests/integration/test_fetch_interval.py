@@ -106,3 +106,28 @@ def test_a_consumer_stops_cleanly_while_its_fetch_waits_out_the_interval(broker)
     asyncio.run(_topic(broker.bootstrap, "idle.stop"))
     with fetch_min_interval(5_000):
         asyncio.run(_stop_while_waiting(broker.bootstrap, "idle.stop"))
+
+
+async def _read_first(bootstrap: str, topic: str, wait_ms: int) -> list[bytes]:
+    """Produce one record, then start a consumer and read for up to ``wait_ms``."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    await producer.send_and_wait(topic, b"first", partition=0)
+    await producer.stop()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        got = await consumer.getmany(timeout_ms=wait_ms)
+        return [m.value for msgs in got.values() for m in msgs]
+    finally:
+        await consumer.stop()
+
+
+def test_fetched_records_reach_the_reader_before_the_interval_is_waited_out(broker):
+    """aiokafka hands a fetch's records to its readers only when the fetch task returns, and the
+    interval is waited out inside that task; the wrapper wakes the readers as soon as a fetch
+    brings records. With a 30 s interval, the first fetch brings the record and the reader has it
+    long before the 30 s are over (before the fix: only after them)."""
+    asyncio.run(_topic(broker.bootstrap, "early.wake"))
+    with fetch_min_interval(30_000):
+        assert asyncio.run(_read_first(broker.bootstrap, "early.wake", 10_000)) == [b"first"]
