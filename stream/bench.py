@@ -542,6 +542,8 @@ class Bench:
         sent_ms: dict[str, float] = {}
         lat_kafka: list[float] = []
         lat_recv: list[float] = []
+        by_second: collections.defaultdict[int, list[float]] = collections.defaultdict(list)  # send second -> latencies
+        t0_ms = 0.0
         online_models: collections.Counter[str] = collections.Counter()
         stop = asyncio.Event()
 
@@ -559,6 +561,7 @@ class Bench:
                         t_sent = sent_ms.get(eid)
                         if t_sent is not None:
                             lat_kafka.append(msg.timestamp - t_sent)
+                            by_second[int((t_sent - t0_ms) // 1000)].append(msg.timestamp - t_sent)
                             lat_recv.append(now_ms - t_sent)
 
         reader = asyncio.create_task(read_signals())
@@ -572,6 +575,7 @@ class Bench:
             loop = asyncio.get_running_loop()
             cpu0 = w.cpu_seconds()
             t0 = loop.time()
+            t0_ms = time.time() * 1000
 
             def stamp(eid: str) -> None:
                 sent_ms[eid] = time.time() * 1000
@@ -602,6 +606,12 @@ class Bench:
             "worker_cores": (cpu1 - cpu0) / busy_s if cpu0 is not None and cpu1 is not None and busy_s > 0 else None,
             "latency_ms": {f"p{q}": percentile(lat_kafka, q) for q in (50, 95, 99)} | {"max": max(lat_kafka, default=None)},
             "receive_latency_ms": {f"p{q}": percentile(lat_recv, q) for q in (50, 95, 99)},
+            # Per second of the steady load (by send time): whether the latency grows (the worker
+            # falls behind) or spikes (a stall).
+            "latency_ms_by_second": [
+                {"second": sec, "signals": len(v), "p50": percentile(v, 50), "p99": percentile(v, 99)}
+                for sec, v in sorted(by_second.items())
+            ],
         }
 
     # --------------------------------------------------------------------------- restart
