@@ -559,7 +559,7 @@ class Runtime:
             last_of_partition[it.partition] = it.fe
             if it.kafka_ts:
                 kafka_ts[ev.event_id] = it.kafka_ts
-        records = {u: self._load(u) for u in last_of_user}
+        records = {u: self._load(u, fe) for u, fe in last_of_user.items()}
         result = self.pipeline.apply(records, pairs, windows=served is not None)
         views = await self._sequence_views(
             served, [c.window for c in result.candidates], [c.latent_due for c in result.candidates]
@@ -582,7 +582,7 @@ class Runtime:
         for partition, fe in last_of_partition.items():
             due = self.pipeline.due_for_scan(partition, MAX_SCAN_PER_BATCH)
             if due:
-                recs = {u: self._load(u) for u in due}
+                recs = {u: self._load(u, fe) for u in due}
                 scan = self.pipeline.scan_apply(partition, recs)
                 silent = list(scan.silent)
                 views = await self._sequence_views(
@@ -655,8 +655,11 @@ class Runtime:
                     calibration_error=pooled("calibration_error"),
                 )  # fmt: skip
 
-    def _load(self, user: str) -> UserRecord | None:
-        raw = self.table.get(user.encode())
+    def _load(self, user: str, event: faust.EventT) -> UserRecord | None:
+        """The user's record; ``event``, one of the user's events, names the partition to read.
+        Without it Faust's RocksDB store looks in every assigned partition's database."""
+        with _as_current(event):
+            raw = self.table.get(user.encode())
         return UserRecord.from_bytes(raw) if raw is not None else None
 
     def _write(self, result: BatchResult, context: dict[str, faust.EventT]) -> None:
