@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import print_json
 from stream.bench import percentile
 
 
@@ -85,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     settings = [(int(lg), int(iv)) for lg in a.linger.split(",") for iv in a.interval.split(",")]
     rows = run(settings, a.rate, a.records)
-    out = json.dumps(rows, indent=2)
-    print(out)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(out)
+    print_json(rows, a.json)
     return 0
 
 

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import print_json
+
 
 def _thread_sleeps(interval: float, seconds: float) -> int:
     n, end = 0, time.monotonic() + seconds
@@ -61,11 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         for iv in a.intervals.split(","):
             rows.append(measure(kind, float(iv), a.seconds))
             print(json.dumps(rows[-1]), file=sys.stderr)
-    out = json.dumps(rows, indent=2)
-    print(out)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(out)
+    print_json(rows, a.json)
     return 0
 
 
