@@ -69,8 +69,9 @@ def install_fetch_min_interval(ms: int) -> None:
         rest = _min_interval_s - (time.monotonic() - t0)
         if rest > 0:
             if got_records:  # hand them over now; aiokafka's own wake-up after the wait is a no-op
-                for waiter in list(self._fetch_waiters):
-                    self._notify(waiter)
+                for waiter in list(getattr(self, "_fetch_waiters", ())):
+                    if not waiter.done():
+                        waiter.set_result(None)
             try:
                 await asyncio.sleep(rest)
             except asyncio.CancelledError:
