@@ -367,7 +367,7 @@ def test_loss_parts_are_means_over_the_labelled_targets():
 
     unlabelled = dict(b, target=torch.zeros_like(b["target"]))
     loss, parts = model(unlabelled)
-    assert float(loss) == 0.0 and all(float(v) == 0.0 for v in parts.values())
+    assert float(loss.detach()) == 0.0 and all(float(v.detach()) == 0.0 for v in parts.values())
     model.zero_grad()
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
