@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks import print_json
-from stream.bench import percentile
+from stream.bench import create_plain_topics, percentile
 
 
 async def one_setting(bootstrap: str, topic: str, linger_ms: int, interval_ms: int, rate: float, records: int) -> dict:
@@ -62,7 +62,6 @@ async def one_setting(bootstrap: str, topic: str, linger_ms: int, interval_ms: i
 
 
 def run(settings: list[tuple[int, int]], rate: float, records: int) -> list[dict]:
-    from stream.bench import create_plain_topics
     from stream.broker import EmbeddedBroker
     from stream.settings import Settings
 

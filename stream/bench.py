@@ -560,8 +560,9 @@ class Bench:
                         online_models[online.split(":")[0]] += 1
                         t_sent = sent_ms.get(eid)
                         if t_sent is not None:
-                            lat_kafka.append(msg.timestamp - t_sent)
-                            by_second[int((t_sent - t0_ms) // 1000)].append(msg.timestamp - t_sent)
+                            lat = msg.timestamp - t_sent
+                            lat_kafka.append(lat)
+                            by_second[int((t_sent - t0_ms) // 1000)].append(lat)
                             lat_recv.append(now_ms - t_sent)
 
         reader = asyncio.create_task(read_signals())
