@@ -302,12 +302,22 @@ def unbacked_policy(table: dict[bytes, bytes], messages: list) -> list[str]:
     return out
 
 
+# Fields of a signal that are the scoring model's, not the user's: the online learners that score
+# purchase intent and churn risk are per partition and keep learning, so a worker that re-applies a
+# replayed event after a crash scores it with a learner that moved on (docs/RELIABILITY.md).
+LEARNER_FIELDS = frozenset({"score", "model_versions", "reasons", "cold"})
+LEARNER_TASKS = frozenset({"purchase_intent", "churn_risk"})
+
+
 def signal_report(expected: dict[str, str], messages: list) -> dict:
     """Check the signals read from the signal topics against ``{signal_id: task}``.
 
     Returns counts and the problems found: ``missing`` and ``unexpected`` ids, copies of one id
-    that differ in anything but ``emitted_at`` (a duplicate must be the same signal), and signals
-    whose key is not their user.
+    that are not the same signal, and signals whose key is not their user. A copy must equal the
+    first in everything but ``emitted_at``; for the learner-scored tasks, also but
+    :data:`LEARNER_FIELDS` (the emitting worker's learner). ``differing_copies`` lists
+    ``(signal_id, fields that differ)``; ``rescored_copies`` counts the ids whose copies differ only
+    in learner fields.
     """
     from collections import defaultdict
 
@@ -318,11 +328,15 @@ def signal_report(expected: dict[str, str], messages: list) -> dict:
         copies[s["signal_id"]].append(s)
         if m.key() != s["user"].encode():
             bad_keys += 1
-    differing = []
+    differing, rescored = [], 0
     for sid, group in copies.items():
-        norm = [{k: v for k, v in s.items() if k != "emitted_at"} for s in group]
-        if any(n != norm[0] for n in norm):
-            differing.append(sid)
+        first = group[0]
+        fields = sorted({k for s in group[1:] for k in first.keys() | s.keys() if k != "emitted_at" and s.get(k) != first.get(k)})
+        allowed = LEARNER_FIELDS if first["task"] in LEARNER_TASKS else frozenset()
+        if set(fields) - allowed:
+            differing.append((sid, fields))
+        elif fields:
+            rescored += 1
     wrong_task = [sid for sid, g in copies.items() if sid in expected and g[0]["task"] != expected[sid]]
     return {
         "received": len(messages),
@@ -332,6 +346,7 @@ def signal_report(expected: dict[str, str], messages: list) -> dict:
         "missing": sorted(expected.keys() - copies.keys()),
         "unexpected": sorted(k for k in copies.keys() - expected.keys() if copies[k][0]["task"] in set(expected.values())),
         "differing_copies": differing,
+        "rescored_copies": rescored,
         "wrong_task": wrong_task,
         "bad_keys": bad_keys,
     }
