@@ -160,6 +160,20 @@ class Metrics:
         self.signals_emitted = Counter(
             "signals_emitted", "Signals sent, by task.", ["task"], namespace=ns, registry=registry
         )
+        self.events_routed = Counter(
+            "events_routed",
+            "Valid events by where they were processed: 'local' (by the worker that ingested them) or "
+            "'forwarded' (through the internal topic).",
+            ["path"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.local_partitions = Gauge(
+            "local_partitions",
+            "Internal partitions whose events this worker processes where it ingests them.",
+            namespace=ns,
+            registry=registry,
+        )
 
         # --- Kafka consumer
         self.consumer_lag = Gauge(

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         description="least time between two fetches to one broker, for brokers that answer fetches at once "
         "instead of holding them (noida-db: ~3,600 empty fetches/s per idle consumer); 0: off (docs/BENCHMARKS.md)",
     )  # fmt: skip
+    local_processing: bool = Field(
+        True,
+        description="process an event on the worker that ingests it when that worker owns the event's internal "
+        "partition, instead of through the internal topic (raw ingest, inline scoring; stream/logic/routing.py)",
+    )
     max_event_bytes: int = Field(16_384, ge=256, le=1_048_576)
     max_future_skew_ms: int = Field(3_600_000, ge=0, description="events further ahead of the wall clock are rejected")
 

@@ -18,6 +18,13 @@ these machines):
   event-loop thread by default (:meth:`Runtime._score_call` says why); signals that include it
   are explained by occlusion in one more call. A newly promoted model is loaded by another thread and swapped in
   between batches (:mod:`stream.logic.serving`).
+* **Local processing**: an event whose internal partition this worker owns is processed by the
+  raw ingest itself, right after validation, instead of taking the detour through the internal
+  topic (``INTENTSTREAM_LOCAL_PROCESSING``; :mod:`stream.logic.routing` says when that is safe).
+  With one worker that is every event; with N, about one in N.
+
+Signals are sent to the producer as soon as a batch's table writes are done (not through Faust's
+send buffer, which a busy event loop drains one message per turn).
 
 Delivery is at-least-once: ``take_events`` acknowledges a batch only after the agent has handled
 it, and Faust flushes the producer (signals, dead letters, changelog) before it commits offsets;
@@ -32,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import logging
@@ -57,6 +65,7 @@ from stream.logic import packing
 from stream.logic.ingest import DeadLetter, Pseudonymizer, ingest_one
 from stream.logic.pipeline import BatchResult, Pipeline, PipelineConfig, SeqView, UserRecord
 from stream.logic.policy import PolicyRule
+from stream.logic.routing import LocalRouting
 from stream.logic.scoring import RuleScorer
 from stream.logic.serving import SequenceServing, Served, pick_device
 from stream.metrics import Metrics
@@ -69,6 +78,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_SCAN_PER_BATCH = 5_000  # bounds the latency a churn scan can add to one batch
+GATE_CHECK_S = 0.5  # least time between two reads of the committed offsets a closed partition waits for
 
 
 def partition_for(user: str, partitions: int) -> int:
@@ -108,12 +118,32 @@ def _raw(msg, *, ms: bool = False) -> RawMessage:
 
 @dataclasses.dataclass(slots=True)
 class Item:
-    """One event of the internal topic, with the record (a pack) that carried it."""
+    """One event to process: from the internal topic, with the record (a pack) that carried it, or
+    ingested here (``fe`` is then the partition's :class:`_PartitionEvent`, ``source`` the input)."""
 
     partition: int
     event: Event
     kafka_ts: float | None  # the original producer timestamp, epoch seconds
     fe: faust.EventT
+    source: RawMessage | None = None
+
+
+class _PartitionEvent:
+    """Stands in for a Faust event of internal partition ``partition`` where an event processed
+    locally has none: Faust's table reads and writes only look at ``message.topic`` (which must be
+    the table's source topic) and ``message.partition`` (which store and changelog partition)."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = _PartitionMessage(topic, partition)
+
+
+class _PartitionMessage(NamedTuple):
+    topic: str
+    partition: int
+    offset: int = -1
+    timestamp: float | None = None
 
 
 @contextlib.contextmanager
@@ -192,6 +222,17 @@ class Runtime:
         self._archive_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive")
         self._index_stale = True
         self._assigned: set[int] = set()
+        # Local processing (stream.logic.routing): only beside the raw ingest, and only with inline
+        # scoring, whose batches have no suspension point before their table writes.
+        self.routing = LocalRouting(
+            enabled=settings.local_processing and settings.ingest == "raw" and bootstrap is not None
+            and settings.sequence_scoring == "inline"
+        )  # fmt: skip
+        self._partition_events: dict[int, _PartitionEvent] = {}
+        self._ingested_here: list[Item] = []  # what the last ingest batch left to process locally
+        self._processing = asyncio.Lock()  # one batch at a time, whichever stage started it
+        self._admin = None  # reads the group's committed offsets for the gates (started when needed)
+        self._gates_checked = 0.0
 
     # ------------------------------------------------------------------ wiring
     def register(self) -> None:
@@ -323,7 +364,7 @@ class Runtime:
             committed = time.monotonic()
             if not done:
                 return
-            await self.app.producer.flush()  # packs and dead letters acknowledged before the commit
+            await self._flush_producer()  # packs, dead letters and local outputs acknowledged before the commit
             offsets, done = done, {}
             try:
                 await consumer.commit(offsets)
@@ -346,10 +387,20 @@ class Runtime:
                     if not n_input:
                         n_input = None  # the input topic did not exist: look again
                     continue
+                if self.routing.enabled:
+                    try:
+                        await self._update_routing(consumer)
+                    except KafkaError as exc:  # the partitions stay closed: events take the internal topic
+                        log.warning("local processing: reading offsets failed (%s); trying again", exc)
                 batches = await consumer.getmany(timeout_ms=s.batch_wait_ms, max_records=s.batch_size)
                 msgs = [_raw(m, ms=True) for records in batches.values() for m in records]
                 if msgs:
                     self.guarded(self.ingest_batch, msgs)
+                    if self._ingested_here:
+                        await self._process_here()
+                        # getmany returns at once while records are buffered: without a turn of the
+                        # loop here, the producer's sender would not run between local batches.
+                        await asyncio.sleep(0)
                     done.update({tp: records[-1].offset + 1 for tp, records in batches.items() if records})
                 if time.monotonic() - committed >= interval:
                     await commit()
@@ -361,6 +412,9 @@ class Runtime:
                 log.warning("ingest commit at stop failed (%s: %s)", type(exc).__name__, exc)
             finally:
                 await consumer.stop()
+                if self._admin is not None:
+                    admin, self._admin = self._admin, None
+                    await admin.close()
 
     async def _ingest_lag(self) -> None:
         """Consumer lag of the raw ingest's partitions (Faust's lag reader sees only its own)."""
@@ -481,10 +535,15 @@ class Runtime:
 
     # ------------------------------------------------------------------ ingest
     def ingest_batch(self, batch: list[RawMessage]) -> None:
+        """Validate and pseudonymise a batch; dead-letter the bad messages; forward the good events
+        to the internal topic, packed per partition, except those of partitions this worker
+        processes locally, which are left in ``_ingested_here`` for :meth:`_process_here`."""
         s, m = self.settings, self.metrics
         t0 = time.perf_counter()
         now_ms = time.time_ns() // 1_000_000
         packs: dict[int, tuple[list[dict], list[int | None]]] = {}
+        local = self.routing.local if self._routing_current() else ()
+        here: list[Item] = []
         for msg in batch:
             try:
                 ev = ingest_one(
@@ -494,16 +553,121 @@ class Runtime:
             except InvalidEvent as exc:
                 self._dead_letter(DeadLetter(exc.reason, exc.detail, msg.value, msg.topic, msg.partition, msg.offset), msg.key)
                 continue
-            evs, kts = packs.setdefault(partition_for(ev.user, s.events_partitions), ([], []))
+            partition = partition_for(ev.user, s.events_partitions)
+            if partition in local:
+                ts = msg.timestamp_ms / 1000 if msg.timestamp_ms else None
+                here.append(Item(partition, ev, ts, self._partition_event(partition), msg))  # type: ignore[arg-type]
+                continue
+            evs, kts = packs.setdefault(partition, ([], []))
             evs.append(ev.to_dict())
             # Keep the producer's timestamp so event-to-signal latency spans both hops.
             kts.append(msg.timestamp_ms)
-        out = self.topics.by_user
+        self._forward(packs)
+        self._ingested_here.extend(here)
+        m.observe_batch(len(batch), time.perf_counter() - t0)
+
+    def _forward(self, packs: dict[int, tuple[list[dict], list[int | None]]]) -> None:
+        """Send events to the internal topic, packed per partition; follow the packs a closed
+        partition's gate waits for (:class:`LocalRouting`)."""
+        out, route = self.topics.by_user, self.routing
         for partition, (evs, kts) in packs.items():
             for i in range(0, len(evs), packing.MAX_EVENTS):
+                callback = None
+                if route.tracks(partition):
+                    route.sent(partition)
+                    callback = functools.partial(self._forward_acked, route.generation, partition)
                 out.send_soon(key=b"pack", value=packing.pack(evs[i : i + packing.MAX_EVENTS], kts[i : i + packing.MAX_EVENTS]),
-                              partition=partition)  # fmt: skip
-        m.observe_batch(len(batch), time.perf_counter() - t0)
+                              partition=partition, callback=callback)  # fmt: skip
+            self.metrics.events_routed.labels(path="forwarded").inc(len(evs))
+
+    def _forward_acked(self, generation: int, partition: int, fut: faust.types.FutureMessage) -> None:
+        self.routing.acked(generation, partition, fut.result().offset)
+
+    def _partition_event(self, partition: int) -> _PartitionEvent:
+        pe = self._partition_events.get(partition)
+        if pe is None:
+            pe = self._partition_events[partition] = _PartitionEvent(self.topics.by_user.get_topic_name(), partition)
+        return pe
+
+    def _routing_current(self) -> bool:
+        """Bring the routing up to Faust's rebalance count (a new rebalance closes every partition);
+        True when no rebalance is under way, so local partitions may be processed here."""
+        app, route = self.app, self.routing
+        if route.generation != app.rebalancing_count:
+            route.reset(app.rebalancing_count)
+            self.metrics.local_partitions.set(0)
+        return route.enabled and not app.rebalancing
+
+    async def _process_here(self) -> None:
+        """Process what the last ingest batch kept for local processing (see ``ingest_batch``)."""
+        items, self._ingested_here = self._ingested_here, []
+        generation = self.routing.generation
+        async with self._processing:
+            if not self._routing_current() or self.routing.generation != generation:
+                # The assignment began to change while the agent held the lock: the usual way then.
+                packs: dict[int, tuple[list[dict], list[int | None]]] = {}
+                for it in items:
+                    evs, kts = packs.setdefault(it.partition, ([], []))
+                    evs.append(it.event.to_dict())
+                    kts.append(int(it.kafka_ts * 1000) if it.kafka_ts else None)
+                self._forward(packs)
+                return
+            await self.process_items(items)
+        self.metrics.events_routed.labels(path="local").inc(len(items))
+
+    async def _update_routing(self, consumer: object) -> None:
+        """Arm and open the gates of :class:`LocalRouting`. Called by the raw ingest between
+        batches, once its input partitions follow Faust's current assignment."""
+        from aiokafka import TopicPartition
+
+        app, route = self.app, self.routing
+        if not self._routing_current() or app.in_recovery:
+            return
+        generation = route.generation
+        if route.needs_arming(generation):  # type: ignore[arg-type]
+            # Where this ingest starts reading: an earlier owner committed (after flushing) what it
+            # forwarded from below those offsets, so it is below the end offsets read next.
+            for tp in consumer.assignment():  # type: ignore[attr-defined]
+                await consumer.position(tp)  # type: ignore[attr-defined]
+            await self._flush_producer()  # and so is everything this worker forwarded
+            internal = self.topics.by_user.get_topic_name()
+            ends = await consumer.end_offsets([TopicPartition(internal, p) for p in sorted(self._assigned)])  # type: ignore[attr-defined]
+            if self._routing_current() and route.generation == generation:
+                route.arm(generation, {tp.partition: offset for tp, offset in ends.items()})
+                self._gates_checked = 0.0
+        if route.gates and time.monotonic() - self._gates_checked >= GATE_CHECK_S:
+            self._gates_checked = time.monotonic()
+            committed = await self._committed(sorted(route.gates))
+            if self._routing_current() and route.generation == generation:
+                opened = route.open(committed)
+                if opened:
+                    log.info("internal partitions %s are now processed where they are ingested", sorted(opened))
+                    self.metrics.local_partitions.set(len(route.local))
+
+    async def _committed(self, partitions: list[int]) -> dict[int, int]:
+        """The application group's committed offsets of internal ``partitions`` (-1: none)."""
+        from aiokafka import TopicPartition
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        from stream.broker import client_config
+
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(**client_config(self.settings, self.bootstrap))  # type: ignore[arg-type]
+            await admin.start()
+            self._admin = admin
+        internal = self.topics.by_user.get_topic_name()
+        found = await self._admin.list_consumer_group_offsets(
+            self.settings.app_id, partitions=[TopicPartition(internal, p) for p in partitions]
+        )
+        return {tp.partition: meta.offset for tp, meta in found.items()}
+
+    async def _flush_producer(self) -> None:
+        """Flush until Faust's send buffer is empty: its own flush gives up when no message has left
+        the buffer for 0.1 s, which a busy loop can cause, and a commit must follow every send."""
+        producer = self.app.producer
+        await producer.flush()
+        while producer.buffer.size:
+            await producer.flush()
 
     def _dead_letter(self, dl: DeadLetter, key: bytes | None) -> None:
         self.metrics.count_invalid(dl.reason)
@@ -512,8 +676,7 @@ class Runtime:
 
     # ------------------------------------------------------------------ process
     async def process_packs(self, batch: list[faust.EventT]) -> None:
-        """Unpack the internal topic's records and process their events; if a batch fails, retry
-        event by event and dead-letter only the events that fail alone (``processing_error``)."""
+        """Unpack the internal topic's records and process their events (:meth:`process_items`)."""
         items: list[Item] = []
         for fe in batch:
             msg = fe.message
@@ -525,6 +688,12 @@ class Runtime:
                                              msg.topic, msg.partition, msg.offset), msg.key)  # fmt: skip
         if not items:
             return
+        async with self._processing:
+            await self.process_items(items)
+
+    async def process_items(self, items: list[Item]) -> None:
+        """Process a batch; if it fails, retry event by event and dead-letter only the events that
+        fail alone (``processing_error``)."""
         try:
             await self.process_batch(items)
             return
@@ -534,7 +703,7 @@ class Runtime:
             try:
                 await self.process_batch([it])
             except Exception as exc:  # noqa: BLE001
-                msg = it.fe.message
+                msg = it.source or it.fe.message
                 log.error("event at %s[%d]@%d dead-lettered: %s", msg.topic, msg.partition, msg.offset, type(exc).__name__)
                 self._dead_letter(
                     DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"[:200],
@@ -576,7 +745,7 @@ class Runtime:
             )  # fmt: skip
         for typ, n in result.counts_by_type.items():
             m.count_event(typ, n)
-        self._emit(result, kafka_ts)
+        outputs = [(result, kafka_ts)]
 
         # Churn risk and expiry for silent users, at each partition's event-time watermark.
         for partition, fe in last_of_partition.items():
@@ -592,8 +761,12 @@ class Runtime:
                 self.pipeline.decide_silent(scan, recs, by_user)  # type: ignore[arg-type]
                 await self._explain(served, scan)
                 self._write(scan, {u: fe for u in scan.records.keys() | set(scan.deleted)})
-                self._emit(scan, {})
+                outputs.append((scan, {}))
         self._checkpoint(last_of_partition)
+        # Signals go out after every table write of the batch: sending may wait (a full producer
+        # batch), and a locally processed batch must not wait before its writes (routing.py).
+        for out, ts in outputs:
+            await self._emit(out, ts)
         self._archive([ev for _p, ev in pairs], result.rejected)
         m.observe_batch(len(items), time.perf_counter() - t0)
 
@@ -671,11 +844,15 @@ class Runtime:
             with _as_current(context[user]):
                 table.pop(user.encode(), None)
 
-    def _emit(self, result: BatchResult, kafka_ts: dict[str, float]) -> None:
+    async def _emit(self, result: BatchResult, kafka_ts: dict[str, float]) -> None:
+        """Hand the signals to the producer now (``force``: not attached to the current event), not
+        to Faust's send buffer: that buffer is drained one message per turn of the event loop, so
+        while batches keep the loop busy, signals waited in it for up to a few hundred ms
+        (docs/BENCHMARKS.md). Faust still flushes the producer before any commit."""
         m, topics = self.metrics, self.topics.signals
         now = time.time()
         for sig in result.signals:
-            topics[sig.task].send_soon(key=sig.user.encode(), value=json.dumps(sig.value, separators=(",", ":")).encode())
+            await topics[sig.task].send(key=sig.user.encode(), value=json.dumps(sig.value, separators=(",", ":")).encode(), force=True)
             m.count_signal(sig.task)
             produced = kafka_ts.get(sig.value["event_id"])
             if produced:

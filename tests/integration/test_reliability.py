@@ -300,6 +300,35 @@ def test_sigkill_during_replay_loses_nothing(system):
               applied_at_kill=int(applied), committed_after_kill=at_kill)  # fmt: skip
 
 
+def routed(worker, path: str) -> float:
+    """Valid events this worker process handled by ``path``: 'local' or 'forwarded'."""
+    total = 0.0
+    for line in worker.metrics().splitlines():
+        if line.startswith(f'intentstream_events_routed_total{{path="{path}"}}'):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.slow
+def test_local_and_forwarded_events_give_the_clean_run_outcome(system):
+    """Two workers with local processing (the default, ``stream/logic/routing.py``): each
+    processes the events of its own internal partitions where it ingests them and forwards the
+    others through the internal topic; the second worker's join closes every partition and
+    re-gates it. Both paths must carry events, and the outcome must equal a clean run."""
+    settings, new_worker = system
+    events = simulated(12_000, seed=SEED + 2)
+    w1, w2 = new_worker(), new_worker()
+    w1.start()
+    w2.start()
+    produce_events(settings.kafka_bootstrap_servers, settings.events_topic, events)
+    wait_drained(settings, [w1, w2])
+    local = routed(w1, "local") + routed(w2, "local")
+    forwarded = routed(w1, "forwarded") + routed(w2, "forwarded")
+    check_run(settings, events, "local+forwarded", routed_local=local, routed_forwarded=forwarded)
+    assert local > 0 and forwarded > 0, f"both paths must be used: local {local}, forwarded {forwarded}"
+    assert local + forwarded == len(events), "every valid event is routed exactly once"
+
+
 @pytest.mark.slow
 def test_replayed_tail_is_absorbed_without_loss_or_repeat(system):
     """What at-least-once delivers after a crash, without the crash: the committed offsets of both

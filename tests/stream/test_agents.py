@@ -33,7 +33,11 @@ def app(tmp_path):
         def send_soon(*, key=None, value=None, partition=None, **kw):
             sent.setdefault(name, []).append((key, value, partition))
 
+        async def send(*, key=None, value=None, partition=None, **kw):  # signals are sent at once
+            send_soon(key=key, value=value, partition=partition)
+
         topic.send_soon = send_soon
+        topic.send = send
 
     rt = app.runtime
     for t in (rt.topics.by_user, rt.topics.dlq, *rt.topics.signals.values()):
