@@ -281,6 +281,9 @@ def parse_metrics(text: str) -> dict[str, float]:
             out["signals"] += float(value)
         elif base == "intentstream_users_in_state":
             out["users_in_state"] = float(value)
+        elif base == "intentstream_events_routed_total":  # events processed where ingested / forwarded
+            path = "routed_local" if 'path="local"' in labels else "routed_forwarded"
+            out[path] = out.get(path, 0.0) + float(value)
         elif base == "intentstream_dead_letters_total":
             out["dead_letters"] = float(value)
         elif base == "intentstream_online_roc_auc":  # published only by learners that have learned
@@ -465,6 +468,8 @@ class Bench:
             "users": events.users,
             "signals": signals,
             "online_models_warm": bool(last.get("online_models_learned")),
+            "routed_local": last.get("routed_local", 0.0),
+            "routed_forwarded": last.get("routed_forwarded", 0.0),
             "preload_events_per_s": produce_rate,
         }
         if log_tail:

@@ -67,7 +67,7 @@ REFRESH_RESULTS: tuple[str, ...] = ("success", "failure")
 
 #: Every label name any metric may carry. Tests assert the exposition uses nothing else, so a
 #: new label (and its cardinality) is a reviewed decision rather than an accident.
-LABEL_NAMES: frozenset[str] = frozenset({"type", "reason", "task", "result", "topic", "partition", "version"})
+LABEL_NAMES: frozenset[str] = frozenset({"type", "reason", "task", "result", "topic", "partition", "version", "path"})
 
 # Per-batch processing time: a 1,000-event batch takes roughly 0.2-1 s on the 2-core machines.
 PROCESSING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -290,6 +290,8 @@ class Metrics:
             self.pending_labels.labels(task=task)
         for r in REFRESH_RESULTS:
             self.model_refresh.labels(result=r)
+        for path in ("local", "forwarded"):
+            self.events_routed.labels(path=path)
         # Quality gauges start absent on purpose: a 0 AUC before the first label would page someone.
         self._lag_series: set[tuple[str, int]] = set()
 

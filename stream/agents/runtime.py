@@ -364,7 +364,9 @@ class Runtime:
             committed = time.monotonic()
             if not done:
                 return
-            await self._flush_producer()  # packs, dead letters and local outputs acknowledged before the commit
+            if not await self._flush_producer():  # packs, dead letters and local outputs first
+                log.warning("ingest commit postponed: the producer's send buffer did not empty")
+                return
             offsets, done = done, {}
             try:
                 await consumer.commit(offsets)
@@ -386,6 +388,13 @@ class Runtime:
                     await asyncio.sleep(0.1)
                     if not n_input:
                         n_input = None  # the input topic did not exist: look again
+                    continue
+                if self.routing.enabled and self.app.rebalancing:
+                    # Faust is moving partitions and recovering tables: what the ingest read now it
+                    # could only forward, and local processing would wait until the agent caught up.
+                    if time.monotonic() - committed >= interval:
+                        await commit()
+                    await asyncio.sleep(0.05)
                     continue
                 if self.routing.enabled:
                     try:
@@ -629,7 +638,8 @@ class Runtime:
             # forwarded from below those offsets, so it is below the end offsets read next.
             for tp in consumer.assignment():  # type: ignore[attr-defined]
                 await consumer.position(tp)  # type: ignore[attr-defined]
-            await self._flush_producer()  # and so is everything this worker forwarded
+            if not await self._flush_producer():  # and so is everything this worker forwarded
+                return
             internal = self.topics.by_user.get_topic_name()
             ends = await consumer.end_offsets([TopicPartition(internal, p) for p in sorted(self._assigned)])  # type: ignore[attr-defined]
             if self._routing_current() and route.generation == generation:
@@ -661,13 +671,18 @@ class Runtime:
         )
         return {tp.partition: meta.offset for tp, meta in found.items()}
 
-    async def _flush_producer(self) -> None:
-        """Flush until Faust's send buffer is empty: its own flush gives up when no message has left
-        the buffer for 0.1 s, which a busy loop can cause, and a commit must follow every send."""
+    async def _flush_producer(self, within: float = 5.0) -> bool:
+        """Flush until Faust's send buffer is empty (its own flush gives up when no message has
+        left the buffer for 0.1 s, which a busy loop can cause); False if it is still not empty
+        after ``within`` seconds, and then nothing may be committed on its strength."""
         producer = self.app.producer
+        deadline = time.monotonic() + within
         await producer.flush()
         while producer.buffer.size:
+            if time.monotonic() > deadline:
+                return False
             await producer.flush()
+        return True
 
     def _dead_letter(self, dl: DeadLetter, key: bytes | None) -> None:
         self.metrics.count_invalid(dl.reason)

@@ -421,7 +421,10 @@ def test_raw_user_ids_reach_no_output_log_or_metric(system):
     for e in events:
         e["user_id"] = f"{e['user_id']}@shop.example"
     raw_ids = sorted({e["user_id"] for e in events})
-    worker = new_worker(INTENTSTREAM_LOG_LEVEL="DEBUG")
+    # Local processing off: one worker would process every event where it ingests it, and the
+    # internal topic, one of the places checked here, would stay empty. The local path writes the
+    # same records and signals (test_local_and_forwarded_events_give_the_clean_run_outcome).
+    worker = new_worker(INTENTSTREAM_LOG_LEVEL="DEBUG", INTENTSTREAM_LOCAL_PROCESSING="false")
     worker.start()
 
     rng = random.Random(1)

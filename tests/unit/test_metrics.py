@@ -36,6 +36,8 @@ EXPECTED = {
     "intentstream_processing_batch_size": "histogram",
     "intentstream_event_to_signal_seconds": "histogram",
     "intentstream_signals_emitted_total": "counter",
+    "intentstream_events_routed_total": "counter",
+    "intentstream_local_partitions": "gauge",
     "intentstream_consumer_lag": "gauge",
     "intentstream_rebalances_total": "counter",
     "intentstream_assigned_partitions": "gauge",
@@ -64,6 +66,8 @@ def exercised(m: Metrics) -> Metrics:
     m.observe_batch(1000, 0.4)
     m.observe_event_to_signal(1_700_000_000.0, sent_at_s=1_700_000_000.25)
     m.count_signal("purchase_intent")
+    m.events_routed.labels(path="local").inc(3)
+    m.local_partitions.set(2)
     m.set_lag({("shop.events", 0): 3, ("shop.events", 1): 0})
     m.rebalances.inc()
     m.retain_partitions([("shop.events", 0), ("shop.events", 1)])
@@ -145,6 +149,7 @@ def test_label_names_come_from_the_allow_list_and_values_stay_bounded() -> None:
         "reason": set(INVALID_REASONS),
         "task": set(TASKS),
         "result": {"success", "failure"},
+        "path": {"local", "forwarded"},
     }
     for fam in families(m).values():
         for sample in fam.samples:
