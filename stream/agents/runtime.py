@@ -128,6 +128,16 @@ class Item:
     source: RawMessage | None = None
 
 
+# Events bound for the internal topic: per partition, the event dicts and their producer timestamps (ms).
+Packs = dict[int, tuple[list[dict], list[int | None]]]
+
+
+def _add_to_pack(packs: Packs, partition: int, event: dict, kafka_ts_ms: int | None) -> None:
+    evs, kts = packs.setdefault(partition, ([], []))
+    evs.append(event)
+    kts.append(kafka_ts_ms)
+
+
 class _PartitionEvent:
     """Stands in for a Faust event of internal partition ``partition`` where an event processed
     locally has none: Faust's table reads and writes only look at ``message.topic`` (which must be
@@ -550,7 +560,7 @@ class Runtime:
         s, m = self.settings, self.metrics
         t0 = time.perf_counter()
         now_ms = time.time_ns() // 1_000_000
-        packs: dict[int, tuple[list[dict], list[int | None]]] = {}
+        packs: Packs = {}
         local = self.routing.local if self._routing_current() else ()
         here: list[Item] = []
         for msg in batch:
@@ -567,15 +577,13 @@ class Runtime:
                 ts = msg.timestamp_ms / 1000 if msg.timestamp_ms else None
                 here.append(Item(partition, ev, ts, self._partition_event(partition), msg))  # type: ignore[arg-type]
                 continue
-            evs, kts = packs.setdefault(partition, ([], []))
-            evs.append(ev.to_dict())
             # Keep the producer's timestamp so event-to-signal latency spans both hops.
-            kts.append(msg.timestamp_ms)
+            _add_to_pack(packs, partition, ev.to_dict(), msg.timestamp_ms)
         self._forward(packs)
         self._ingested_here.extend(here)
         m.observe_batch(len(batch), time.perf_counter() - t0)
 
-    def _forward(self, packs: dict[int, tuple[list[dict], list[int | None]]]) -> None:
+    def _forward(self, packs: Packs) -> None:
         """Send events to the internal topic, packed per partition; follow the packs a closed
         partition's gate waits for (:class:`LocalRouting`)."""
         out, route = self.topics.by_user, self.routing
@@ -614,11 +622,9 @@ class Runtime:
         async with self._processing:
             if not self._routing_current() or self.routing.generation != generation:
                 # The assignment began to change while the agent held the lock: the usual way then.
-                packs: dict[int, tuple[list[dict], list[int | None]]] = {}
+                packs: Packs = {}
                 for it in items:
-                    evs, kts = packs.setdefault(it.partition, ([], []))
-                    evs.append(it.event.to_dict())
-                    kts.append(int(it.kafka_ts * 1000) if it.kafka_ts else None)
+                    _add_to_pack(packs, it.partition, it.event.to_dict(), int(it.kafka_ts * 1000) if it.kafka_ts else None)
                 self._forward(packs)
                 return
             await self.process_items(items)

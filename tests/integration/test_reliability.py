@@ -153,13 +153,15 @@ def restart(worker_factory, **env):
     return w
 
 
+def metric_total(worker, prefix: str) -> float:
+    """The sum of the worker's samples whose exposition line starts with ``prefix`` (the worker
+    process's own counters: they restart from zero with it)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in worker.metrics().splitlines() if line.startswith(prefix))
+
+
 def consumed(worker) -> float:
-    """Events this worker process has applied to state (its own counter, reset on restart)."""
-    total = 0.0
-    for line in worker.metrics().splitlines():
-        if line.startswith("intentstream_events_consumed_total{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    """Events this worker process has applied to state."""
+    return metric_total(worker, "intentstream_events_consumed_total{")
 
 
 def check_run(settings, events: list[dict], label: str, **figures) -> dict:
@@ -302,11 +304,7 @@ def test_sigkill_during_replay_loses_nothing(system):
 
 def routed(worker, path: str) -> float:
     """Valid events this worker process handled by ``path``: 'local' or 'forwarded'."""
-    total = 0.0
-    for line in worker.metrics().splitlines():
-        if line.startswith(f'intentstream_events_routed_total{{path="{path}"}}'):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return metric_total(worker, f'intentstream_events_routed_total{{path="{path}"}}')
 
 
 @pytest.mark.slow
