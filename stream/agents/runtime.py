@@ -128,6 +128,12 @@ class Item:
     source: RawMessage | None = None
 
 
+# Keys of the internal topic's records. A "pack" is for the partition's owner to process; a "done"
+# pack holds events already processed where they were ingested: the process agent skips it, and it
+# is there so that the topic stays the complete pseudonymised event history (train --from-topic).
+PACK_KEY = b"pack"
+DONE_KEY = b"done"
+
 # Events bound for the internal topic: per partition, the event dicts and their producer timestamps (ms).
 Packs = dict[int, tuple[list[dict], list[int | None]]]
 
@@ -561,6 +567,7 @@ class Runtime:
         t0 = time.perf_counter()
         now_ms = time.time_ns() // 1_000_000
         packs: Packs = {}
+        done: Packs = {}
         local = self.routing.local if self._routing_current() else ()
         here: list[Item] = []
         for msg in batch:
@@ -576,26 +583,33 @@ class Runtime:
             if partition in local:
                 ts = msg.timestamp_ms / 1000 if msg.timestamp_ms else None
                 here.append(Item(partition, ev, ts, self._partition_event(partition), msg))  # type: ignore[arg-type]
+                _add_to_pack(done, partition, ev.to_dict(), msg.timestamp_ms)
                 continue
             # Keep the producer's timestamp so event-to-signal latency spans both hops.
             _add_to_pack(packs, partition, ev.to_dict(), msg.timestamp_ms)
         self._forward(packs)
+        self._send_packs(done, DONE_KEY)
         self._ingested_here.extend(here)
         m.observe_batch(len(batch), time.perf_counter() - t0)
 
     def _forward(self, packs: Packs) -> None:
-        """Send events to the internal topic, packed per partition; follow the packs a closed
-        partition's gate waits for (:class:`LocalRouting`)."""
+        """Send events to the internal topic for their partition's owner to process."""
+        self._send_packs(packs, PACK_KEY)
+        for evs, _kts in packs.values():
+            self.metrics.events_routed.labels(path="forwarded").inc(len(evs))
+
+    def _send_packs(self, packs: Packs, key: bytes) -> None:
+        """Send events to the internal topic, packed per partition under ``key``; follow the packs
+        to be processed that a closed partition's gate waits for (:class:`LocalRouting`)."""
         out, route = self.topics.by_user, self.routing
         for partition, (evs, kts) in packs.items():
             for i in range(0, len(evs), packing.MAX_EVENTS):
                 callback = None
-                if route.tracks(partition):
+                if key == PACK_KEY and route.tracks(partition):
                     route.sent(partition)
                     callback = functools.partial(self._forward_acked, route.generation, partition)
-                out.send_soon(key=b"pack", value=packing.pack(evs[i : i + packing.MAX_EVENTS], kts[i : i + packing.MAX_EVENTS]),
+                out.send_soon(key=key, value=packing.pack(evs[i : i + packing.MAX_EVENTS], kts[i : i + packing.MAX_EVENTS]),
                               partition=partition, callback=callback)  # fmt: skip
-            self.metrics.events_routed.labels(path="forwarded").inc(len(evs))
 
     def _forward_acked(self, generation: int, partition: int, fut: faust.types.FutureMessage) -> None:
         self.routing.acked(generation, partition, fut.result().offset)
@@ -701,6 +715,8 @@ class Runtime:
         items: list[Item] = []
         for fe in batch:
             msg = fe.message
+            if msg.key == DONE_KEY:  # processed where it was ingested; kept only as history
+                continue
             try:
                 for d, kts in packing.unpack(msg.value):
                     items.append(Item(msg.partition, Event.from_dict(d), kts / 1000 if kts else None, fe))

@@ -312,7 +312,9 @@ def test_local_and_forwarded_events_give_the_clean_run_outcome(system):
     """Two workers with local processing (the default, ``stream/logic/routing.py``): each
     processes the events of its own internal partitions where it ingests them and forwards the
     others through the internal topic; the second worker's join closes every partition and
-    re-gates it. Both paths must carry events, and the outcome must equal a clean run."""
+    re-gates it. Both paths must carry events, and the outcome must equal a clean run. The
+    internal topic must still hold every event (the history ``train --from-topic`` reads), the
+    locally processed ones as packs the process agent skips."""
     settings, new_worker = system
     events = simulated(12_000, seed=SEED + 2)
     w1, w2 = new_worker(), new_worker()
@@ -322,9 +324,14 @@ def test_local_and_forwarded_events_give_the_clean_run_outcome(system):
     wait_drained(settings, [w1, w2])
     local = routed(w1, "local") + routed(w2, "local")
     forwarded = routed(w1, "forwarded") + routed(w2, "forwarded")
-    check_run(settings, events, "local+forwarded", routed_local=local, routed_forwarded=forwarded)
+    history = read_all(settings.kafka_bootstrap_servers, [settings.repartition_topic])
+    logged = {d["event_id"] for m in history for d, _ in unpack(m.value())}
+    report = check_run(settings, events, "local+forwarded", routed_local=local, routed_forwarded=forwarded,
+                       history_events=len(logged))  # fmt: skip
     assert local > 0 and forwarded > 0, f"both paths must be used: local {local}, forwarded {forwarded}"
     assert local + forwarded == len(events), "every valid event is routed exactly once"
+    assert report["replays_caught_by_dedupe"] == 0, "no fault: no event may reach the state twice"
+    assert logged == {e["event_id"] for e in events}, "the internal topic is the complete event history"
 
 
 @pytest.mark.slow
@@ -419,10 +426,7 @@ def test_raw_user_ids_reach_no_output_log_or_metric(system):
     for e in events:
         e["user_id"] = f"{e['user_id']}@shop.example"
     raw_ids = sorted({e["user_id"] for e in events})
-    # Local processing off: one worker would process every event where it ingests it, and the
-    # internal topic, one of the places checked here, would stay empty. The local path writes the
-    # same records and signals (test_local_and_forwarded_events_give_the_clean_run_outcome).
-    worker = new_worker(INTENTSTREAM_LOG_LEVEL="DEBUG", INTENTSTREAM_LOCAL_PROCESSING="false")
+    worker = new_worker(INTENTSTREAM_LOG_LEVEL="DEBUG")
     worker.start()
 
     rng = random.Random(1)
