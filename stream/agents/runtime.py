@@ -21,7 +21,8 @@ these machines):
 * **Local processing**: an event whose internal partition this worker owns is processed by the
   raw ingest itself, right after validation, instead of taking the detour through the internal
   topic (``INTENTSTREAM_LOCAL_PROCESSING``; :mod:`stream.logic.routing` says when that is safe).
-  With one worker that is every event; with N, about one in N.
+  With one worker that is every event; with N, about one in N. Such events still go to the
+  internal topic too, as ``DONE_KEY`` packs that ``process`` skips (the topic is the history).
 
 Signals are sent to the producer as soon as a batch's table writes are done (not through Faust's
 send buffer, which a busy event loop drains one message per turn).

@@ -26,6 +26,10 @@ uncommitted tail while a partition moves). Those packs carry the same events, in
 as the new owner processes locally, so whichever copy comes second is a duplicate that the
 per-user de-duplication rejects; order is kept either way.
 
+The internal topic still receives every event: the ones processed locally as packs that the
+process agent skips, so that it remains the complete pseudonymised history that
+``intentstream train --from-topic`` reads.
+
 Pure bookkeeping: no Kafka, no Faust; ``stream.agents.runtime`` feeds it offsets.
 
 >>> r = LocalRouting()
