@@ -256,6 +256,15 @@ def _scrape(port: int, path: str, timeout: float = 1.0) -> tuple[int, str]:
         return 0, ""
 
 
+_BATCH_SUMS = {
+    "intentstream_processing_seconds_sum": "batch_seconds",
+    "intentstream_processing_batch_size_sum": "batch_events",
+    "intentstream_scoring_seconds_count": "scoring_calls",
+    "intentstream_scoring_seconds_sum": "scoring_seconds",
+    "intentstream_scoring_batch_size_sum": "scoring_windows",
+}
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     """The few worker metrics the harness needs, summed over their labels.
 
@@ -277,6 +286,8 @@ def parse_metrics(text: str) -> dict[str, float]:
             out["handled"] += float(value)
         elif base == "intentstream_processing_seconds_count":
             out["batches"] += float(value)
+        elif base in _BATCH_SUMS:  # batch shape under load (the latency phase's figures)
+            out[_BATCH_SUMS[base]] = out.get(_BATCH_SUMS[base], 0.0) + float(value)
         elif base == "intentstream_signals_emitted_total":
             out["signals"] += float(value)
         elif base == "intentstream_users_in_state":
@@ -525,9 +536,12 @@ class Bench:
                        rate: float) -> dict:  # fmt: skip
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-        async def handled() -> float:
+        async def metrics() -> dict[str, float]:
             status, text = await asyncio.to_thread(_scrape, port, "/metrics")
-            return parse_metrics(text)["handled"] if status == 200 else 0.0
+            return parse_metrics(text) if status == 200 else {}
+
+        async def handled() -> float:
+            return (await metrics()).get("handled", 0.0)
 
         async def wait_handled(n: int, timeout: float) -> bool:
             end = time.time() + timeout
@@ -579,7 +593,7 @@ class Bench:
             warmed = await wait_handled(warm, 120)
             # Steady load: event i is due at t0 + i / rate; everything due is sent in one go.
             loop = asyncio.get_running_loop()
-            cpu0 = w.cpu_seconds()
+            cpu0, m0 = w.cpu_seconds(), await metrics()
             t0 = loop.time()
             t0_ms = time.time() * 1000
 
@@ -590,7 +604,7 @@ class Bench:
             await producer.flush()
             send_s = loop.time() - t0
             caught_up = await wait_handled(warm + measured, 30 + measured / max(rate, 1))
-            cpu1, busy_s = w.cpu_seconds(), loop.time() - t0
+            cpu1, busy_s, m1 = w.cpu_seconds(), loop.time() - t0, await metrics()
             await asyncio.sleep(1.0)  # the last signals' linger and fetch
         finally:
             stop.set()
@@ -610,6 +624,7 @@ class Bench:
             # and in cores (1.0 = one core busy all the time).
             "worker_cpu_us_per_event": 1e6 * (cpu1 - cpu0) / measured if cpu0 is not None and cpu1 is not None else None,
             "worker_cores": (cpu1 - cpu0) / busy_s if cpu0 is not None and cpu1 is not None and busy_s > 0 else None,
+            "batches": _batch_shape(m0, m1, busy_s),
             "latency_ms": {f"p{q}": percentile(lat_kafka, q) for q in (50, 95, 99)} | {"max": max(lat_kafka, default=None)},
             "receive_latency_ms": {f"p{q}": percentile(lat_recv, q) for q in (50, 95, 99)},
             # Per second of the steady load (by send time): whether the latency grows (the worker
@@ -654,6 +669,34 @@ class Bench:
                     break
                 time.sleep(POLL_S)
         return out
+
+
+def _batch_shape(before: dict[str, float], after: dict[str, float], seconds: float) -> dict | None:
+    """How the worker batched a load, from two scrapes of its metrics: batches per second (the
+    ingest's and the processing's), their mean size and wall time, and the sequence model's calls.
+    Small batches cost more CPU per event: each has fixed costs (docs/BENCHMARKS.md).
+
+    >>> before = {"batches": 10, "batch_events": 500, "batch_seconds": 0.1, "scoring_calls": 5,
+    ...           "scoring_seconds": 0.02, "scoring_windows": 250}
+    >>> after = {"batches": 30, "batch_events": 1500, "batch_seconds": 0.3, "scoring_calls": 15,
+    ...          "scoring_seconds": 0.06, "scoring_windows": 750}
+    >>> shape = _batch_shape(before, after, seconds=2.0)
+    >>> shape["per_s"], shape["mean_events"], round(shape["scoring_mean_ms"], 3)
+    (10.0, 50.0, 4.0)
+    """
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in ("batches", "batch_events", "batch_seconds",
+                                                              "scoring_calls", "scoring_seconds", "scoring_windows")}  # fmt: skip
+    if not before or not after or d["batches"] <= 0 or seconds <= 0:
+        return None
+    calls = d["scoring_calls"]
+    return {
+        "per_s": d["batches"] / seconds,
+        "mean_events": d["batch_events"] / d["batches"],
+        "mean_ms": 1000 * d["batch_seconds"] / d["batches"],
+        "scoring_calls_per_s": calls / seconds,
+        "scoring_mean_windows": d["scoring_windows"] / calls if calls else None,
+        "scoring_mean_ms": 1000 * d["scoring_seconds"] / calls if calls else None,
+    }
 
 
 def _wait_ready(w: Child, port: int, timeout: float) -> float | None:
@@ -903,6 +946,8 @@ def _meta(settings: Settings, config: BenchConfig, scenario: str) -> dict:
         "store": settings.store,
         "batch_size": settings.batch_size,
         "batch_wait_ms": settings.batch_wait_ms,
+        "batch_linger_ms": settings.batch_linger_ms,
+        "fetch_min_interval_ms": settings.fetch_min_interval_ms,
         **{k: v for k, v in vars(config).items()},
     }
 
@@ -944,6 +989,10 @@ def table(result: dict) -> str:
         rows.append(("signals matched", _fmt(lat["signals_matched"])))
         rows.append(("worker CPU per event under that load", _fmt(lat.get("worker_cpu_us_per_event"), " us")))
         rows.append(("worker cores busy under that load", _fmt(lat.get("worker_cores"))))
+        shape = lat.get("batches")
+        if shape:
+            rows.append(("batches per second under that load (ingest + process)", _fmt(shape["per_s"])))
+            rows.append(("events per batch under that load", _fmt(shape["mean_events"])))
     for k, sc in (result.get("scaling") or {}).items():
         rows.append((f"scaling: {k} partition(s) and worker(s), events/s", _fmt(sc.get("events_per_s"))))
         rows.append((f"scaling: {k} partition(s) and worker(s), CPU per event", _fmt(sc.get("cpu_us_per_event"), " us")))

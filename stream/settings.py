@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         20, ge=1, le=60_000,
         description="longest wait to fill a batch; 20 ms halved p50 latency at 100 and 1,200 events/s vs 50 (docs/BENCHMARKS.md)",
     )  # fmt: skip
+    batch_linger_ms: int = Field(
+        40, ge=0, le=10_000,
+        description="the raw ingest holds fetched records until the oldest is this old (Kafka timestamp), so that "
+        "batches grow at moderate load instead of each paying the fixed costs; older records go at once; 0: off "
+        "(stream/logic/batching.py, docs/BENCHMARKS.md)",
+    )  # fmt: skip
     fetch_min_interval_ms: int = Field(
         10, ge=0, le=1_000,
         description="least time between two fetches to one broker, for brokers that answer fetches at once "

@@ -48,7 +48,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import faust
 from faust.streams import _current_event  # see _as_current(): Faust tables key writes by it
@@ -63,6 +63,7 @@ from models.sequence import explain
 from stream import lag
 from stream.health import Health, register_views
 from stream.logic import packing
+from stream.logic.batching import Linger
 from stream.logic.ingest import DeadLetter, Pseudonymizer, ingest_one
 from stream.logic.pipeline import BatchResult, Pipeline, PipelineConfig, SeqView, UserRecord
 from stream.logic.policy import PolicyRule
@@ -108,6 +109,11 @@ class RawMessage(NamedTuple):
     partition: int
     offset: int
     timestamp_ms: int | None
+
+
+def _now_ms() -> float:
+    """Wall-clock time in ms, the clock of Kafka's record timestamps."""
+    return time.time() * 1000
 
 
 def _raw(msg, *, ms: bool = False) -> RawMessage:
@@ -390,6 +396,22 @@ class Runtime:
             except KafkaError as exc:  # the next commit covers it; a restart reads the tail again
                 log.warning("ingest commit failed (%s); up to %.1f s of input may be delivered again", exc, interval)
 
+        held: Linger[Any] = Linger(s.batch_size, s.batch_linger_ms)
+
+        async def ingest_held() -> None:
+            """Ingest the records held back to grow the batch (:mod:`stream.logic.batching`);
+            process the local ones at once; mark them all for the next commit."""
+            records = held.take()
+            if not records:
+                return
+            self.guarded(self.ingest_batch, [_raw(m, ms=True) for m in records])
+            if self._ingested_here:
+                await self._process_here()
+                # getmany returns at once while records are buffered: without a turn of the loop
+                # here, the producer's sender would not run between local batches.
+                await asyncio.sleep(0)
+            done.update({TopicPartition(m.topic, m.partition): m.offset + 1 for m in records})
+
         try:
             while True:
                 if n_input is None:
@@ -397,6 +419,7 @@ class Runtime:
                     n_input = len(consumer.partitions_for_topic(s.events_topic) or ())
                 wanted = ingest_partitions(self._assigned, n_input, s.events_partitions)
                 if wanted != mine:
+                    await ingest_held()  # what was read goes on (forwarded, if the routing closed)
                     await commit()  # what we forwarded from partitions about to move is not read again
                     consumer.assign([TopicPartition(s.events_topic, p) for p in sorted(wanted)])
                     log.info("ingest reads %s partitions %s", s.events_topic, sorted(wanted))
@@ -407,6 +430,7 @@ class Runtime:
                         n_input = None  # the input topic did not exist: look again
                     continue
                 if self.routing.enabled and self.app.rebalancing:
+                    await ingest_held()
                     # Faust is moving partitions and recovering tables: what the ingest read now it
                     # could only forward, and local processing would wait until the agent caught up.
                     if time.monotonic() - committed >= interval:
@@ -418,16 +442,11 @@ class Runtime:
                         await self._update_routing(consumer)
                     except KafkaError as exc:  # the partitions stay closed: events take the internal topic
                         log.warning("local processing: reading offsets failed (%s); trying again", exc)
-                batches = await consumer.getmany(timeout_ms=s.batch_wait_ms, max_records=s.batch_size)
-                msgs = [_raw(m, ms=True) for records in batches.values() for m in records]
-                if msgs:
-                    self.guarded(self.ingest_batch, msgs)
-                    if self._ingested_here:
-                        await self._process_here()
-                        # getmany returns at once while records are buffered: without a turn of the
-                        # loop here, the producer's sender would not run between local batches.
-                        await asyncio.sleep(0)
-                    done.update({tp: records[-1].offset + 1 for tp, records in batches.items() if records})
+                wait_ms = held.wait_ms(_now_ms()) if len(held) else s.batch_wait_ms
+                batches = await consumer.getmany(timeout_ms=max(1, wait_ms), max_records=held.room())
+                held.add(((m, m.timestamp) for records in batches.values() for m in records), _now_ms())
+                if held.due(_now_ms()):
+                    await ingest_held()
                 if time.monotonic() - committed >= interval:
                     await commit()
         finally:

@@ -102,6 +102,10 @@ def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
     assert isinstance(latency["signals_matched"], int)
     assert all(isinstance(n, int) for n in latency["signals_by_online_model"].values())
     assert latency["worker_cpu_us_per_event"] > 0 and latency["worker_cores"] > 0
+    shape = latency["batches"]  # read from the worker's own metrics over the load
+    assert shape["per_s"] > 0 and shape["mean_events"] >= 1 and shape["mean_ms"] > 0
+    assert shape["scoring_calls_per_s"] > 0 and shape["scoring_mean_windows"] >= 1
+    assert isinstance(result["meta"]["batch_linger_ms"], int)
 
     state = result["state"]
     assert "skipped" in state or _number_or_none(state["bytes_per_user"])
