@@ -444,8 +444,9 @@ class Runtime:
                         log.warning("local processing: reading offsets failed (%s); trying again", exc)
                 wait_ms = held.wait_ms(_now_ms()) if len(held) else s.batch_wait_ms
                 batches = await consumer.getmany(timeout_ms=max(1, wait_ms), max_records=held.room())
-                held.add(((m, m.timestamp) for records in batches.values() for m in records), _now_ms())
-                if held.due(_now_ms()):
+                now_ms = _now_ms()
+                held.add(((m, m.timestamp) for records in batches.values() for m in records), now_ms)
+                if held.due(now_ms):
                     await ingest_held()
                 if time.monotonic() - committed >= interval:
                     await commit()
@@ -657,8 +658,8 @@ class Runtime:
             if not self._routing_current() or self.routing.generation != generation:
                 # The assignment began to change while the agent held the lock: the usual way then.
                 packs: Packs = {}
-                for it in items:
-                    _add_to_pack(packs, it.partition, it.event.to_dict(), int(it.kafka_ts * 1000) if it.kafka_ts else None)
+                for it in items:  # items ingested here always carry their input record
+                    _add_to_pack(packs, it.partition, it.event.to_dict(), it.source.timestamp_ms if it.source else None)
                 self._forward(packs)
                 return
             await self.process_items(items)
