@@ -86,6 +86,7 @@ from models.events import EVENT_TYPES
 from models.features.state import DAY_MS, HOUR_MS, MINUTE_MS, N_TYPES, StateConfig, UserState
 
 _MAX_DAYS_SINCE_PURCHASE = 365.0
+_exp, _log1p = math.exp, math.log1p
 
 
 def horizon_label(ms: int) -> str:
@@ -142,78 +143,84 @@ def online_features(state: UserState, now_ms: int, cfg: StateConfig) -> dict[str
 
 def online_values(state: UserState, now_ms: int, cfg: StateConfig) -> list[float]:
     """:func:`online_features`' values alone, in :func:`feature_names` order (for vector models)."""
-    dt = max(0, now_ms - state.last_ts)
-    now = state.last_ts + dt
+    last_ts = state.last_ts
+    dt = now_ms - last_ts
+    if dt < 0:
+        dt = 0
+    now = last_ts + dt
     counts = state.counts
-    if len(counts) != N_TYPES * len(cfg.horizons_ms):
-        if state.last_ts:
+    horizons = cfg.horizons_ms
+    if len(counts) != N_TYPES * len(horizons):
+        if last_ts:
             raise ValueError("state was built with a different number of horizons than this config")
-        counts = [0.0] * (N_TYPES * len(cfg.horizons_ms))  # an empty state made without the config
+        counts = [0.0] * (N_TYPES * len(horizons))
     values: list[float] = []
-    for h, horizon in enumerate(cfg.horizons_ms):
-        f = math.exp(-dt / horizon)
-        values.extend(c * f for c in counts[h * N_TYPES : (h + 1) * N_TYPES])
+    b = 0
+    for horizon in horizons:
+        f = _exp(-dt / horizon)
+        values += [c * f for c in counts[b : b + N_TYPES]]
+        b += N_TYPES
     totals = state.totals
-    values.extend(math.log1p(n) for n in totals)
+    values += map(_log1p, totals)
     clicks, _searches, carts, purchases = totals
-    values += [
+    values += (
         carts / (clicks + 1.0),
         purchases / (carts + 1.0),
         dt / 1000.0,
-        (now - state.first_seen) / DAY_MS if state.last_ts else 0.0,
-        math.log1p(state.n_sessions),
-    ]
-    is_open = bool(state.last_ts) and dt <= cfg.session_gap_ms
-    if is_open:
-        values += [1.0, float(sum(state.sess_counts)), (state.last_ts - state.sess_start) / MINUTE_MS]
-        values += [float(n) for n in state.sess_counts]
-        values.append(math.log1p(state.sess_value))
+        (now - state.first_seen) / DAY_MS if last_ts else 0.0,
+        _log1p(state.n_sessions),
+    )
+    if last_ts and dt <= cfg.session_gap_ms:
+        sc = state.sess_counts
+        values += (1.0, float(sum(sc)), (last_ts - state.sess_start) / MINUTE_MS)
+        values += map(float, sc)
+        values.append(_log1p(state.sess_value))
     else:
         values += [0.0] * (3 + N_TYPES + 1)
-
     cart = state.cart
-    values += [
-        float(len(cart)),
-        float(state.cart_items()),
-        math.log1p(state.cart_value()),
-        (now - max(c[0] for c in cart)) / MINUTE_MS if cart else 0.0,
-    ]
+    if cart:
+        values += (
+            float(len(cart)),
+            float(sum(line[2] for line in cart)),
+            _log1p(sum(line[2] * line[3] for line in cart)),
+            (now - max(c[0] for c in cart)) / MINUTE_MS,
+        )
+    else:
+        values += (0.0, 0.0, 0.0, 0.0)
     last_buy = state.last_purchase_ts
     since = min((now - last_buy) / DAY_MS, _MAX_DAYS_SINCE_PURCHASE) if last_buy else _MAX_DAYS_SINCE_PURCHASE
-    values += [1.0 if last_buy else 0.0, since]
-    values += [math.log1p(state.spend), state.spend / purchases if purchases else 0.0]
-    log_since = math.log1p(since)
-    values.append(log_since)
+    log_since = _log1p(since)
+    spend = state.spend
+    values += (1.0 if last_buy else 0.0, since, _log1p(spend), spend / purchases if purchases else 0.0, log_since)
     occasions, first_buy = state.purchase_occasions, state.first_purchase_ts
     if occasions and first_buy and last_buy:
         age = max(0, now - first_buy)
-        values += [math.log1p(age / DAY_MS), math.log1p(occasions - 1)]
+        values += (_log1p(age / DAY_MS), _log1p(occasions - 1))
         if occasions > 1:
-            log_gap = math.log1p((last_buy - first_buy) / (occasions - 1) / DAY_MS)
-            values += [log_gap, log_since - log_gap, (last_buy - first_buy) / age]  # age >= last - first > 0
+            log_gap = _log1p((last_buy - first_buy) / (occasions - 1) / DAY_MS)
+            values += (log_gap, log_since - log_gap, (last_buy - first_buy) / age)
         else:
-            values += [0.0, 0.0, 0.0]
+            values += (0.0, 0.0, 0.0)
     else:
-        values += [0.0] * 5
-
+        values += (0.0, 0.0, 0.0, 0.0, 0.0)
     cats = state.categories.values()
     top = max(cats, default=0.0)
-    cat_decay = math.exp(-dt / cfg.category_tau_ms)
-    values += [float(len(cats)), top * cat_decay, _share(top, sum(cats))]
     terms = state.terms.values()
-    values += [float(len(terms)), _share(max(terms, default=0.0), sum(terms))]
-
+    values += (
+        float(len(cats)), top * _exp(-dt / cfg.category_tau_ms), _share(top, sum(cats)),
+        float(len(terms)), _share(max(terms, default=0.0), sum(terms)),
+    )
     window = state.recent_window()
-    rows = window.rows()  # (type, item, category, price, query) per event
+    rows = window.rows()
     n = len(rows)
     items = [r[1] for r in rows if r[1]]
     prices = [r[3] for r in rows if r[3] > 0]
-    values += [
+    values += (
         float(n),
         len(set(items)) / len(items) if items else 0.0,
         (window.ts(-1) - window.ts(0)) / (n - 1) / 1000.0 if n > 1 else 0.0,
         sum(prices) / len(prices) if prices else 0.0,
-    ]
+    )
     last_type = rows[-1][0] if rows else -1
     values += [1.0 if last_type == t else 0.0 for t in range(N_TYPES)]
     return values

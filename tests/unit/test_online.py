@@ -145,6 +145,30 @@ def test_the_fused_linear_model_is_rivers_two_step_pipeline_bit_for_bit() -> Non
         fused.predict_proba_one({"a": 1.0, "b": 1.0, "const": 1.0, "big": 1.0})
 
 
+def test_the_fused_models_divisor_is_rebuilt_on_load_not_stored() -> None:
+    """The scaler's divisor (``_div``, ``_keep``: derived from the variances) is left out of the
+    pickle and rebuilt on load; a model restored mid-stream scores and learns as the original,
+    including a feature whose variance is still 0 and one whose variance just stopped being 0."""
+    import pickle
+
+    rng = np.random.default_rng(3)
+    names = ("a", "const", "late")
+    model = ScaledAveragedLogisticRegression(window=50, features=names)
+    xs = [np.array([rng.normal(), 2.0, 0.0 if i < 30 else rng.normal()]) for i in range(60)]
+    for x in xs[:30]:
+        model.learn(x, x[0] > 0)
+    data = pickle.dumps(model)
+    assert b"_div" not in data and b"_keep" not in data
+    restored = pickle.loads(data)
+    for x in xs[30:]:
+        assert restored.terms(x)[0] == model.terms(x)[0]
+        assert restored.scaled(x).tolist() == model.scaled(x).tolist()
+        model.learn(x, x[0] > 0)
+        restored.learn(x, x[0] > 0)
+    assert restored.avg_weights.tolist() == model.avg_weights.tolist()
+    assert model.scaled(xs[-1])[1] == 0.0 and model.scaled(xs[-1])[2] != 0.0
+
+
 def test_learners_score_as_river_pipelines_would_and_old_checkpoints_load_as_fused() -> None:
     """The stream's learners (fused linear models, fed vectors) against the same learners holding
     River pipelines (fed dicts): every score and queue the same. A checkpoint written with the
