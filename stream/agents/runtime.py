@@ -46,7 +46,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -182,6 +182,23 @@ def _as_current(event: faust.EventT) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+def _by_partition(
+    context: dict[str, faust.EventT], users: Iterable[str] | None = None
+) -> Iterable[tuple[faust.EventT, list[str]]]:
+    """``users`` (default: all of ``context``) grouped by their event's partition, each group with
+    one of its events: a table read or write needs a current event only for its partition, so
+    one :func:`_as_current` serves a whole group."""
+    groups: dict[int, tuple[faust.EventT, list[str]]] = {}
+    for user in context if users is None else users:
+        event = context[user]
+        group = groups.get(event.message.partition)
+        if group is None:
+            groups[event.message.partition] = (event, [user])
+        else:
+            group[1].append(user)
+    return groups.values()
 
 
 def pipeline_config(s: Settings) -> PipelineConfig:
@@ -786,7 +803,7 @@ class Runtime:
             last_of_partition[it.partition] = it.fe
             if it.kafka_ts:
                 kafka_ts[ev.event_id] = it.kafka_ts
-        records = {u: self._load(u, fe) for u, fe in last_of_user.items()}
+        records = self._load(last_of_user)
         result = self.pipeline.apply(records, pairs, windows=served is not None)
         views = await self._sequence_views(
             served, [c.window for c in result.candidates], [c.latent_due for c in result.candidates]
@@ -809,7 +826,7 @@ class Runtime:
         for partition, fe in last_of_partition.items():
             due = self.pipeline.due_for_scan(partition, MAX_SCAN_PER_BATCH)
             if due:
-                recs = {u: self._load(u, fe) for u in due}
+                recs = self._load(dict.fromkeys(due, fe))
                 scan = self.pipeline.scan_apply(partition, recs)
                 silent = list(scan.silent)
                 views = await self._sequence_views(
@@ -886,21 +903,30 @@ class Runtime:
                     calibration_error=pooled("calibration_error"),
                 )  # fmt: skip
 
-    def _load(self, user: str, event: faust.EventT) -> UserRecord | None:
-        """The user's record; ``event``, one of the user's events, names the partition to read.
-        Without it Faust's RocksDB store looks in every assigned partition's database."""
-        with _as_current(event):
-            raw = self.table.get(user.encode())
-        return UserRecord.from_bytes(raw) if raw is not None else None
+    def _load(self, context: dict[str, faust.EventT]) -> dict[str, UserRecord | None]:
+        """The record of each user of ``context`` (user -> one of the user's events, which names
+        the partition to read; without it Faust's RocksDB store looks in every assigned
+        partition's database). Read from the table's store: ``Table.get`` looks a present key
+        up twice (``in``, then the value: two RocksDB reads)."""
+        get = self.table.data.get
+        raw: dict[str, bytes | None] = {}
+        for event, users in _by_partition(context):
+            with _as_current(event):
+                for user in users:
+                    raw[user] = get(user.encode())
+        return {u: UserRecord.from_bytes(r) if r is not None else None for u, r in raw.items()}
 
     def _write(self, result: BatchResult, context: dict[str, faust.EventT]) -> None:
         table = self.table
-        for user, rec in result.records.items():
-            with _as_current(context[user]):
-                table[user.encode()] = rec.to_bytes()
-        for user in result.deleted:
-            with _as_current(context[user]):
-                table.pop(user.encode(), None)
+        data = {user: rec.to_bytes() for user, rec in result.records.items()}
+        deleted = set(result.deleted)
+        for event, users in _by_partition(context, data.keys() | deleted):
+            with _as_current(event):
+                for user in users:
+                    if user in deleted:
+                        table.pop(user.encode(), None)
+                    else:
+                        table[user.encode()] = data[user]
 
     async def _emit(self, result: BatchResult, kafka_ts: dict[str, float]) -> None:
         """Hand the signals to the producer now (``force``: not attached to the current event), not
