@@ -153,7 +153,7 @@ def online_values(state: UserState, now_ms: int, cfg: StateConfig) -> list[float
     if len(counts) != N_TYPES * len(horizons):
         if last_ts:
             raise ValueError("state was built with a different number of horizons than this config")
-        counts = [0.0] * (N_TYPES * len(horizons))
+        counts = [0.0] * (N_TYPES * len(horizons))  # an empty state made without the config
     values: list[float] = []
     b = 0
     for horizon in horizons:
@@ -178,15 +178,12 @@ def online_values(state: UserState, now_ms: int, cfg: StateConfig) -> list[float
     else:
         values += [0.0] * (3 + N_TYPES + 1)
     cart = state.cart
-    if cart:
-        values += (
-            float(len(cart)),
-            float(sum(line[2] for line in cart)),
-            _log1p(sum(line[2] * line[3] for line in cart)),
-            (now - max(c[0] for c in cart)) / MINUTE_MS,
-        )
-    else:
-        values += (0.0, 0.0, 0.0, 0.0)
+    values += (
+        float(len(cart)),
+        float(state.cart_items()),
+        _log1p(state.cart_value()),
+        (now - max(c[0] for c in cart)) / MINUTE_MS if cart else 0.0,
+    )
     last_buy = state.last_purchase_ts
     since = min((now - last_buy) / DAY_MS, _MAX_DAYS_SINCE_PURCHASE) if last_buy else _MAX_DAYS_SINCE_PURCHASE
     log_since = _log1p(since)
@@ -198,7 +195,7 @@ def online_values(state: UserState, now_ms: int, cfg: StateConfig) -> list[float
         values += (_log1p(age / DAY_MS), _log1p(occasions - 1))
         if occasions > 1:
             log_gap = _log1p((last_buy - first_buy) / (occasions - 1) / DAY_MS)
-            values += (log_gap, log_since - log_gap, (last_buy - first_buy) / age)
+            values += (log_gap, log_since - log_gap, (last_buy - first_buy) / age)  # age >= last - first > 0
         else:
             values += (0.0, 0.0, 0.0)
     else:
@@ -211,7 +208,7 @@ def online_values(state: UserState, now_ms: int, cfg: StateConfig) -> list[float
         float(len(terms)), _share(max(terms, default=0.0), sum(terms)),
     )
     window = state.recent_window()
-    rows = window.rows()
+    rows = window.rows()  # (type, item, category, price, query) per event
     n = len(rows)
     items = [r[1] for r in rows if r[1]]
     prices = [r[3] for r in rows if r[3] > 0]

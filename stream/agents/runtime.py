@@ -920,7 +920,7 @@ class Runtime:
         table = self.table
         data = {user: rec.to_bytes() for user, rec in result.records.items()}
         deleted = set(result.deleted)
-        for event, users in _by_partition(context, data.keys() | deleted):
+        for event, users in _by_partition(context, [*data, *(u for u in result.deleted if u not in data)]):
             with _as_current(event):
                 for user in users:
                     if user in deleted:
