@@ -49,9 +49,14 @@ learned early rather than dropped.
 
 **Storage.** :meth:`Pending.to_bytes` writes a version byte, the dropped count, the number of
 snapshots, then per snapshot: ``ts`` (int64 ms), ``p`` (float32), the held label (int8, -1 while
-open), a bit mask of the non-zero features and those values as float32. Many features of a
-shopper are zero at any moment (no search, one-hot ``last_is_*``, empty cart), so a 54-feature
-snapshot takes ~100-200 bytes instead of 229. float32 is far more precision than the models use.
+open), a bit mask of the non-zero features and those values as bfloat16 (the top half of a
+float32: its full range, 8 significant bits, at most 0.4% off). Many features of a shopper are
+zero at any moment (no search, one-hot ``last_is_*``, empty cart), so a 54-feature snapshot takes
+~60-120 bytes instead of 337 as float64. The pending queues are most of a user's record, and a
+linear model that scales and clips its inputs learns the same from a value 0.4% off (docs/ONLINE.md
+measures it). A snapshot's vector is rounded to bfloat16 when it is queued, not when it is stored,
+so what a model learns never depends on whether a record was stored in between (on where a batch
+ended). Version 1 records (float32 values) are still read; their vectors are rounded on load.
 
 Nothing here reads a clock, imports River or knows what the features mean: vectors in, labels out.
 
@@ -117,10 +122,31 @@ class LabelRule:
                 object.__setattr__(self, "scan_until_ms", 2 * self.horizon_ms)
 
 
+def round_bf16(x: Sequence[float] | np.ndarray) -> np.ndarray:
+    """A new float32 array of ``x`` rounded to the nearest bfloat16 (ties to even): the float32
+    whose low 16 bits are zero. Values beyond bfloat16's largest finite one become infinite;
+    NaN stays NaN.
+
+    >>> round_bf16([1.0, 1.00390625, 1.01171875, 3.14159, 0.0, -2.5e-3, 3.4e38]).tolist()
+    [1.0, 1.0, 1.015625, 3.140625, 0.0, -0.00250244140625, inf]
+    >>> bool(np.isnan(round_bf16(np.array([0xFFFFFFFF, 0x7F800001], np.uint32).view(np.float32))).all())
+    True
+    """
+    f = np.array(x, dtype=np.float32)
+    nan = np.isnan(f)
+    u = f.view(np.uint32)
+    u += np.uint32(0x7FFF) + ((u >> 16) & 1)  # (a NaN's bits may carry over: reset below)
+    u &= np.uint32(0xFFFF0000)
+    if nan.any():
+        u[nan] = 0x7FC00000
+    return f
+
+
 class Snapshot:
     """One prediction waiting for its label: when it was made, what it said, what it saw.
 
-    ``x`` is the float32 feature vector, in the learner's feature order. A snapshot read from a
+    ``x`` is the feature vector, in the learner's feature order, as float32 holding bfloat16
+    values (``x`` is rounded on construction: see the module docstring). A snapshot read from a
     record keeps its stored bytes and decodes ``x`` only when it is read: a queued prediction is
     loaded and stored again with every event of its user but learned from once, so most never
     need their vector as numbers (decoding and encoding them with numpy had been a quarter of the
@@ -129,11 +155,11 @@ class Snapshot:
 
     __slots__ = ("ts", "p", "y", "_x", "_raw", "_n")
 
-    def __init__(self, ts: int, p: float, x: np.ndarray, y: int = -1) -> None:
+    def __init__(self, ts: int, p: float, x: Sequence[float] | np.ndarray, y: int = -1) -> None:
         self.ts, self.p, self.y = ts, p, y  # y: the held label once an event settled it; -1: open
-        self._x: np.ndarray | None = x
+        self._x: np.ndarray | None = round_bf16(x)
         self._raw: bytes | None = None  # stored form of x: non-zero bit mask, then those values
-        self._n = len(x)
+        self._n = len(self._x)
 
     @classmethod
     def _stored(cls, ts: int, p: float, y: int, raw: bytes, n_feat: int) -> Snapshot:
@@ -151,16 +177,17 @@ class Snapshot:
             mask_len = (self._n + 7) // 8
             raw = self._raw
             nz = np.unpackbits(np.frombuffer(raw, np.uint8, mask_len), count=self._n, bitorder="little")
-            x = np.zeros(self._n, dtype=np.float32)
-            x[nz.astype(bool)] = np.frombuffer(raw, np.float32, offset=mask_len)
-            self._x = x
+            x = np.zeros(self._n, dtype=np.uint32)
+            x[nz.astype(bool)] = np.frombuffer(raw, "<u2", offset=mask_len).astype(np.uint32) << 16
+            self._x = x.view(np.float32)
         return self._x
 
     def _encoded(self) -> bytes:
         if self._raw is None:
-            x = np.asarray(self._x, dtype=np.float32)
+            x = self._x
             nz = x != 0
-            self._raw = np.packbits(nz, bitorder="little").tobytes() + x[nz].tobytes()
+            half = (x.view(np.uint32)[nz] >> 16).astype("<u2")  # x holds bfloat16 values: exact
+            self._raw = np.packbits(nz, bitorder="little").tobytes() + half.tobytes()
         return self._raw
 
     def __eq__(self, other: object) -> bool:
@@ -178,7 +205,7 @@ class Snapshot:
 
 _HEAD = struct.Struct("<BHBH")  # version, dropped (saturating), snapshots, features per snapshot
 _SNAP = struct.Struct("<qfb")  # ts, p, held label (-1: open)
-VERSION = 1
+VERSION = 2  # 1: values as float32 (read, never written)
 
 
 @dataclasses.dataclass(slots=True)
@@ -206,8 +233,9 @@ class Pending:
         """Inverse of :meth:`to_bytes`; raises ``ValueError`` on another version or a cut record."""
         if not data:
             return cls()
-        if data[0] != VERSION:
-            raise ValueError(f"pending-label record version {data[0]} is not {VERSION}")
+        if data[0] not in (VERSION, 1):
+            raise ValueError(f"pending-label record version {data[0]} is not {VERSION} (or 1)")
+        width = 2 if data[0] == VERSION else 4  # version 1: float32 values
         _v, dropped, n, n_feat = _HEAD.unpack_from(data)
         off, mask_len = _HEAD.size, (n_feat + 7) // 8
         snaps = []
@@ -218,10 +246,16 @@ class Pending:
             off += _SNAP.size
             # The mask's popcount is the number of stored values: the vector is decoded on use.
             k = int.from_bytes(data[off : off + mask_len], "little").bit_count()
-            end = off + mask_len + 4 * k
+            end = off + mask_len + width * k
             if end > len(data):
                 raise ValueError("pending-label record is cut short")
-            snaps.append(Snapshot._stored(ts, p, y, data[off:end], n_feat))
+            if width == 2:
+                snaps.append(Snapshot._stored(ts, p, y, data[off:end], n_feat))
+            else:
+                nz = np.unpackbits(np.frombuffer(data, np.uint8, mask_len, off), count=n_feat, bitorder="little")
+                x = np.zeros(n_feat, dtype=np.float32)
+                x[nz.astype(bool)] = np.frombuffer(data, "<f4", k, off + mask_len)
+                snaps.append(Snapshot(ts, p, x, y))
             off = end
         if off != len(data):
             raise ValueError(f"pending-label record has {len(data) - off} trailing bytes")
@@ -233,7 +267,7 @@ def add(
 ) -> Snapshot | None:
     """Queue the prediction ``p`` made at ``ts`` from features ``x``; return the snapshot the bound
     evicted, if any (the caller learns it if it holds a label, ``y >= 0``; otherwise it is lost). Snapshots stay sorted by ``ts`` (a late event's prediction goes in its place)."""
-    snap = Snapshot(int(ts), float(np.float32(p)), np.asarray(x, dtype=np.float32).copy())
+    snap = Snapshot(int(ts), float(np.float32(p)), x)
     snaps = pending.snapshots
     i = len(snaps)
     while i and snaps[i - 1].ts > snap.ts:
@@ -315,7 +349,7 @@ class UserPending:
     >>> up = UserPending()
     >>> add(up.intent, LabelRule("intent", 1_800_000), 5, [0.0, 3.0], 0.1)
     >>> UserPending.from_bytes(up.to_bytes()) == up, len(up.to_bytes())
-    (True, 32)
+    (True, 30)
     """
 
     intent: Pending = dataclasses.field(default_factory=Pending)
@@ -345,6 +379,7 @@ __all__ = [
     "UserPending",
     "add",
     "next_due",
+    "round_bf16",
     "resolve_event",
     "resolve_watermark",
 ]

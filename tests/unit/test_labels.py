@@ -3,6 +3,8 @@ brute-force labeller, the bound on pending predictions, and the compact record f
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -19,6 +21,7 @@ from models.online.labels import (
     next_due,
     resolve_event,
     resolve_watermark,
+    round_bf16,
 )
 
 H = 1_800_000
@@ -195,7 +198,7 @@ def test_pending_round_trips_exactly_and_costs_only_its_non_zero_features(snaps,
     back = Pending.from_bytes(data)
     assert back == Pending(q.snapshots, min(dropped, 0xFFFF))
     nonzero = sum(int(np.count_nonzero(s.x)) for s in q.snapshots)
-    assert len(data) == 6 + len(q) * (8 + 4 + 1 + 7) + 4 * nonzero
+    assert len(data) == 6 + len(q) * (8 + 4 + 1 + 7) + 2 * nonzero  # bfloat16 values
 
 
 def test_a_typical_snapshot_is_small() -> None:
@@ -203,7 +206,7 @@ def test_a_typical_snapshot_is_small() -> None:
     x[:20] = np.arange(1, 21)  # about what a shopper's features look like: most are zero
     q = Pending()
     add(q, INTENT_RULE, 1, x, 0.2)
-    assert len(q.to_bytes()) == 6 + 20 + 80
+    assert len(q.to_bytes()) == 6 + 20 + 40
 
 
 def test_records_of_another_version_or_cut_short_are_refused() -> None:
@@ -234,3 +237,33 @@ def test_a_stored_snapshot_decodes_its_vector_on_use_and_stores_the_same_bytes()
     snap = back.snapshots[0]
     assert snap.n_features == 9 and back.to_bytes() == data  # stored again without decoding
     assert snap.x.dtype == np.float32 and np.array_equal(snap.x, x) and back == q
+
+
+@settings(max_examples=60, deadline=None)
+@given(vectors)
+def test_a_queued_vector_is_rounded_to_bfloat16_once_so_storing_it_changes_nothing(x) -> None:
+    q = Pending()
+    add(q, INTENT_RULE, 1, x, 0.5)
+    kept = q.snapshots[0].x  # what a model learns if the label comes before the record is stored
+    stored = Pending.from_bytes(q.to_bytes()).snapshots[0].x  # ... and if it comes after
+    assert kept.dtype == np.float32 and np.array_equal(kept, stored)
+    exact = np.asarray(x, dtype=np.float32)
+    # at most half a unit in bfloat16's 8 significant bits (subnormal floats: below 1e-38 anyway)
+    assert np.all(np.abs(kept - exact) <= np.maximum(np.abs(exact) * 2.0**-8, 1e-38))
+
+
+def test_version_1_records_with_float32_values_are_still_read() -> None:
+    x = np.zeros(9, dtype=np.float32)
+    x[[1, 3, 8]] = [1.5, -2.0, 3.14159]
+    nz = x != 0
+    v1 = (
+        struct.pack("<BHBH", 1, 3, 1, 9)
+        + struct.pack("<qfb", 7, 0.25, 1)
+        + np.packbits(nz, bitorder="little").tobytes()
+        + x[nz].tobytes()
+    )
+    back = Pending.from_bytes(v1)
+    assert back.dropped == 3 and [(s.ts, s.p, s.y) for s in back.snapshots] == [(7, 0.25, 1)]
+    assert np.array_equal(back.snapshots[0].x, round_bf16(x))  # rounded on load, as if queued now
+    again = back.to_bytes()
+    assert again[0] == 2 and len(again) == len(v1) - 2 * 3 and Pending.from_bytes(again) == back

@@ -15,6 +15,7 @@ from river import checks, compose, preprocessing
 from models.events import Event
 from models.features.state import StateConfig, UserState, apply_event
 from models.online.estimators import AveragedLogisticRegression, ScaledAveragedLogisticRegression
+from models.online.labels import round_bf16
 from models.online.learner import (
     IncompatibleCheckpoint,
     LearnerConfig,
@@ -234,7 +235,9 @@ class SpyLearner(OnlineLearner):
         self.log = log
 
     def predict(self, features: dict, *, explain: bool = True, values=None):
-        self.log.append(("predict", key({n: features[n] for n in self.names})))  # what the model reads
+        # What the model reads, rounded as its snapshot keeps it (labels.round_bf16).
+        seen = dict(zip(self.names, round_bf16([features[n] for n in self.names]).tolist(), strict=True))
+        self.log.append(("predict", key(seen)))
         return super().predict(features, explain=explain, values=values)
 
 
