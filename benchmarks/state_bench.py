@@ -12,6 +12,14 @@ count. ``decode_us``, ``apply_us`` and ``encode_us`` split the mean cost per eve
 states, is pickle: ``codec_vs_pickle_time`` and ``codec_vs_pickle_bytes`` are our round-trip time
 and record size divided by pickle's (pickle is not an option for stored state, it is the yardstick).
 
+The table's value per user is more than the state: :class:`stream.logic.pipeline.UserRecord` adds
+the signal policy's memory and the online models' pending predictions (feature snapshots waiting
+for their delayed labels, ``models.online.labels``). ``record_*`` measures that whole value: the
+events of the first ``RECORD_USERS`` users' population go through the worker's own ``Pipeline``
+(state, fresh online models learning from their labels, signal policy, the churn scan at each
+batch's watermark) in batches of 1,000, and the records left at the end are measured, with
+``record_parts_bytes_per_user`` splitting the mean into state, policy and pending labels.
+
 Run: ``python -m benchmarks.state_bench --users 20000`` (prints one JSON object).
 """
 
@@ -32,6 +40,7 @@ from stream.logic.simulator import ShopperSimulator
 EVENTS_PER_USER = 20
 CHUNK = 10_000
 BASELINE_SAMPLE = 10_000
+RECORD_USERS = 10_000  # the whole-record replay costs ~100 us per event: a sample of the population
 
 
 def run(
@@ -91,6 +100,55 @@ def run(
         "apply_us": apply_s / n * 1e6,
         "encode_us": encode_s / n * 1e6,
         **_pickle_baseline(list(store.values())[:BASELINE_SAMPLE]),
+        **records(min(users, RECORD_USERS), seed, events_per_user),
+    }
+
+
+def records(users: int, seed: int, events_per_user: int = EVENTS_PER_USER) -> dict:
+    """Sizes of the whole table value per user (see the module docstring)."""
+    from models.online.learner import PartitionLearners
+    from stream.agents.runtime import pipeline_config
+    from stream.logic.pipeline import Pipeline, UserRecord
+    from stream.logic.scoring import RuleScorer
+    from stream.settings import load_settings
+
+    s = load_settings()
+    cfg = pipeline_config(s)
+    pipe = Pipeline(cfg, RuleScorer(s.churn_after_ms), learners=lambda _p: PartitionLearners.new(
+        state=cfg.state, intent_horizon_ms=s.intent_horizon_ms, churn_horizon_ms=s.churn_after_ms))  # fmt: skip
+    events = [parse_event(raw) for raw in ShopperSimulator(seed=seed, users=users).take(users * events_per_user)]
+    table: dict[str, bytes] = {}
+
+    def load(names) -> dict:
+        return {u: UserRecord.from_bytes(table[u]) if u in table else None for u in names}
+
+    for start in range(0, len(events), 1_000):  # one partition: one watermark, as one worker's partition
+        batch = [(0, ev) for ev in events[start : start + 1_000]]
+        out = pipe.process(load({ev.user for _p, ev in batch}), batch)
+        table.update((u, rec.to_bytes()) for u, rec in out.records.items())
+        due = pipe.due_for_scan(0)
+        if due:
+            scan = pipe.scan(0, load(due))
+            table.update((u, rec.to_bytes()) for u, rec in scan.records.items())
+            for u in scan.deleted:
+                table.pop(u, None)
+    sizes = sorted(len(b) for b in table.values())
+    recs = [UserRecord.from_bytes(b) for b in table.values()]
+    n = len(recs)
+    return {
+        "record_users": n,
+        "record_events": len(events),
+        "record_span_hours": (events[-1].ts - events[0].ts) / 3_600_000,
+        "record_bytes_per_user": sum(sizes) / n,
+        "record_bytes_p50": sizes[n // 2],
+        "record_bytes_p99": sizes[int(n * 0.99)],
+        "record_bytes_max": sizes[-1],
+        "record_parts_bytes_per_user": {
+            "state": sum(len(r.state.to_bytes()) for r in recs) / n,
+            "policy": sum(len(r.policy.to_bytes()) for r in recs) / n,
+            "pending_labels": sum(len(r.pending.to_bytes()) for r in recs) / n,
+        },
+        "record_pending_snapshots_per_user": sum(len(r.pending.intent) + len(r.pending.churn) for r in recs) / n,
     }
 
 

@@ -53,7 +53,9 @@ Scenarios (``intentstream bench [pipeline|baselines|state|all|scaling]``):
 
 ``state``
     ``benchmarks.state_bench.run(users, seed)``: bytes per user of the stored state and
-    read-modify-write updates per second (skipped if that module is absent).
+    read-modify-write updates per second, and bytes per user of the whole table record (state,
+    signal-policy memory and the online models' pending labels; ``record_*``, on up to 10,000
+    users) (skipped if that module is absent).
 
 ``scaling`` (not part of ``all``: minutes)
     The pipeline's backlog through k workers of one application on k partitions, k = 1, 2, 4
@@ -717,7 +719,9 @@ def state(users: int, seed: int) -> dict:
     if proc.returncode != 0:
         return {"skipped": f"state_bench failed: {proc.stderr.strip().splitlines()[-1:]}"}
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    keep = ("users", "events", "bytes_per_user", "bytes_p50", "bytes_p99", "bytes_max", "updates_per_s", "apply_only_per_s")
+    keep = ("users", "events", "bytes_per_user", "bytes_p50", "bytes_p99", "bytes_max", "updates_per_s", "apply_only_per_s",
+            "record_users", "record_bytes_per_user", "record_bytes_p50", "record_bytes_p99", "record_bytes_max",
+            "record_parts_bytes_per_user")  # fmt: skip
     return {k: r[k] for k in keep if k in r}
 
 
@@ -998,7 +1002,8 @@ def table(result: dict) -> str:
         rows.append((f"scaling: {k} partition(s) and worker(s), CPU per event", _fmt(sc.get("cpu_us_per_event"), " us")))
     st = result.get("state")
     if st:
-        rows += [("state bytes/user", _fmt(st.get("bytes_per_user"))), ("state updates/s", _fmt(st.get("updates_per_s")))]
+        rows += [("state bytes/user", _fmt(st.get("bytes_per_user"))), ("state updates/s", _fmt(st.get("updates_per_s"))),
+                 ("table record bytes/user (state + policy + pending labels)", _fmt(st.get("record_bytes_per_user")))]  # fmt: skip
     rs = result.get("restart")
     if rs:
         rows += [

@@ -50,13 +50,13 @@ learned early rather than dropped.
 **Storage.** :meth:`Pending.to_bytes` writes a version byte, the dropped count, the number of
 snapshots, then per snapshot: ``ts`` (int64 ms), ``p`` (float32), the held label (int8, -1 while
 open), a bit mask of the non-zero features and those values as bfloat16 (the top half of a
-float32: its full range, 8 significant bits, at most 0.4% off). Many features of a shopper are
+float32, rounded: its full range, 8 significant bits, at most 0.4% off). Many features of a shopper are
 zero at any moment (no search, one-hot ``last_is_*``, empty cart), so a 54-feature snapshot takes
 ~60-120 bytes instead of 337 as float64. The pending queues are most of a user's record, and a
 linear model that scales and clips its inputs learns the same from a value 0.4% off (docs/ONLINE.md
-measures it). A snapshot's vector is rounded to bfloat16 when it is queued, not when it is stored,
-so what a model learns never depends on whether a record was stored in between (on where a batch
-ended). Version 1 records (float32 values) are still read; their vectors are rounded on load.
+measures it). A model always learns a snapshot's vector as stored, also when its label comes
+before the record was ever stored, so what it learns never depends on where a batch ended.
+Version 1 records (float32 values) are still read, and rounded when stored again or learned.
 
 Nothing here reads a clock, imports River or knows what the features mean: vectors in, labels out.
 
@@ -123,48 +123,48 @@ class LabelRule:
 
 
 def round_bf16(x: Sequence[float] | np.ndarray) -> np.ndarray:
-    """A new float32 array of ``x`` rounded to the nearest bfloat16 (ties to even): the float32
-    whose low 16 bits are zero. Values beyond bfloat16's largest finite one become infinite;
-    NaN stays NaN.
+    """A new float32 array of ``x`` rounded to bfloat16 as a snapshot stores it: to the nearest
+    (halfway cases away from zero), which leaves the float32's low 16 bits zero. Values beyond
+    bfloat16's largest finite one become infinite; a NaN from arithmetic stays NaN.
 
     >>> round_bf16([1.0, 1.00390625, 1.01171875, 3.14159, 0.0, -2.5e-3, 3.4e38]).tolist()
-    [1.0, 1.0, 1.015625, 3.140625, 0.0, -0.00250244140625, inf]
-    >>> bool(np.isnan(round_bf16(np.array([0xFFFFFFFF, 0x7F800001], np.uint32).view(np.float32))).all())
+    [1.0, 1.0078125, 1.015625, 3.140625, 0.0, -0.00250244140625, inf]
+    >>> bool(np.isnan(round_bf16([float("nan"), -float("nan")])).all())
     True
     """
     f = np.array(x, dtype=np.float32)
-    nan = np.isnan(f)
     u = f.view(np.uint32)
-    u += np.uint32(0x7FFF) + ((u >> 16) & 1)  # (a NaN's bits may carry over: reset below)
+    u += np.uint32(0x8000)
     u &= np.uint32(0xFFFF0000)
-    if nan.any():
-        u[nan] = 0x7FC00000
     return f
 
 
 class Snapshot:
     """One prediction waiting for its label: when it was made, what it said, what it saw.
 
-    ``x`` is the feature vector, in the learner's feature order, as float32 holding bfloat16
-    values (``x`` is rounded on construction: see the module docstring). A snapshot read from a
-    record keeps its stored bytes and decodes ``x`` only when it is read: a queued prediction is
-    loaded and stored again with every event of its user but learned from once, so most never
-    need their vector as numbers (decoding and encoding them with numpy had been a quarter of the
-    pure-logic profile of a simulated stream, docs/BENCHMARKS.md).
+    ``x`` is the feature vector, in the learner's feature order, as float32 holding the bfloat16
+    values a record stores (:func:`round_bf16`). It is always read from the stored form, encoded
+    first if the snapshot was never stored, so a model learns the same vector whether or not the
+    record was stored in between (see the module docstring). A snapshot read from a record keeps
+    its stored bytes and decodes ``x`` only when it is read: a queued prediction is loaded and
+    stored again with every event of its user but learned from once, so most never need their
+    vector as numbers (decoding and encoding them with numpy had been a quarter of the pure-logic
+    profile of a simulated stream, docs/BENCHMARKS.md).
     """
 
-    __slots__ = ("ts", "p", "y", "_x", "_raw", "_n")
+    __slots__ = ("ts", "p", "y", "_f", "_x", "_raw", "_n")
 
     def __init__(self, ts: int, p: float, x: Sequence[float] | np.ndarray, y: int = -1) -> None:
         self.ts, self.p, self.y = ts, p, y  # y: the held label once an event settled it; -1: open
-        self._x: np.ndarray | None = round_bf16(x)
-        self._raw: bytes | None = None  # stored form of x: non-zero bit mask, then those values
-        self._n = len(self._x)
+        self._f: np.ndarray | None = np.array(x, dtype=np.float32)  # as given, until encoded
+        self._x: np.ndarray | None = None  # the stored values, decoded on use
+        self._raw: bytes | None = None  # stored form: non-zero bit mask, then those values
+        self._n = len(self._f)
 
     @classmethod
     def _stored(cls, ts: int, p: float, y: int, raw: bytes, n_feat: int) -> Snapshot:
         snap = cls.__new__(cls)
-        snap.ts, snap.p, snap.y, snap._x, snap._raw, snap._n = ts, p, y, None, raw, n_feat
+        snap.ts, snap.p, snap.y, snap._f, snap._x, snap._raw, snap._n = ts, p, y, None, None, raw, n_feat
         return snap
 
     @property
@@ -174,8 +174,8 @@ class Snapshot:
     @property
     def x(self) -> np.ndarray:
         if self._x is None:
+            raw = self._encoded()
             mask_len = (self._n + 7) // 8
-            raw = self._raw
             nz = np.unpackbits(np.frombuffer(raw, np.uint8, mask_len), count=self._n, bitorder="little")
             x = np.zeros(self._n, dtype=np.uint32)
             x[nz.astype(bool)] = np.frombuffer(raw, "<u2", offset=mask_len).astype(np.uint32) << 16
@@ -184,10 +184,12 @@ class Snapshot:
 
     def _encoded(self) -> bytes:
         if self._raw is None:
-            x = self._x
-            nz = x != 0
-            half = (x.view(np.uint32)[nz] >> 16).astype("<u2")  # x holds bfloat16 values: exact
-            self._raw = np.packbits(nz, bitorder="little").tobytes() + half.tobytes()
+            f = self._f
+            nz = f != 0
+            # round_bf16 on the non-zero values: add half a unit of the 16 bits dropped
+            top = (f.view(np.uint32)[nz] + np.uint32(0x8000)) >> 16
+            self._raw = np.packbits(nz, bitorder="little").tobytes() + top.astype("<u2").tobytes()
+            self._f = None
         return self._raw
 
     def __eq__(self, other: object) -> bool:
@@ -255,7 +257,7 @@ class Pending:
                 nz = np.unpackbits(np.frombuffer(data, np.uint8, mask_len, off), count=n_feat, bitorder="little")
                 x = np.zeros(n_feat, dtype=np.float32)
                 x[nz.astype(bool)] = np.frombuffer(data, "<f4", k, off + mask_len)
-                snaps.append(Snapshot(ts, p, x, y))
+                snaps.append(Snapshot(ts, p, x, y))  # rounded when stored or read
             off = end
         if off != len(data):
             raise ValueError(f"pending-label record has {len(data) - off} trailing bytes")

@@ -109,6 +109,9 @@ def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
 
     state = result["state"]
     assert "skipped" in state or _number_or_none(state["bytes_per_user"])
+    if "skipped" not in state:  # the whole table record: state, policy memory, pending labels
+        assert _number_or_none(state["record_bytes_per_user"]) and state["record_users"] > 0
+        assert set(state["record_parts_bytes_per_user"]) == {"state", "policy", "pending_labels"}
 
 
 def test_bench_scaling_runs_k_workers_on_k_partitions(broker, tmp_path):
