@@ -52,7 +52,7 @@ snapshots, then per snapshot: ``ts`` (int64 ms), ``p`` (float32), the held label
 open), a bit mask of the non-zero features and those values as bfloat16 (the top half of a
 float32, rounded: its full range, 8 significant bits, at most 0.4% off). Many features of a shopper are
 zero at any moment (no search, one-hot ``last_is_*``, empty cart), so a 54-feature snapshot takes
-~60-120 bytes instead of 337 as float64. The pending queues are most of a user's record, and a
+~60-120 bytes (229 as dense float32). The pending queues are most of a user's record, and a
 linear model that scales and clips its inputs learns the same from a value 0.4% off (docs/ONLINE.md
 measures it). A model always learns a snapshot's vector as stored, also when its label comes
 before the record was ever stored, so what it learns never depends on where a batch ended.
