@@ -68,9 +68,10 @@ What the record holds, and the choices behind each part:
 * **Storage** (:meth:`UserState.to_bytes`): ``struct``-packed little-endian fields behind a schema
   version byte, no pickle. The two rings are held in memory already packed (fixed-size records in
   one ``bytes``), so loading and storing a record does no per-event work; decayed values are
-  float32 on disk. On the simulated shop mix a user's record averages about 665 bytes and stays
-  under about 1.1 KiB for the most active users (``benchmarks/state_bench.py``). A record of an
-  older version is migrated on load (see ``_MIGRATIONS``).
+  float32 on disk, and so are the recent ring's prices (a :class:`RecentEvent`'s price is a
+  float32 value; money, the cart and the spend, stays float64). On the simulated shop mix a
+  user's record averages about 615 bytes (``benchmarks/state_bench.py``). A record of an older
+  version is migrated on load (see ``_MIGRATIONS``).
 
 The event-id hash is a 32-bit CRC: two different ids among one user's 32 newest events collide
 with a probability of about 1e-8 per event, and the second would be reported as a duplicate.
@@ -108,7 +109,7 @@ import numpy as np
 
 from models.events import EVENT_TYPES, TYPE_INDEX, Event
 from models.features.hashing import stable_hash
-from models.features.recent import RecentEvent
+from models.features.recent import RecentEvent, as_float32
 
 APPLIED = "applied"
 DUPLICATE = "duplicate"
@@ -201,11 +202,11 @@ class UserState:
     >>> _ = apply_event(st, Event("a", "u", "search", 1_700_000_000_000, query="Red Shoes"), StateConfig())
     >>> st.totals, st.n_sessions, len(st.terms), st.recent[0].type
     ([0, 1, 0, 0], 1, 2, 1)
-    >>> len(st.to_bytes())  # bytes: 109 header + 64 counters + 16 terms + 10 dedupe key + 21 recent
-    220
+    >>> len(st.to_bytes())  # bytes: 109 header + 64 counters + 16 terms + 10 dedupe key + 17 recent
+    216
     """
 
-    SCHEMA_VERSION = 3
+    SCHEMA_VERSION = 4  # 4: the recent ring's prices as float32 (3: float64)
 
     __slots__ = (
         "first_seen", "last_ts", "totals", "counts",
@@ -245,7 +246,7 @@ class UserState:
         # De-duplication ring: sorted 10-byte big-endian keys (48-bit ts, 32-bit event-id hash);
         # big-endian so that comparing the bytes compares (ts, id).
         self.seen = b""
-        # Recent ring: one 21-byte record per event (RecentEvent without ts, which is the ts of the
+        # Recent ring: one 17-byte record per event (RecentEvent without ts, which is the ts of the
         # matching key at the tail of ``seen``).
         self.recent_blob = b""
         self.categories: dict[str, float] = {}
@@ -311,8 +312,9 @@ class UserState:
         """Compact little-endian binary: a version byte, a fixed header, numeric columns, then the
         two rings as they are held in memory and the category names (NUL-separated, last).
 
-        Decayed values are float32 (features do not need more); money and recent prices are
-        float64 so that a ``RecentEvent`` round-trips exactly.
+        Decayed values are float32 (features do not need more); money is float64. The recent
+        ring's prices are float32, as :class:`RecentEvent` rounds them, so a ``RecentEvent``
+        round-trips exactly.
         """
         has_prev = self.prev_end != 0
         has_occ = self.prev_occasion_end != 0
@@ -350,7 +352,7 @@ class UserState:
             raise ValueError("empty state record")
         version = data[0]
         if version == cls.SCHEMA_VERSION:
-            return _decode_v3(data)
+            return _decode(data, _REC)
         if version in _MIGRATIONS:
             return _MIGRATIONS[version](data)
         raise ValueError(f"unknown state schema version {version}")
@@ -364,14 +366,15 @@ _HEAD = struct.Struct("<9B6q4III4Ifd")
 _PREV = struct.Struct("<qq4If")  # prev_start, prev_end, prev_counts[4], prev_value
 _OCC = struct.Struct("<qq")  # occasion_start, prev_occasion_end (only while a late purchase can merge)
 _KEY = struct.Struct(">HII")  # de-duplication key: ts high 16 bits, ts low 32 bits, event-id hash
-_REC = struct.Struct("<BIIdI")  # recent record: type, item, category, price, query
+_REC = struct.Struct("<BIIfI")  # recent record: type, item, category, price, query
+_REC_V3 = struct.Struct("<BIIdI")  # the same up to version 3: price as float64
 # The same layouts for numpy (packed, no padding: "<" and ">" structs have none).
 _KEY_DTYPE = np.dtype([("hi", ">u2"), ("lo", ">u4"), ("hash", ">u4")])
-_REC_DTYPE = np.dtype([("type", "u1"), ("item", "<u4"), ("category", "<u4"), ("price", "<f8"), ("query", "<u4")])
+_REC_DTYPE = np.dtype([("type", "u1"), ("item", "<u4"), ("category", "<u4"), ("price", "<f4"), ("query", "<u4")])
 
 
 class RecentWindow(Sequence[RecentEvent]):
-    """A window of recent events in the state's packed form: ``recs`` (one 21-byte record per
+    """A window of recent events in the state's packed form: ``recs`` (one 17-byte record per
     event) and ``keys`` (their de-duplication keys, which hold the times). A read-only sequence
     of :class:`RecentEvent`, equal to the list :attr:`UserState.recent` gives.
 
@@ -465,7 +468,9 @@ def _cols_struct(nc: int, nk: int, nt: int, nl: int, nm: int) -> struct.Struct:
     return struct.Struct(f"<{nc}f{nk}f{nt}I{nt}f{nl}q{nl}I{nl}I{nl}d{nm}I{nm}q")
 
 
-def _decode_v3(data: bytes) -> UserState:
+def _decode(data: bytes, rec: struct.Struct) -> UserState:
+    """A version 4 record (``rec`` = ``_REC``), or version 3, whose layout differs only in the
+    recent ring's records (``_REC_V3``)."""
     (
         _v, flags, nh, ns, nr, nk, nt, nl, nm,
         first_seen, last, sess_start, last_purchase, cleared, first_purchase,
@@ -483,7 +488,7 @@ def _decode_v3(data: bytes) -> UserState:
         off += _OCC.size
     else:
         st.occasion_start = st.prev_occasion_end = 0
-    _decode_rest(st, data, off, nh, ns, nr, nk, nt, nl, nm)
+    _decode_rest(st, data, off, nh, ns, nr, nk, nt, nl, nm, rec)
     return st
 
 
@@ -498,9 +503,11 @@ def _decode_prev(st: UserState, data: bytes, off: int, flags: int) -> int:
 
 
 def _decode_rest(
-    st: UserState, data: bytes, off: int, nh: int, ns: int, nr: int, nk: int, nt: int, nl: int, nm: int
+    st: UserState, data: bytes, off: int, nh: int, ns: int, nr: int, nk: int, nt: int, nl: int, nm: int,
+    rec: struct.Struct = _REC,
 ) -> None:
-    """Numeric columns, rings and category names: the same layout in versions 2 and 3."""
+    """Numeric columns, rings and category names: the same layout in versions 2 to 4, but for the
+    recent ring's records (``rec``: ``_REC_V3`` up to version 3, converted here)."""
     nc = nh * N_TYPES
     cols = _cols_struct(nc, nk, nt, nl, nm)
     v = cols.unpack_from(data, off)
@@ -525,8 +532,8 @@ def _decode_rest(
     st.removed = dict(zip(v[i : i + nm], v[i + nm : i + 2 * nm], strict=True)) if nm else {}
     end = off + ns * _KEY.size
     st.seen = data[off:end]
-    off, end = end, end + nr * _REC.size
-    st.recent_blob = data[off:end]
+    off, end = end, end + nr * rec.size
+    st.recent_blob = data[off:end] if rec is _REC else _narrow_ring(data[off:end])
     st.categories = (
         dict(zip(data[end:].decode("utf-8").split("\x00"), v[nc : nc + nk], strict=True)) if nk else {}
     )
@@ -566,7 +573,7 @@ _HEAD_V2 = struct.Struct("<9B5q4II4Ifd")
 
 def _encode_v2(state: UserState) -> bytes:
     """Bytes of ``state`` in the version-2 layout, rhythm dropped (only used to test the migration)."""
-    data = state.to_bytes()
+    data = _widen(state.to_bytes())
     h = _HEAD.unpack_from(data, 0)
     flags = h[1]
     head = _HEAD_V2.pack(2, flags & 2, *h[2:14], *h[15:20], *h[21:])
@@ -595,7 +602,7 @@ def _migrate_v2(data: bytes) -> UserState:
     st.totals = [t0, t1, t2, t3]
     st.n_sessions, st.sess_counts, st.sess_value, st.spend = n_sessions, [s0, s1, s2, s3], sess_value, spend
     off = _decode_prev(st, data, _HEAD_V2.size, flags)
-    _decode_rest(st, data, off, nh, ns, nr, nk, nt, nl, nm)
+    _decode_rest(st, data, off, nh, ns, nr, nk, nt, nl, nm, _REC_V3)
     purchases = st.totals[_PURCHASE]
     if not last_purchase or not purchases:
         st.first_purchase_ts, st.purchase_occasions = 0, 0
@@ -607,7 +614,41 @@ def _migrate_v2(data: bytes) -> UserState:
     return st
 
 
-_MIGRATIONS = {1: _migrate_v1, 2: _migrate_v2}
+# Version 3 is version 4 with the recent ring's prices as float64 (21-byte records): they are
+# rounded to float32 on load, which is what a RecentEvent holds since version 4.
+def _migrate_v3(data: bytes) -> UserState:
+    """v3 -> v4: the recent ring's prices rounded to float32; everything else as it was."""
+    return _decode(data, _REC_V3)
+
+
+def _narrow_ring(blob: bytes) -> bytes:
+    """Recent-ring records of version 3 or older (float64 prices) in the current layout."""
+    return b"".join(_REC.pack(*r) for r in _REC_V3.iter_unpack(blob))
+
+
+def _ring_span(data: bytes) -> tuple[int, int]:
+    """Where the recent ring lies in a current-version record (for the migration tests' encoders)."""
+    h = _HEAD.unpack_from(data, 0)
+    flags, nh, ns, nr, nk, nt, nl, nm = h[1:9]
+    off = _HEAD.size + (_PREV.size if flags & 2 else 0) + (_OCC.size if flags & 4 else 0)
+    off += _cols_struct(nh * N_TYPES, nk, nt, nl, nm).size + ns * _KEY.size
+    return off, off + nr * _REC.size
+
+
+def _widen(data: bytes) -> bytes:
+    """A current-version record with its recent ring in the version-3 layout (tests only)."""
+    start, end = _ring_span(data)
+    ring = b"".join(_REC_V3.pack(*r) for r in _REC.iter_unpack(data[start:end]))
+    return data[:start] + ring + data[end:]
+
+
+def _encode_v3(state: UserState) -> bytes:
+    """Bytes of ``state`` in the version-3 layout (only used to test the migration)."""
+    data = _widen(state.to_bytes())
+    return bytes([3]) + data[1:]
+
+
+_MIGRATIONS = {1: _migrate_v1, 2: _migrate_v2, 3: _migrate_v3}
 
 
 # -- the update ---------------------------------------------------------------------------------------
@@ -703,7 +744,7 @@ def apply_event(state: UserState, ev: Event, cfg: StateConfig) -> str:
         for token in sorted(set(ev.query.lower().split()))[:_MAX_TERMS_PER_QUERY]:
             _bump(state.terms, _cached_hash(token), term_w, cfg.top_k_terms)
     if t == _CART:
-        _cart_add(state, ts, rec.item, ev.quantity or 1, rec.price, cfg)
+        _cart_add(state, ts, rec.item, ev.quantity or 1, float(ev.price or 0.0), cfg)  # money: float64
     elif t == _PURCHASE:
         _purchase(state, ts, rec.item, ev, cfg)
 
@@ -742,7 +783,7 @@ def _recent_event(ev: Event, t: int) -> RecentEvent:
         t,
         _cached_hash(ev.item_id) if ev.item_id else 0,
         _cached_hash(ev.category_id) if ev.category_id else 0,
-        float(ev.price or 0.0),
+        as_float32(ev.price or 0.0),
         ev.ts,
         _cached_hash(ev.query.lower()) if ev.query else 0,
     )

@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from models.events import Event, parse_event
 from models.features.online import online_features
-from models.features.recent import RecentEvent
+from models.features.recent import RecentEvent, as_float32
 from models.features.state import (
+    _REC,
+    _REC_V3,
     APPLIED,
     DUPLICATE,
     LATE,
@@ -22,6 +24,8 @@ from models.features.state import (
     UserState,
     _encode_v1,
     _encode_v2,
+    _encode_v3,
+    _ring_span,
     apply_event,
     event_id_hash,
     is_expired,
@@ -408,7 +412,7 @@ def test_version_1_records_migrate():
     assert (state.last_purchase_ts, state.first_purchase_ts, state.purchase_occasions) == (0, 0, 0)
     assert apply_event(state, click("z", T0 + 6_000), CFG) == APPLIED
     data = state.to_bytes()
-    assert data[0] == UserState.SCHEMA_VERSION == 3 and UserState.from_bytes(data).totals == [8, 2, 1, 1]
+    assert data[0] == UserState.SCHEMA_VERSION == 4 and UserState.from_bytes(data).totals == [8, 2, 1, 1]
 
 
 # A record written by the version-2 code (before the purchase rhythm) for: a click at T0, purchases
@@ -446,7 +450,7 @@ def test_version_2_records_migrate_with_an_estimated_purchase_rhythm():
     # first_seen (the click a minute before it).
     assert (migrated.first_purchase_ts, migrated.purchase_occasions) == (T0, 3)
     assert apply_event(migrated, buy("e", T0 + 40 * day), CFG) == APPLIED
-    assert migrated.purchase_occasions == 4 and migrated.to_bytes()[0] == 3
+    assert migrated.purchase_occasions == 4 and migrated.to_bytes()[0] == 4
 
 
 @settings(max_examples=100, deadline=None)
@@ -455,7 +459,7 @@ def test_every_version_2_record_loads_and_keeps_all_it_had(events):
     state, _ = build(events)
     migrated = UserState.from_bytes(_encode_v2(state))
     purchases = state.totals[3]
-    assert migrated.to_bytes()[0] == 3
+    assert migrated.to_bytes()[0] == 4
     assert migrated.purchase_occasions == (0 if not purchases else 1 if purchases == 1 else purchases)
     assert migrated.first_purchase_ts <= migrated.last_purchase_ts == state.last_purchase_ts
     if purchases == 1:
@@ -463,6 +467,56 @@ def test_every_version_2_record_loads_and_keeps_all_it_had(events):
     for key in ("first_purchase_ts", "purchase_occasions", "occasion_start", "prev_occasion_end"):
         setattr(migrated, key, getattr(state, key))
     assert_same_state(migrated, state)
+
+
+# A record written by the version-3 code (recent prices as float64) for: a click at T0 (19.99), a
+# search, a cart add (0.10 x 2), its purchase and a click (1,234.56). Kept as bytes, as above.
+V3_RECORD = bytes.fromhex(
+    "0300040505020200010068e5cf8b01000090c7e6cf8b0100000068e5cf8b0100006052e6cf8b01000000000000000000"
+    "006052e6cf8b010000020000000100000001000000010000000100000001000000020000000100000001000000010000"
+    "00cdcc4c3e9a9999999999c93f22d3de3f37d6403f46b94a3f6da3673ff5d6fc3fbf067a3f00127b3f23e07d3fe2ddff"
+    "3f8fbf7f3fedca7f3f40e97f3f20fbff3fcaf67f3f6af87f3fc0fc7f3f11cdfd3ffb6d3d400de9172f85e8e82153d37f"
+    "3f53d37f3f209ea37d6052e6cf8b010000018bcfe56800e8b7be43018bcfe57b8871beeff9018bcfe5b62006b9df6f01"
+    "8bcfe6526098dd4acc018bcfe6c790efda7a5a00ae2a1e7f43f000233d0ad7a370fd3340000000000100000000000000"
+    "000000000000000000ea9add3802209ea37d054f7d0d9a9999999999b93f0000000003209ea37d000000009a99999999"
+    "99b93f000000000058834f2543f000230ad7a3703d4a9340000000006331006332"
+)
+
+
+def _v3_events() -> list[Event]:
+    return [
+        Event("a", "u", "click", T0, item_id="i1", category_id="c1", price=19.99),
+        Event("b", "u", "search", T0 + 5_000, query="red shoes"),
+        Event("c", "u", "add_to_cart", T0 + 20_000, item_id="i2", category_id="c2", price=0.1, quantity=2),
+        Event("d", "u", "purchase", T0 + 60_000, item_id="i2", price=0.1, quantity=2),
+        Event("e", "u", "click", T0 + 90_000, item_id="i3", category_id="c1", price=1234.56),
+    ]
+
+
+def test_version_3_records_migrate_with_float32_recent_prices():
+    fresh, _ = build(_v3_events())
+    # The test helper writes the old layout: the old bytes, but for the prices it no longer has.
+    start, end = _ring_span(fresh.to_bytes())
+    end = start + (end - start) * _REC_V3.size // _REC.size
+    old_ring = [(*r[:3], as_float32(r[3]), r[4]) for r in _REC_V3.iter_unpack(V3_RECORD[start:end])]
+    assert _encode_v3(fresh) == V3_RECORD[:start] + b"".join(_REC_V3.pack(*r) for r in old_ring) + V3_RECORD[end:]
+    migrated = UserState.from_bytes(V3_RECORD)
+    assert_same_state(migrated, fresh)
+    assert migrated.recent == fresh.recent == [RecentEvent.from_event(e) for e in _v3_events()]
+    prices = [r.price for r in migrated.recent]
+    assert prices == [19.989999771118164, 0.0, 0.10000000149011612, 0.10000000149011612, 1234.56005859375]
+    assert migrated.spend == 0.2 and migrated.to_bytes() == fresh.to_bytes()  # money stays float64
+    assert len(V3_RECORD) - len(fresh.to_bytes()) == 4 * len(fresh.recent)
+
+
+@settings(max_examples=100, deadline=None)
+@given(event_lists())
+def test_every_version_3_record_loads_and_keeps_all_it_had(events):
+    state, _ = build(events)
+    migrated = UserState.from_bytes(_encode_v3(state))
+    assert migrated.to_bytes()[0] == 4
+    assert_same_state(migrated, state)
+    assert migrated.to_bytes() == state.to_bytes()
 
 
 def test_unknown_versions_and_empty_records_are_refused():
