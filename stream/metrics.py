@@ -76,6 +76,8 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 # Model scoring: 1 sequence is ~1 ms on CPU, a batch of 256 ~85 ms (PLATFORM.md).
 SCORING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+# Bytes of one user's table record (state, signal-policy memory, pending labels); the state budget is 1 KiB.
+RECORD_BYTES_BUCKETS = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 8192)
 
 
 def _fold(value: str, allowed: tuple[str, ...]) -> str:
@@ -203,6 +205,14 @@ class Metrics:
             namespace=ns,
             registry=registry,
         )
+        self.state_record_bytes = Histogram(
+            "state_record_bytes",
+            "Bytes of each per-user record written to the state table (state, signal-policy memory "
+            "and pending labels).",
+            namespace=ns,
+            registry=registry,
+            buckets=RECORD_BYTES_BUCKETS,
+        )
         self.pending_labels = Gauge(
             "pending_labels",
             "Predictions waiting for their delayed label (the outcome window has not closed yet), by task.",
@@ -323,6 +333,12 @@ class Metrics:
         """
         now = time.time() if sent_at_s is None else sent_at_s
         self.event_to_signal_seconds.observe(max(0.0, now - event_timestamp_s))
+
+    def observe_records(self, sizes: Iterable[int]) -> None:
+        """Record the sizes, in bytes, of the per-user records a batch wrote to the state table."""
+        observe = self.state_record_bytes.observe
+        for n in sizes:
+            observe(n)
 
     def observe_scoring(self, size: int, seconds: float) -> None:
         """Record one sequence-model scoring call."""

@@ -919,6 +919,7 @@ class Runtime:
     def _write(self, result: BatchResult, context: dict[str, faust.EventT]) -> None:
         table = self.table
         data = {user: rec.to_bytes() for user, rec in result.records.items()}
+        self.metrics.observe_records(map(len, data.values()))
         deleted = set(result.deleted)
         for event, users in _by_partition(context, [*data, *(u for u in result.deleted if u not in data)]):
             with _as_current(event):

@@ -60,6 +60,11 @@ def test_prometheus_scrapes_a_worker(system, tmp_path):
                 break
             time.sleep(1)
         assert result and float(result[0]["value"][1]) == 5.0
+        # erin's record was written (once per batch she was in, before her events were counted)
+        written = query(port, "sum(intentstream_state_record_bytes_count)")
+        assert written and float(written[0]["value"][1]) >= 1
+        mean = query(port, "sum(intentstream_state_record_bytes_sum) / sum(intentstream_state_record_bytes_count)")
+        assert mean and 100 < float(mean[0]["value"][1]) < 4096
         up = query(port, 'up{job="intentstream"}')
         assert up and up[0]["value"][1] == "1"
         # The project's alert rules load and evaluate against the live series.

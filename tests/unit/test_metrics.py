@@ -42,6 +42,7 @@ EXPECTED = {
     "intentstream_rebalances_total": "counter",
     "intentstream_assigned_partitions": "gauge",
     "intentstream_users_in_state": "gauge",
+    "intentstream_state_record_bytes": "histogram",
     "intentstream_pending_labels": "gauge",
     "intentstream_online_roc_auc": "gauge",
     "intentstream_online_log_loss": "gauge",
@@ -72,6 +73,7 @@ def exercised(m: Metrics) -> Metrics:
     m.rebalances.inc()
     m.retain_partitions([("shop.events", 0), ("shop.events", 1)])
     m.users_in_state.set(1234)
+    m.observe_records([620, 1040, 2100])
     m.set_pending_labels("purchase_intent", 17)
     m.set_online_quality("purchase_intent", roc_auc=0.81, log_loss=0.42, calibration_error=0.03)
     m.set_sequence_model("seq-2026-11-22T17-00-00Z")
