@@ -132,11 +132,18 @@ def round_bf16(x: Sequence[float] | np.ndarray) -> np.ndarray:
     >>> bool(np.isnan(round_bf16([float("nan"), -float("nan")])).all())
     True
     """
-    f = np.array(x, dtype=np.float32)
-    u = f.view(np.uint32)
-    u += np.uint32(0x8000)
-    u &= np.uint32(0xFFFF0000)
-    return f
+    return (_bf16_bits(np.array(x, dtype=np.float32)) << 16).view(np.float32)
+
+
+def _bf16_bits(f: np.ndarray) -> np.ndarray:
+    """The bfloat16 of each float32 in ``f``, as its 16 bits in a uint32 array: the top half of
+    the float32 after adding half a unit of the half dropped (the rounding of :func:`round_bf16`)."""
+    return (f.view(np.uint32) + np.uint32(0x8000)) >> 16
+
+
+def _nonzero_mask(data: bytes, offset: int, n: int) -> np.ndarray:
+    """The stored bit mask of a snapshot's non-zero features, as ``n`` booleans."""
+    return np.unpackbits(np.frombuffer(data, np.uint8, (n + 7) // 8, offset), count=n, bitorder="little").astype(bool)
 
 
 class Snapshot:
@@ -175,10 +182,8 @@ class Snapshot:
     def x(self) -> np.ndarray:
         if self._x is None:
             raw = self._encoded()
-            mask_len = (self._n + 7) // 8
-            nz = np.unpackbits(np.frombuffer(raw, np.uint8, mask_len), count=self._n, bitorder="little")
             x = np.zeros(self._n, dtype=np.uint32)
-            x[nz.astype(bool)] = np.frombuffer(raw, "<u2", offset=mask_len).astype(np.uint32) << 16
+            x[_nonzero_mask(raw, 0, self._n)] = np.frombuffer(raw, "<u2", offset=(self._n + 7) // 8).astype(np.uint32) << 16
             self._x = x.view(np.float32)
         return self._x
 
@@ -186,9 +191,7 @@ class Snapshot:
         if self._raw is None:
             f = self._f
             nz = f != 0
-            # round_bf16 on the non-zero values: add half a unit of the 16 bits dropped
-            top = (f.view(np.uint32)[nz] + np.uint32(0x8000)) >> 16
-            self._raw = np.packbits(nz, bitorder="little").tobytes() + top.astype("<u2").tobytes()
+            self._raw = np.packbits(nz, bitorder="little").tobytes() + _bf16_bits(f[nz]).astype("<u2").tobytes()
             self._f = None
         return self._raw
 
@@ -254,9 +257,8 @@ class Pending:
             if width == 2:
                 snaps.append(Snapshot._stored(ts, p, y, data[off:end], n_feat))
             else:
-                nz = np.unpackbits(np.frombuffer(data, np.uint8, mask_len, off), count=n_feat, bitorder="little")
                 x = np.zeros(n_feat, dtype=np.float32)
-                x[nz.astype(bool)] = np.frombuffer(data, "<f4", k, off + mask_len)
+                x[_nonzero_mask(data, off, n_feat)] = np.frombuffer(data, "<f4", k, off + mask_len)
                 snaps.append(Snapshot(ts, p, x, y))  # rounded when stored or read
             off = end
         if off != len(data):
