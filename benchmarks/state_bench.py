@@ -106,39 +106,19 @@ def run(
 
 def records(users: int, seed: int, events_per_user: int = EVENTS_PER_USER) -> dict:
     """Sizes of the whole table value per user (see the module docstring)."""
-    from models.online.learner import PartitionLearners
-    from stream.agents.runtime import pipeline_config
-    from stream.logic.pipeline import Pipeline, UserRecord
-    from stream.logic.scoring import RuleScorer
+    from stream.bench import learning_pipeline, replay
     from stream.settings import load_settings
 
     s = load_settings()
-    cfg = pipeline_config(s)
-    pipe = Pipeline(cfg, RuleScorer(s.churn_after_ms), learners=lambda _p: PartitionLearners.new(
-        state=cfg.state, intent_horizon_ms=s.intent_horizon_ms, churn_horizon_ms=s.churn_after_ms))  # fmt: skip
-    events = [parse_event(raw) for raw in ShopperSimulator(seed=seed, users=users).take(users * events_per_user)]
-    table: dict[str, bytes] = {}
-
-    def load(names) -> dict:
-        return {u: UserRecord.from_bytes(table[u]) if u in table else None for u in names}
-
-    for start in range(0, len(events), 1_000):  # one partition: one watermark, as one worker's partition
-        batch = [(0, ev) for ev in events[start : start + 1_000]]
-        out = pipe.process(load({ev.user for _p, ev in batch}), batch)
-        table.update((u, rec.to_bytes()) for u, rec in out.records.items())
-        due = pipe.due_for_scan(0)
-        if due:
-            scan = pipe.scan(0, load(due))
-            table.update((u, rec.to_bytes()) for u, rec in scan.records.items())
-            for u in scan.deleted:
-                table.pop(u, None)
-    sizes = sorted(len(b) for b in table.values())
-    recs = [UserRecord.from_bytes(b) for b in table.values()]
+    raw = ShopperSimulator(seed=seed, users=users).take(users * events_per_user)
+    # One partition: one watermark, as one worker's partition.
+    recs = list(replay(learning_pipeline(s, s.churn_after_ms), raw, 1).values())
+    sizes = sorted(len(r.to_bytes()) for r in recs)
     n = len(recs)
     return {
         "record_users": n,
-        "record_events": len(events),
-        "record_span_hours": (events[-1].ts - events[0].ts) / 3_600_000,
+        "record_events": len(raw),
+        "record_span_hours": (raw[-1]["ts"] - raw[0]["ts"]) / 3_600_000,
         "record_bytes_per_user": sum(sizes) / n,
         "record_bytes_p50": sizes[n // 2],
         "record_bytes_p99": sizes[int(n * 0.99)],

@@ -101,10 +101,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stream.broker import EmbeddedBroker, client_config, create_topics, fetch_min_interval, free_port
 from stream.procs import stop_process_group
 from stream.settings import Settings, env_var
+
+if TYPE_CHECKING:
+    from stream.logic.pipeline import Pipeline, UserRecord
 
 #: Repository root: the baselines and the state benchmark live in ``benchmarks/`` beside ``stream/``.
 ROOT = Path(__file__).resolve().parents[1]
@@ -817,36 +821,31 @@ def _scaling(settings: Settings, config: BenchConfig, workdir: Path, bootstrap: 
 WARM_CHURN_HORIZON_MS = 30 * 60_000
 
 
-def warm_online_models(settings: Settings, partitions: int, seed: int, events: int = 30_000) -> tuple[dict[int, bytes], dict]:
-    """Online-model checkpoints, one per partition, that have learned from simulator history.
-
-    A worker in service has warm online models, and a warm linear model costs more per event than
-    the prior a cold one serves (scaling the features, the log-odds, the reasons). So every
-    benchmark worker starts from these checkpoints (:func:`seed_online_models`), as a restarted
-    worker does. They are learned by the worker's own :class:`~stream.logic.pipeline.Pipeline`
-    (state, label join, watermark scans) over ``events`` simulator events of 1,000 users: intent
-    with the configured horizon; churn with a horizon of :data:`WARM_CHURN_HORIZON_MS` instead of
-    ``churn_after_ms`` (30 days of silence would take millions of simulated events). The churn
-    model then answers another question, at the same cost per event: only its cost matters here,
-    and its per-event score is never a signal (churn signals come from the scan of silent users).
-    """
-    from models.events import parse_event
-    from models.features.hashing import stable_hash
+def learning_pipeline(settings: Settings, churn_horizon_ms: int) -> Pipeline:
+    """The worker's :class:`~stream.logic.pipeline.Pipeline` with fresh online models (intent with
+    the configured horizon, churn with ``churn_horizon_ms``) and the rule scorer."""
     from models.online.learner import PartitionLearners
     from stream.agents.runtime import pipeline_config
     from stream.logic.pipeline import Pipeline
     from stream.logic.scoring import RuleScorer
-    from stream.logic.simulator import ShopperSimulator
 
     cfg = pipeline_config(settings)
 
     def make(_p: int) -> PartitionLearners:
         return PartitionLearners.new(state=cfg.state, intent_horizon_ms=settings.intent_horizon_ms,
-                                     churn_horizon_ms=WARM_CHURN_HORIZON_MS)  # fmt: skip
+                                     churn_horizon_ms=churn_horizon_ms)  # fmt: skip
 
-    pipe = Pipeline(cfg, RuleScorer(settings.churn_after_ms), learners=make)
-    records: dict = {}
-    raw = ShopperSimulator(seed=seed, users=1_000).take(events)
+    return Pipeline(cfg, RuleScorer(settings.churn_after_ms), learners=make)
+
+
+def replay(pipe: Pipeline, raw: list[dict], partitions: int) -> dict[str, UserRecord]:
+    """Raw simulator events through ``pipe`` as a worker applies them: batches of 1,000, each
+    followed by the churn scan of every partition at its watermark. Returns the users' records
+    left at the end (expired users deleted)."""
+    from models.events import parse_event
+    from models.features.hashing import stable_hash
+
+    records: dict[str, UserRecord] = {}
     for i in range(0, len(raw), 1_000):
         pairs = []
         for d in raw[i : i + 1_000]:
@@ -862,6 +861,27 @@ def warm_online_models(settings: Settings, partitions: int, seed: int, events: i
                 records.update(scan.records)
                 for u in scan.deleted:
                     records.pop(u, None)
+    return records
+
+
+def warm_online_models(settings: Settings, partitions: int, seed: int, events: int = 30_000) -> tuple[dict[int, bytes], dict]:
+    """Online-model checkpoints, one per partition, that have learned from simulator history.
+
+    A worker in service has warm online models, and a warm linear model costs more per event than
+    the prior a cold one serves (scaling the features, the log-odds, the reasons). So every
+    benchmark worker starts from these checkpoints (:func:`seed_online_models`), as a restarted
+    worker does. They are learned by the worker's own :class:`~stream.logic.pipeline.Pipeline`
+    (state, label join, watermark scans) over ``events`` simulator events of 1,000 users: intent
+    with the configured horizon; churn with a horizon of :data:`WARM_CHURN_HORIZON_MS` instead of
+    ``churn_after_ms`` (30 days of silence would take millions of simulated events). The churn
+    model then answers another question, at the same cost per event: only its cost matters here,
+    and its per-event score is never a signal (churn signals come from the scan of silent users).
+    """
+    from stream.logic.simulator import ShopperSimulator
+
+    pipe = learning_pipeline(settings, WARM_CHURN_HORIZON_MS)
+    raw = ShopperSimulator(seed=seed, users=1_000).take(events)
+    replay(pipe, raw, partitions)
     learned = {p: pl.to_bytes() for p, pl in sorted(pipe.learners.items())}
     meta = {
         "history_events": len(raw),
