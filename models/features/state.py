@@ -504,7 +504,7 @@ def _decode_prev(st: UserState, data: bytes, off: int, flags: int) -> int:
 
 def _decode_rest(
     st: UserState, data: bytes, off: int, nh: int, ns: int, nr: int, nk: int, nt: int, nl: int, nm: int,
-    rec: struct.Struct = _REC,
+    rec: struct.Struct,
 ) -> None:
     """Numeric columns, rings and category names: the same layout in versions 2 to 4, but for the
     recent ring's records (``rec``: ``_REC_V3`` up to version 3, converted here)."""
@@ -533,7 +533,7 @@ def _decode_rest(
     end = off + ns * _KEY.size
     st.seen = data[off:end]
     off, end = end, end + nr * rec.size
-    st.recent_blob = data[off:end] if rec is _REC else _narrow_ring(data[off:end])
+    st.recent_blob = data[off:end] if rec is _REC else _repack(data[off:end], rec, _REC)
     st.categories = (
         dict(zip(data[end:].decode("utf-8").split("\x00"), v[nc : nc + nk], strict=True)) if nk else {}
     )
@@ -621,9 +621,10 @@ def _migrate_v3(data: bytes) -> UserState:
     return _decode(data, _REC_V3)
 
 
-def _narrow_ring(blob: bytes) -> bytes:
-    """Recent-ring records of version 3 or older (float64 prices) in the current layout."""
-    return b"".join(_REC.pack(*r) for r in _REC_V3.iter_unpack(blob))
+def _repack(blob: bytes, src: struct.Struct, dst: struct.Struct) -> bytes:
+    """Recent-ring records from one layout to the other (``_REC_V3`` to ``_REC`` on loading an
+    old record; the reverse only to write old records in the tests)."""
+    return b"".join(dst.pack(*r) for r in src.iter_unpack(blob))
 
 
 def _ring_span(data: bytes) -> tuple[int, int]:
@@ -638,8 +639,7 @@ def _ring_span(data: bytes) -> tuple[int, int]:
 def _widen(data: bytes) -> bytes:
     """A current-version record with its recent ring in the version-3 layout (tests only)."""
     start, end = _ring_span(data)
-    ring = b"".join(_REC_V3.pack(*r) for r in _REC.iter_unpack(data[start:end]))
-    return data[:start] + ring + data[end:]
+    return data[:start] + _repack(data[start:end], _REC, _REC_V3) + data[end:]
 
 
 def _encode_v3(state: UserState) -> bytes:
