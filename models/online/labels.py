@@ -48,15 +48,17 @@ month fills the bound, and then the oldest, whose label a newer event has alread
 learned early rather than dropped.
 
 **Storage.** :meth:`Pending.to_bytes` writes a version byte, the dropped count, the number of
-snapshots, then per snapshot: ``ts`` (int64 ms), ``p`` (float32), the held label (int8, -1 while
-open), a bit mask of the non-zero features and those values as bfloat16 (the top half of a
+snapshots, then per snapshot: one varint (LEB128) holding the time since the previous snapshot in
+ms (the first: ``ts`` itself; a queue is sorted by time, so a step takes 2-4 bytes, not 8) and the
+held label (-1 while open) in its low bits, ``p`` (float32), a bit mask of the non-zero features and those values as bfloat16 (the top half of a
 float32, rounded: its full range, 8 significant bits, at most 0.4% off). Many features of a shopper are
 zero at any moment (no search, one-hot ``last_is_*``, empty cart), so a 54-feature snapshot takes
 ~60-120 bytes (229 as dense float32). The pending queues are most of a user's record, and a
 linear model that scales and clips its inputs learns the same from a value 0.4% off (docs/ONLINE.md
 measures it). A model always learns a snapshot's vector as stored, also when its label comes
 before the record was ever stored, so what it learns never depends on where a batch ended.
-Version 1 records (float32 values) are still read, and rounded when stored again or learned.
+Records of versions 2 (fixed-width ``ts``, ``p``, label: 13 bytes a snapshot) and 1 (also float32
+values) are still read, and written as version 3 (values rounded) when stored again.
 
 Nothing here reads a clock, imports River or knows what the features mean: vectors in, labels out.
 
@@ -165,7 +167,7 @@ class Snapshot:
         self.ts, self.p, self.y = ts, p, y  # y: the held label once an event settled it; -1: open
         self._f: np.ndarray | None = np.array(x, dtype=np.float32)  # as given, until encoded
         self._x: np.ndarray | None = None  # the stored values, decoded on use
-        self._raw: bytes | None = None  # stored form: non-zero bit mask, then those values
+        self._raw: bytes | None = None  # stored form: p (float32), non-zero bit mask, those values
         self._n = len(self._f)
 
     @classmethod
@@ -183,7 +185,8 @@ class Snapshot:
         if self._x is None:
             raw = self._encoded()
             x = np.zeros(self._n, dtype=np.uint32)
-            x[_nonzero_mask(raw, 0, self._n)] = np.frombuffer(raw, "<u2", offset=(self._n + 7) // 8).astype(np.uint32) << 16
+            values = np.frombuffer(raw, "<u2", offset=4 + (self._n + 7) // 8)
+            x[_nonzero_mask(raw, 4, self._n)] = values.astype(np.uint32) << 16
             self._x = x.view(np.float32)
         return self._x
 
@@ -191,7 +194,8 @@ class Snapshot:
         if self._raw is None:
             f = self._f
             nz = f != 0
-            self._raw = np.packbits(nz, bitorder="little").tobytes() + _bf16_bits(f[nz]).astype("<u2").tobytes()
+            mask = np.packbits(nz, bitorder="little").tobytes()
+            self._raw = _P.pack(self.p) + mask + _bf16_bits(f[nz]).astype("<u2").tobytes()
             self._f = None
         return self._raw
 
@@ -209,8 +213,24 @@ class Snapshot:
 
 
 _HEAD = struct.Struct("<BHBH")  # version, dropped (saturating), snapshots, features per snapshot
-_SNAP = struct.Struct("<qfb")  # ts, p, held label (-1: open)
-VERSION = 2  # 1: values as float32 (read, never written)
+_P = struct.Struct("<f")  # the prediction, first of a snapshot's stored body
+_SNAP_V2 = struct.Struct("<qfb")  # versions 1 and 2 (read, never written): ts, p, held label
+VERSION = 3  # 2: fixed-width snapshot heads; 1: also values as float32
+
+
+def _head(step: int, y: int) -> bytes:
+    """A snapshot's time step (ms since the previous snapshot, or ``ts`` for the first) and held
+    label in 1-8 bytes: ``v = zigzag(step) << 2 | y + 1``, stored little-endian as ``v << 3 | n - 1``
+    in the fewest bytes ``n`` that hold it, so the first byte says how many follow.
+
+    >>> [_head(s, y).hex() for s, y in ((0, -1), (1, 0), (-1, 1), (5_000, -1), (1_700_000_000_000, -1))]
+    ['00', '48', '30', '02e204', '05005af9f362']
+    """
+    v = (step << 3 if step >= 0 else (-step << 3) - 4) | (y + 1)
+    n = (v.bit_length() + 10) >> 3
+    if n > 8:
+        raise ValueError(f"time step {step} ms is out of range for a pending-label record")
+    return (v << 3 | (n - 1)).to_bytes(n, "little")
 
 
 @dataclasses.dataclass(slots=True)
@@ -227,10 +247,12 @@ class Pending:
         """Compact binary form (see the module docstring); an empty queue is 6 bytes."""
         n_feat = self.snapshots[0].n_features if self.snapshots else 0
         parts = [_HEAD.pack(VERSION, min(self.dropped, 0xFFFF), len(self.snapshots), n_feat)]
+        prev = 0
         for s in self.snapshots:
             if s.n_features != n_feat:
                 raise ValueError("all snapshots of a queue must have the same number of features")
-            parts += [_SNAP.pack(s.ts, s.p, s.y), s._encoded()]
+            parts += [_head(s.ts - prev, s.y), s._encoded()]  # a step >= 0 after the first: sorted by ts
+            prev = s.ts
         return b"".join(parts)
 
     @classmethod
@@ -238,29 +260,44 @@ class Pending:
         """Inverse of :meth:`to_bytes`; raises ``ValueError`` on another version or a cut record."""
         if not data:
             return cls()
-        if data[0] not in (VERSION, 1):
-            raise ValueError(f"pending-label record version {data[0]} is not {VERSION} (or 1)")
-        width = 2 if data[0] == VERSION else 4  # version 1: float32 values
+        version = data[0]
+        if version not in (VERSION, 2, 1):
+            raise ValueError(f"pending-label record version {version} is not {VERSION} (or 2 or 1)")
         _v, dropped, n, n_feat = _HEAD.unpack_from(data)
         off, mask_len = _HEAD.size, (n_feat + 7) // 8
+        width = 4 if version == 1 else 2  # version 1: float32 values
         snaps = []
-        for _ in range(n):
-            if off + _SNAP.size + mask_len > len(data):
-                raise ValueError("pending-label record is cut short")
-            ts, p, y = _SNAP.unpack_from(data, off)
-            off += _SNAP.size
-            # The mask's popcount is the number of stored values: the vector is decoded on use.
-            k = int.from_bytes(data[off : off + mask_len], "little").bit_count()
-            end = off + mask_len + width * k
-            if end > len(data):
-                raise ValueError("pending-label record is cut short")
-            if width == 2:
-                snaps.append(Snapshot._stored(ts, p, y, data[off:end], n_feat))
-            else:
-                x = np.zeros(n_feat, dtype=np.float32)
-                x[_nonzero_mask(data, off, n_feat)] = np.frombuffer(data, "<f4", k, off + mask_len)
-                snaps.append(Snapshot(ts, p, x, y))  # rounded when stored or read
-            off = end
+        ts = 0
+        try:
+            for _ in range(n):
+                if version == VERSION:
+                    n_head = (data[off] & 7) + 1
+                    v = int.from_bytes(data[off : off + n_head], "little") >> 3
+                    if v & 3 == 3:
+                        raise ValueError("pending-label record holds a label other than -1, 0 or 1")
+                    ts += v >> 3 if not v & 4 else -(v >> 3) - 1
+                    y = (v & 3) - 1
+                    start = off + n_head  # the body: p, mask, values
+                    (p,) = _P.unpack_from(data, start)
+                    mask_at = start + 4
+                else:
+                    ts, p, y = _SNAP_V2.unpack_from(data, off)
+                    mask_at = off + _SNAP_V2.size
+                # The mask's popcount is the number of stored values: the vector is decoded on use.
+                k = int.from_bytes(data[mask_at : mask_at + mask_len], "little").bit_count()
+                end = mask_at + mask_len + width * k
+                if end > len(data):
+                    raise ValueError("pending-label record is cut short")
+                if width == 2:
+                    body = data[start:end] if version == VERSION else _P.pack(p) + data[mask_at:end]
+                    snaps.append(Snapshot._stored(ts, p, y, body, n_feat))
+                else:
+                    x = np.zeros(n_feat, dtype=np.float32)
+                    x[_nonzero_mask(data, mask_at, n_feat)] = np.frombuffer(data, "<f4", k, mask_at + mask_len)
+                    snaps.append(Snapshot(ts, p, x, y))  # rounded when stored or read
+                off = end
+        except (IndexError, struct.error):
+            raise ValueError("pending-label record is cut short") from None
         if off != len(data):
             raise ValueError(f"pending-label record has {len(data) - off} trailing bytes")
         return cls(snaps, dropped)
@@ -353,7 +390,7 @@ class UserPending:
     >>> up = UserPending()
     >>> add(up.intent, LabelRule("intent", 1_800_000), 5, [0.0, 3.0], 0.1)
     >>> UserPending.from_bytes(up.to_bytes()) == up, len(up.to_bytes())
-    (True, 30)
+    (True, 23)
     """
 
     intent: Pending = dataclasses.field(default_factory=Pending)

@@ -198,15 +198,42 @@ def test_pending_round_trips_exactly_and_costs_only_its_non_zero_features(snaps,
     back = Pending.from_bytes(data)
     assert back == Pending(q.snapshots, min(dropped, 0xFFFF))
     nonzero = sum(int(np.count_nonzero(np.asarray(x, np.float32))) for _ts, _p, x in snaps)
-    assert len(data) == 6 + len(q) * (8 + 4 + 1 + 7) + 2 * nonzero  # bfloat16 values
+    steps = np.diff([0] + [s.ts for s in q.snapshots])  # >= 0: the queue is sorted
+    # per snapshot the head (time step << 3 | open label 0, and 3 bits of length), p, the mask, the values
+    heads = sum((int(d << 3).bit_length() + 10) >> 3 for d in steps)
+    assert len(data) == 6 + heads + len(q) * (4 + 7) + 2 * nonzero  # bfloat16 values
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(-(2**56), 2**56), st.sampled_from([-1, 0, 1])), max_size=8))
+def test_any_times_and_labels_round_trip_also_out_of_order(heads) -> None:
+    # The queue is sorted when built with add(); the format does not depend on it.
+    q = Pending([Snapshot(ts, 0.5, [1.0, 0.0], y) for ts, y in heads])
+    back = Pending.from_bytes(q.to_bytes())
+    assert [(s.ts, s.y) for s in back.snapshots] == heads
+
+
+def test_a_time_step_beyond_the_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        Pending([Snapshot(2**58, 0.5, [1.0])]).to_bytes()
+
+
+def test_time_steps_cost_a_few_bytes() -> None:
+    q = queued(INTENT_RULE, 1_700_000_000_000, 1_700_000_005_000, 1_700_000_065_000)
+    alone = len(Pending(q.snapshots[:1]).to_bytes())  # head 6, varint, p 4, mask and values
+    body = alone - 6 - 6 - 4  # 1.7e12 ms << 3 takes 44 bits, with 3 length bits 6 bytes (version 2: 8 and 1)
+    # the 5 s and 60 s steps take 3 bytes each (40,000 and 480,000 after the shift)
+    assert len(q.to_bytes()) == 6 + (6 + 3 + 3) + 3 * (4 + body)
 
 
 def test_a_typical_snapshot_is_small() -> None:
     x = np.zeros(54, dtype=np.float32)
     x[:20] = np.arange(1, 21)  # about what a shopper's features look like: most are zero
     q = Pending()
-    add(q, INTENT_RULE, 1, x, 0.2)
-    assert len(q.to_bytes()) == 6 + 20 + 40
+    add(q, INTENT_RULE, 1_700_000_000_000, x, 0.2)
+    add(q, INTENT_RULE, 1_700_000_030_000, x, 0.3)  # 30 s later
+    # head; per snapshot the time (6 bytes from 0, then 3 for the step), p, 7-byte mask, values
+    assert len(q.to_bytes()) == 6 + (6 + 4 + 7 + 40) + (3 + 4 + 7 + 40)
 
 
 def test_records_of_another_version_or_cut_short_are_refused() -> None:
@@ -266,4 +293,22 @@ def test_version_1_records_with_float32_values_are_still_read() -> None:
     assert back.dropped == 3 and [(s.ts, s.p, s.y) for s in back.snapshots] == [(7, 0.25, 1)]
     assert np.array_equal(back.snapshots[0].x, round_bf16(x))  # learned as if queued now
     again = back.to_bytes()
-    assert again[0] == 2 and len(again) == len(v1) - 2 * 3 and Pending.from_bytes(again) == back
+    # version 3: 2-byte values, and 2 bytes for ts 7 and label 1 (7 << 5 | 2 << 3 | 1) and 4 for p
+    assert again[0] == 3 and len(again) == len(v1) - 2 * 3 - (13 - 6) and Pending.from_bytes(again) == back
+
+
+def test_version_2_records_are_still_read() -> None:
+    x = np.zeros(9, dtype=np.float32)
+    x[[1, 3, 8]] = [1.5, -2.0, 3.0]  # bfloat16 exactly
+    nz = x != 0
+    body = np.packbits(nz, bitorder="little").tobytes() + (x[nz].view(np.uint32) >> 16).astype("<u2").tobytes()
+    v2 = (
+        struct.pack("<BHBH", 2, 0, 2, 9)
+        + struct.pack("<qfb", 1_700_000_000_000, 0.25, -1) + body
+        + struct.pack("<qfb", 1_700_000_060_000, 0.5, 1) + body
+    )
+    back = Pending.from_bytes(v2)
+    assert [(s.ts, s.p, s.y) for s in back.snapshots] == [(1_700_000_000_000, 0.25, -1), (1_700_000_060_000, 0.5, 1)]
+    assert all(np.array_equal(s.x, x) for s in back.snapshots)
+    again = back.to_bytes()
+    assert again[0] == 3 and len(again) == len(v2) - (13 - 10) - (13 - 7) and Pending.from_bytes(again) == back
