@@ -67,9 +67,12 @@ What the record holds, and the choices behind each part:
 * **First seen**: the earliest applied event time.
 * **Storage** (:meth:`UserState.to_bytes`): ``struct``-packed little-endian fields behind a schema
   version byte, no pickle. The two rings are held in memory already packed (fixed-size records in
-  one ``bytes``), so loading and storing a record does no per-event work; decayed values are
-  float32 on disk, and so are the recent ring's prices (a :class:`RecentEvent`'s price is a
-  float32 value; money, the cart and the spend, stays float64). On the simulated shop mix a
+  one ``bytes``), so loading and storing a record does no per-event work; decayed values (counts,
+  category and term scores) and the session's cart value are float32 on disk, and so are the
+  recent ring's prices (a :class:`RecentEvent`'s price is a float32 value; money, the cart lines
+  and the spend, stays float64). :func:`apply_event` rounds each of them to float32 as it updates
+  it, so a state kept in memory equals the same state stored and read back: what a worker
+  computes never depends on whether, or after which event, a record was stored. On the simulated shop mix a
   user's record averages about 615 bytes (``benchmarks/state_bench.py``). A record of an older
   version is migrated on load (see ``_MIGRATIONS``).
 
@@ -102,6 +105,7 @@ import dataclasses
 import math
 import struct
 import zlib
+from array import array
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
@@ -748,6 +752,8 @@ def apply_event(state: UserState, ev: Event, cfg: StateConfig) -> str:
     elif t == _PURCHASE:
         _purchase(state, ts, rec.item, ev, cfg)
 
+    state.counts = array("f", counts).tolist()  # held as stored (module docstring, Storage)
+    state.sess_value = as_float32(state.sess_value)
     horizon = last - cfg.allowed_lateness_ms  # nothing older than this can be applied any more
     if state.prev_end and state.sess_start <= horizon:
         state.prev_end = 0  # no late event can reach the previous session any more
@@ -838,26 +844,29 @@ def _decayed(scores: dict, f: float) -> dict:
     """``scores`` times ``f``; if the largest would fall below :data:`_SCORE_FLOOR`, all are scaled
     so that it equals the floor: the ranking survives any silence, the values stay ~0.
 
-    >>> _decayed({"a": 2.0, "b": 1.0}, 1e-40)
-    {'a': 1e-30, 'b': 5e-31}
+    The values are rounded to float32, as the record stores them.
+
+    >>> _decayed({"a": 2.0, "b": 1.0}, 0.1)
+    {'a': 0.20000000298023224, 'b': 0.10000000149011612}
+    >>> _decayed({"a": 2.0, "b": 1.0}, 1e-40) == {"a": as_float32(1e-30), "b": as_float32(5e-31)}
+    True
     """
-    out = {k: s * f for k, s in scores.items()}
-    top = max(out.values())
-    if top < _SCORE_FLOOR:
+    out = [s * f for s in scores.values()]
+    if max(out) < _SCORE_FLOOR:
         scale = _SCORE_FLOOR / max(max(scores.values()), 1e-300)
-        out = {k: s * scale for k, s in scores.items()}
-    return out
+        out = [s * scale for s in scores.values()]
+    return dict(zip(scores, array("f", out).tolist(), strict=True))
 
 
 def _bump(scores: dict, key: object, w: float, k: int) -> None:
     """Add ``w`` to ``scores[key]``; keep at most ``k`` keys by evicting the lowest other score."""
     if key in scores:
-        scores[key] += w
+        scores[key] = as_float32(scores[key] + w)  # as stored (module docstring)
         return
     if len(scores) >= k:
         victim = min(scores.items(), key=lambda kv: (kv[1], kv[0]))[0]
         del scores[victim]
-    scores[key] = w
+    scores[key] = as_float32(w)
 
 
 def _cart_add(state: UserState, ts: int, item: int, qty: int, price: float, cfg: StateConfig) -> None:

@@ -188,3 +188,52 @@ def test_the_due_index_finds_exactly_the_users_a_full_pass_would():
                 if int(u[1:]) % 2 == 1:
                     p.remember(u, 1, rec)
     assert nonempty > 50, "the walk must make users due often, or it tests nothing"
+
+
+def _through_table(how):
+    """Simulated shoppers through a learning pipeline in batches of 500 with churn scans. ``how``:
+    "kept", records stay objects between batches (as the evaluation replays keep them); "stored",
+    stored as bytes after each batch and decoded before the next (as a worker does)."""
+    import json
+
+    from models.online.learner import PartitionLearners
+    from stream.logic.ingest import Pseudonymizer, ingest_one
+    from stream.logic.simulator import ShopperSimulator
+
+    cfg = PipelineConfig(StateConfig(), PolicyRule(0.3, 0.1, 30 * 60_000), PolicyRule(0.6, 0.1, 30 * 60_000),
+                         churn_risk_after_ms=H)  # fmt: skip
+    p = Pipeline(cfg, RuleScorer(churn_after_ms=2 * H), clock=lambda: 0,
+                 learners=lambda part: PartitionLearners.new(state=cfg.state, churn_horizon_ms=2 * H))  # fmt: skip
+    pseudo = Pseudonymizer(b"pipeline-test-key-012345")
+    events = [ingest_one(json.dumps(e).encode(), pseudo) for e in ShopperSimulator(seed=11, users=200).take(8_000)]
+    table: dict = {}
+
+    def load(users):
+        if how == "kept":
+            return {u: table.get(u) for u in users}
+        return {u: UserRecord.from_bytes(table[u]) if u in table else None for u in users}
+
+    def store(out):
+        for u, rec in out.records.items():
+            table[u] = rec if how == "kept" else rec.to_bytes()
+        for u in out.deleted:
+            table.pop(u, None)
+
+    signals = []
+    for i in range(0, len(events), 500):
+        batch = events[i : i + 500]
+        out = p.process(load({e.user for e in batch}), [(0, e) for e in batch])
+        store(out)
+        scan = p.scan(0, load(p.due_for_scan(0)))
+        store(scan)
+        signals += [(s.task, s.user, json.dumps(s.value, sort_keys=True)) for s in out.signals + scan.signals]
+    final = {u: r if how != "kept" else r.to_bytes() for u, r in table.items()}
+    return signals, final, p.learners[0].to_bytes()
+
+
+def test_what_a_worker_computes_does_not_depend_on_whether_records_were_stored_between_batches():
+    # Values a record stores as float32 are rounded as they are updated, not when stored: until
+    # 2026-11-24 a state kept in memory drifted from the stored one in the low bits of its decayed
+    # counts and scores, so the replays' figures and a worker's differed slightly.
+    stored = _through_table("stored")
+    assert stored[0] and _through_table("kept") == stored  # the same signals, records and models
