@@ -48,10 +48,11 @@ month fills the bound, and then the oldest, whose label a newer event has alread
 learned early rather than dropped.
 
 **Storage.** :meth:`Pending.to_bytes` writes a version byte, the dropped count, the number of
-snapshots, then per snapshot: one varint (LEB128) holding the time since the previous snapshot in
-ms (the first: ``ts`` itself; a queue is sorted by time, so a step takes 2-4 bytes, not 8) and the
-held label (-1 while open) in its low bits, ``p`` (float32), a bit mask of the non-zero features and those values as bfloat16 (the top half of a
-float32, rounded: its full range, 8 significant bits, at most 0.4% off). Many features of a shopper are
+snapshots, then per snapshot: the time since the previous snapshot in ms (the first: ``ts``
+itself) and the held label (-1 while open) as one little-endian integer of 1-8 bytes whose low 3
+bits give its length (:func:`_head`; a queue is sorted by time, so a step takes 2-4 bytes where
+``ts`` took 8), ``p`` (float32), a bit mask of the non-zero features and those values as bfloat16
+(the top half of a float32, rounded: its full range, 8 significant bits, at most 0.4% off). Many features of a shopper are
 zero at any moment (no search, one-hot ``last_is_*``, empty cart), so a 54-feature snapshot takes
 ~60-120 bytes (229 as dense float32). The pending queues are most of a user's record, and a
 linear model that scales and clips its inputs learns the same from a value 0.4% off (docs/ONLINE.md
