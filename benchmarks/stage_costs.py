@@ -11,9 +11,10 @@ prints the process CPU time per event of each step:
 
 What is left of a worker's CPU per event (``intentstream bench pipeline``) beyond these is Faust,
 aiokafka and the threads' hand-offs. ``--gc`` chooses the cyclic garbage collector: ``on``
-(Python's default), ``freeze`` (what a worker does once ready: ``gc.freeze()`` after start-up)
-or ``off``. The collector's passes land on whichever step allocates when they run, so compare
-totals across ``--gc`` settings, not single steps. Timings on a shared 2-core machine vary by
+(Python's default), ``freeze`` (what a worker does once ready, ``stream.agents.runtime.freeze_heap``:
+``gc.freeze()`` after start-up and higher thresholds) or ``off``. The collector's passes land on
+whichever step allocates when they run, so compare totals across ``--gc`` settings, not single
+steps. Timings on a shared 2-core machine vary by
 about 20% from run to run.
 """
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.events import Event
     from models.online.learner import PartitionLearners
     from models.sequence import explain
-    from stream.agents.runtime import partition_for, pipeline_config
+    from stream.agents.runtime import freeze_heap, partition_for, pipeline_config
     from stream.bench import make_events, publish_sequence_model, warm_online_models
     from stream.logic import packing
     from stream.logic.ingest import Pseudonymizer, ingest_one
@@ -67,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.gc == "off":
         gc.disable()
     elif a.gc == "freeze":
-        gc.collect()
-        gc.freeze()
+        freeze_heap()
 
     cost: collections.Counter[str] = collections.Counter()
     table: dict[str, bytes] = {}
