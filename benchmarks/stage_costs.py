@@ -14,8 +14,7 @@ aiokafka and the threads' hand-offs. ``--gc`` chooses the cyclic garbage collect
 (Python's default), ``freeze`` (what a worker does once ready, ``stream.agents.runtime.freeze_heap``:
 ``gc.freeze()`` after start-up and higher thresholds) or ``off``. The collector's passes land on
 whichever step allocates when they run, so compare totals across ``--gc`` settings, not single
-steps. Timings on a shared 2-core machine vary by
-about 20% from run to run.
+steps. Timings on a shared 2-core machine vary by about 20% from run to run.
 """
 
 from __future__ import annotations

@@ -968,9 +968,9 @@ def freeze_heap() -> None:
     older-generation pass walked every long-lived object. Frozen, the start-up heap is no longer
     walked: in-process, with warm models, the collector had taken about a quarter of the
     pipeline's CPU per event. The thresholds: a young collection every 50,000 net allocations
-    instead of 700 cut the collector's time in a worker's backlog from 0.60-0.63 to 0.14-0.16 s per
+    instead of 700 cut the collector's time in a worker's backlog from 0.60-0.81 to 0.14-0.19 s per
     40,000 events, its longest pause 23-36 -> 18-19 ms (docs/BENCHMARKS.md). A full collection
-    still runs after 200 young ones, so cyclic garbage is still reclaimed. Reference counting
+    still runs, no more often than every 200 young ones, so cyclic garbage is still reclaimed. Reference counting
     frees everything as before; only cycles among the frozen objects would now stay, and the
     collection just before the freeze clears those."""
     gc.collect()
