@@ -72,9 +72,9 @@ What the record holds, and the choices behind each part:
   recent ring's prices (a :class:`RecentEvent`'s price is a float32 value; money, the cart lines
   and the spend, stays float64). :func:`apply_event` rounds each of them to float32 as it updates
   it, so a state kept in memory equals the same state stored and read back: what a worker
-  computes never depends on whether, or after which event, a record was stored. On the simulated shop mix a
-  user's record averages about 615 bytes (``benchmarks/state_bench.py``). A record of an older
-  version is migrated on load (see ``_MIGRATIONS``).
+  computes never depends on whether, or after which event, a record was stored. On the simulated
+  shop mix a user's record averages about 615 bytes (``benchmarks/state_bench.py``). A record of an
+  older version is migrated on load (see ``_MIGRATIONS``).
 
 The event-id hash is a 32-bit CRC: two different ids among one user's 32 newest events collide
 with a probability of about 1e-8 per event, and the second would be reported as a duplicate.

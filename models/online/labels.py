@@ -52,9 +52,9 @@ snapshots, then per snapshot: the time since the previous snapshot in ms (the fi
 itself) and the held label (-1 while open) as one little-endian integer of 1-8 bytes whose low 3
 bits give its length (:func:`_head`; a queue is sorted by time, so a step takes 2-4 bytes where
 ``ts`` took 8), ``p`` (float32), a bit mask of the non-zero features and those values as bfloat16
-(the top half of a float32, rounded: its full range, 8 significant bits, at most 0.4% off). Many features of a shopper are
-zero at any moment (no search, one-hot ``last_is_*``, empty cart), so a 54-feature snapshot takes
-~60-120 bytes (229 as dense float32). The pending queues are most of a user's record, and a
+(the top half of a float32, rounded: its full range, 8 significant bits, at most 0.4% off). Many
+features of a shopper are zero at any moment (no search, one-hot ``last_is_*``, empty cart), so a
+54-feature snapshot takes ~60-120 bytes (229 as dense float32). The pending queues are most of a user's record, and a
 linear model that scales and clips its inputs learns the same from a value 0.4% off (docs/ONLINE.md
 measures it). A model always learns a snapshot's vector as stored, also when its label comes
 before the record was ever stored, so what it learns never depends on where a batch ended.

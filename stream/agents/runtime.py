@@ -970,9 +970,9 @@ def freeze_heap() -> None:
     pipeline's CPU per event. The thresholds: a young collection every 50,000 net allocations
     instead of 700 cut the collector's time in a worker's backlog from 0.60-0.81 to 0.14-0.19 s per
     40,000 events, its longest pause 23-36 -> 18-19 ms (docs/BENCHMARKS.md). A full collection
-    still runs, no more often than every 200 young ones, so cyclic garbage is still reclaimed. Reference counting
-    frees everything as before; only cycles among the frozen objects would now stay, and the
-    collection just before the freeze clears those."""
+    still runs, no more often than every 200 young ones, so cyclic garbage is still reclaimed.
+    Reference counting frees everything as before; only cycles among the frozen objects would now
+    stay, and the collection just before the freeze clears those."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

@@ -117,19 +117,30 @@ def test_watermarks_are_per_partition():
     assert p.due_for_scan(0) == [] and p.due_for_scan(1) == []
 
 
-def test_online_models_learn_from_delayed_labels_and_take_over_from_the_rule():
+def learning_pipeline(risk_ms, churn_ms):
+    """A pipeline with fresh online models (churn horizon ``churn_ms``) and an intent threshold of 0.3."""
+    from models.online.learner import PartitionLearners
+
+    cfg = PipelineConfig(StateConfig(), PolicyRule(0.3, 0.1, 30 * 60_000), PolicyRule(0.6, 0.1, 30 * 60_000),
+                         churn_risk_after_ms=risk_ms)  # fmt: skip
+    return Pipeline(cfg, RuleScorer(churn_after_ms=churn_ms), clock=lambda: 0,
+                    learners=lambda part: PartitionLearners.new(state=cfg.state, churn_horizon_ms=churn_ms))  # fmt: skip
+
+
+def simulated(seed, users, n):
+    """``n`` simulator events, ingested (validated and pseudonymised) as a worker does."""
     import json
 
-    from models.online.learner import PartitionLearners
     from stream.logic.ingest import Pseudonymizer, ingest_one
     from stream.logic.simulator import ShopperSimulator
 
-    cfg = PipelineConfig(StateConfig(), PolicyRule(0.3, 0.1, 30 * 60_000), PolicyRule(0.6, 0.1, 30 * 60_000),
-                         churn_risk_after_ms=6 * H)  # fmt: skip
-    p = Pipeline(cfg, RuleScorer(churn_after_ms=24 * H), clock=lambda: 0,
-                 learners=lambda part: PartitionLearners.new(state=cfg.state, churn_horizon_ms=24 * H))  # fmt: skip
     pseudo = Pseudonymizer(b"pipeline-test-key-012345")
-    events = [ingest_one(json.dumps(e).encode(), pseudo) for e in ShopperSimulator(seed=5, users=300).take(30_000)]
+    return [ingest_one(json.dumps(e).encode(), pseudo) for e in ShopperSimulator(seed=seed, users=users).take(n)]
+
+
+def test_online_models_learn_from_delayed_labels_and_take_over_from_the_rule():
+    p = learning_pipeline(risk_ms=6 * H, churn_ms=24 * H)
+    events = simulated(seed=5, users=300, n=30_000)
     records: dict = {}
     versions = []
     for i in range(0, len(events), 1000):
@@ -196,16 +207,8 @@ def _through_table(how):
     stored as bytes after each batch and decoded before the next (as a worker does)."""
     import json
 
-    from models.online.learner import PartitionLearners
-    from stream.logic.ingest import Pseudonymizer, ingest_one
-    from stream.logic.simulator import ShopperSimulator
-
-    cfg = PipelineConfig(StateConfig(), PolicyRule(0.3, 0.1, 30 * 60_000), PolicyRule(0.6, 0.1, 30 * 60_000),
-                         churn_risk_after_ms=H)  # fmt: skip
-    p = Pipeline(cfg, RuleScorer(churn_after_ms=2 * H), clock=lambda: 0,
-                 learners=lambda part: PartitionLearners.new(state=cfg.state, churn_horizon_ms=2 * H))  # fmt: skip
-    pseudo = Pseudonymizer(b"pipeline-test-key-012345")
-    events = [ingest_one(json.dumps(e).encode(), pseudo) for e in ShopperSimulator(seed=11, users=200).take(8_000)]
+    p = learning_pipeline(risk_ms=H, churn_ms=2 * H)
+    events = simulated(seed=11, users=200, n=8_000)
     table: dict = {}
 
     def load(users):
