@@ -93,11 +93,12 @@ async def run_raw(bootstrap: str, source: str, sink: str, count: int, result: Pa
         await consumer.stop()
 
 
-def run_faust(bootstrap: str, source: str, sink: str, count: int, result: Path, partitions: int) -> None:
+def run_faust(bootstrap: str, source: str, sink: str, count: int, result: Path, partitions: int,
+              app_id: str | None = None) -> None:  # fmt: skip
     import faust
 
     app = faust.App(
-        f"bench-faust-{uuid.uuid4().hex[:8]}",
+        app_id or f"bench-faust-{uuid.uuid4().hex[:8]}",
         broker=f"kafka://{bootstrap}",
         store="memory://",
         datadir=str(result.parent / "faust-data"),  # in the harness's work directory, not the cwd
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--result", type=Path, required=True)
+    p.add_argument("--app-id", help="the Faust app id (default: a fresh random one)")
     p.add_argument("--fetch-min-interval-ms", type=int, default=0, help="0: plain aiokafka fetching")
     a = p.parse_args(argv)
     if a.fetch_min_interval_ms:
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.kind == "raw":
         asyncio.run(run_raw(a.bootstrap, a.source, a.sink, a.count, a.result))
     else:
-        run_faust(a.bootstrap, a.source, a.sink, a.count, a.result, a.partitions)
+        run_faust(a.bootstrap, a.source, a.sink, a.count, a.result, a.partitions, a.app_id)
 
 
 if __name__ == "__main__":

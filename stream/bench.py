@@ -4,7 +4,11 @@ Everything is measured against a real broker (the embedded noida-db, or ``KAFKA_
 with the simulator's event mix, and every figure comes with the baselines it is compared with,
 measured in the same run on the same events (a shared 2-core machine is too noisy for figures
 taken on different days to be compared). Each measurement gets topics and a consumer group of its
-own (``bench-<run>-<name>...``), so repeats never see each other's records.
+own (``bench-<run>-<name>...``), so repeats never see each other's records, and its topics are
+deleted when it is done, so that it leaves the broker as it found it: the embedded noida-db
+rewrites its whole state every few seconds, at a cost that grows with all it holds
+(docs/BENCHMARKS.md). With the embedded broker, ``broker_cores`` is the broker's CPU over a
+throughput or latency measurement (1.0 = one core busy all the time; None with another broker).
 
 Scenarios (``intentstream bench [pipeline|baselines|state|all|scaling]``):
 
@@ -85,7 +89,9 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import functools
 import json
+import logging
 import math
 import os
 import platform
@@ -109,6 +115,8 @@ from stream.settings import Settings, env_var
 
 if TYPE_CHECKING:
     from stream.logic.pipeline import Pipeline, UserRecord
+
+log = logging.getLogger(__name__)
 
 #: Repository root: the baselines and the state benchmark live in ``benchmarks/`` beside ``stream/``.
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,6 +259,24 @@ async def create_plain_topics(settings: Settings, bootstrap: str, names: list[st
         await admin.close()
 
 
+async def drop_topics(settings: Settings, bootstrap: str, apps: list[str]) -> None:
+    """Delete every topic of the applications ``apps`` (``<app>.<name>``, ``<app>-<name>``: their
+    own, Faust's changelogs and internal topics). A broker that refuses is logged, not fatal."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    admin = AIOKafkaAdminClient(**client_config(settings, bootstrap))
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if any(t.startswith((f"{a}.", f"{a}-")) for a in apps)]
+        if names:
+            await admin.delete_topics(names)
+    except KafkaError as exc:
+        log.warning("could not delete the benchmark's topics %s: %s", apps, exc)
+    finally:
+        await admin.close()
+
+
 # ------------------------------------------------------------------------------------- processes
 def _scrape(port: int, path: str, timeout: float = 1.0) -> tuple[int, str]:
     try:
@@ -308,6 +334,18 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` (all its threads) so far; None if unknown."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    with contextlib.suppress(psutil.Error):
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+    return None
+
+
 @dataclass
 class Child:
     """A child process in its own process group; :meth:`stop` ends the whole group."""
@@ -344,14 +382,7 @@ class Child:
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time of the process (all its threads) so far."""
-        try:
-            import psutil
-        except ImportError:
-            return None
-        with contextlib.suppress(psutil.Error, AttributeError):
-            t = psutil.Process(self.proc.pid).cpu_times()  # type: ignore[union-attr]
-            return t.user + t.system
-        return None
+        return None if self.proc is None else cpu_seconds(self.proc.pid)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         proc, self.proc = self.proc, None
@@ -370,6 +401,24 @@ class Child:
 
 
 # ------------------------------------------------------------------------------------- the run
+def _measurement(method: Callable[..., dict]) -> Callable[..., dict]:
+    """A :class:`Bench` measurement: when it is done, its topics are deleted, so that the next
+    measurement starts on a broker that holds none of its records. The embedded noida-db writes its
+    whole state to one JSON file every few seconds, taking a core for a time that grows with
+    everything it holds (0.1 s at 10k records, over 1 s near the end of a ``bench all``:
+    docs/BENCHMARKS.md); without this, each measurement of a run paid for the records of all
+    the ones before it."""
+
+    @functools.wraps(method)
+    def measure(self: Bench, *args: object, **kwargs: object) -> dict:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.drop_topics()
+
+    return measure
+
+
 @dataclass
 class Bench:
     """One benchmark run: a broker, a work directory and a counter for fresh topic names."""
@@ -380,13 +429,16 @@ class Bench:
     config: BenchConfig
     model_dir: Path | None = None  # registry with a current sequence model, shared by the workers
     online_models: dict[int, bytes] | None = None  # warm online-model checkpoints per partition
+    broker_pid: int | None = None  # the embedded broker's process, whose CPU the results report
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     _n: int = 0
+    _apps: list[str] = field(default_factory=list)  # app ids whose topics are still on the broker
 
     def fresh(self, name: str, **overrides: object) -> Settings:
         """Settings with an app id and topics nobody else uses (for one measurement)."""
         self._n += 1
         p = f"bench-{self.run_id}-{name}{self._n}"
+        self._apps.append(p)
         return self.settings.model_copy(
             update={
                 "app_id": p, "events_topic": f"{p}.events", "dlq_topic": f"{p}.dlq",
@@ -396,6 +448,16 @@ class Bench:
                 "log_level": "WARNING", "model_dir": self.model_dir, **overrides,
             }
         )  # fmt: skip
+
+    def drop_topics(self) -> None:
+        """Delete the topics of the measurements made since the last call (see :func:`_measurement`)."""
+        apps, self._apps = self._apps, []
+        if apps:
+            asyncio.run(drop_topics(self.settings, self.bootstrap, apps))
+
+    def broker_cpu(self) -> float | None:
+        """The embedded broker's CPU time so far (None with an external broker)."""
+        return cpu_seconds(self.broker_pid) if self.broker_pid else None
 
     def worker(self, s: Settings, web_port: int) -> Child:
         env = dict(os.environ)
@@ -414,6 +476,7 @@ class Bench:
             asyncio.run(seed_online_models(s, self.bootstrap, self.online_models))
 
     # --------------------------------------------------------------------------- pipeline throughput
+    @_measurement
     def pipeline_throughput(self, events: Events, workers: int = 1) -> dict:
         """The backlog through ``workers`` workers of one application (one by default); their
         handled events, batches and CPU are summed (the scaling scenario runs several)."""
@@ -423,8 +486,8 @@ class Bench:
         ports = [free_port() for _ in range(workers)]
         n = len(events)
         timeline: list[tuple[float, float]] = []
-        t_ready = t_first_batch = None
-        cpu_first = cpu_done = None
+        t_ready = t_first_batch = t_cpu_done = None
+        cpu_first = cpu_done = broker_first = broker_done = None
         deadline = time.time() + 60 + n / 200
         with contextlib.ExitStack() as stack:
             ws = [stack.enter_context(self.worker(s.model_copy(update={"data_dir": s.data_dir / f"w{i}"}) if workers > 1 else s, port))
@@ -452,10 +515,10 @@ class Bench:
                 if m is None:
                     continue
                 if t_first_batch is None and m["batches"] > 0:
-                    t_first_batch, cpu_first = now, cpu()
+                    t_first_batch, cpu_first, broker_first = now, cpu(), self.broker_cpu()
                 timeline.append((now, m["handled"]))
                 if m["handled"] >= n:
-                    cpu_done = cpu()
+                    t_cpu_done, cpu_done, broker_done = now, cpu(), self.broker_cpu()
                     break
             rss = sum(w.rss_bytes() or 0 for w in ws)
             last = scrape() or {}
@@ -478,6 +541,7 @@ class Bench:
             "events_per_s": n / (t_done - t_first_batch) if t_done and t_first_batch and t_done > t_first_batch else None,
             "steady_events_per_s": 0.8 * n / (t90 - t10) if t10 and t90 and t90 > t10 else None,
             "cpu_us_per_event": 1e6 * (cpu_done - cpu_first) / n if cpu_done is not None and cpu_first is not None else None,
+            "broker_cores": _cores(broker_first, broker_done, t_first_batch, t_cpu_done),
             "startup_s": t_ready - started if t_ready else None,
             "stall_s": t_first_event - t_first_batch if t_first_event and t_first_batch else None,
             "worker_rss_mb": rss / 2**20 if rss else None,
@@ -495,6 +559,7 @@ class Bench:
         return out
 
     # --------------------------------------------------------------------------- baselines
+    @_measurement
     def baseline(self, kind: str, events: Events) -> dict:
         s = self.fresh(kind)
         source, sink = s.events_topic, f"{s.app_id}.sink"
@@ -503,7 +568,7 @@ class Bench:
         result = s.data_dir / "result.json"
         cmd = [sys.executable, "-m", "benchmarks.baselines", kind, "--bootstrap", self.bootstrap,
                "--source", source, "--sink", sink, "--count", str(len(events)),
-               "--partitions", str(self.config.partitions), "--result", str(result),
+               "--partitions", str(self.config.partitions), "--result", str(result), "--app-id", f"{s.app_id}-faust",
                "--fetch-min-interval-ms", os.environ.get("INTENTSTREAM_BENCH_BASELINE_FETCH_MIN_INTERVAL_MS", "0")]  # fmt: skip
         deadline = time.time() + 60 + len(events) / 200
         with Child(cmd, dict(os.environ), s.data_dir / f"{kind}.log") as child:
@@ -526,6 +591,7 @@ class Bench:
         }
 
     # --------------------------------------------------------------------------- latency
+    @_measurement
     def latency(self, events: Events, rate: float) -> dict:
         s = self.fresh("lat")
         self.prepare_topics(s)
@@ -599,7 +665,7 @@ class Bench:
             warmed = await wait_handled(warm, 120)
             # Steady load: event i is due at t0 + i / rate; everything due is sent in one go.
             loop = asyncio.get_running_loop()
-            cpu0, m0 = w.cpu_seconds(), await metrics()
+            cpu0, broker0, m0 = w.cpu_seconds(), self.broker_cpu(), await metrics()
             t0 = loop.time()
             t0_ms = time.time() * 1000
 
@@ -610,7 +676,7 @@ class Bench:
             await producer.flush()
             send_s = loop.time() - t0
             caught_up = await wait_handled(warm + measured, 30 + measured / max(rate, 1))
-            cpu1, busy_s, m1 = w.cpu_seconds(), loop.time() - t0, await metrics()
+            cpu1, broker1, busy_s, m1 = w.cpu_seconds(), self.broker_cpu(), loop.time() - t0, await metrics()
             await asyncio.sleep(1.0)  # the last signals' linger and fetch
         finally:
             stop.set()
@@ -629,7 +695,8 @@ class Bench:
             # The worker's CPU while it took the load (until it had handled every event): per event,
             # and in cores (1.0 = one core busy all the time).
             "worker_cpu_us_per_event": 1e6 * (cpu1 - cpu0) / measured if cpu0 is not None and cpu1 is not None else None,
-            "worker_cores": (cpu1 - cpu0) / busy_s if cpu0 is not None and cpu1 is not None and busy_s > 0 else None,
+            "worker_cores": _cores(cpu0, cpu1, 0.0, busy_s),
+            "broker_cores": _cores(broker0, broker1, 0.0, busy_s),
             "batches": _batch_shape(m0, m1, busy_s),
             "latency_ms": {f"p{q}": percentile(lat_kafka, q) for q in (50, 95, 99)} | {"max": max(lat_kafka, default=None)},
             "receive_latency_ms": {f"p{q}": percentile(lat_recv, q) for q in (50, 95, 99)},
@@ -642,6 +709,7 @@ class Bench:
         }
 
     # --------------------------------------------------------------------------- restart
+    @_measurement
     def restart(self, users: int) -> dict:
         s = self.fresh("restart", store="rocksdb://")
         asyncio.run(create_topics(s, self.bootstrap))
@@ -675,6 +743,13 @@ class Bench:
                     break
                 time.sleep(POLL_S)
         return out
+
+
+def _cores(cpu0: float | None, cpu1: float | None, t0: float | None, t1: float | None) -> float | None:
+    """CPU seconds per second between two readings (1.0 = one core busy all the time)."""
+    if cpu0 is None or cpu1 is None or t0 is None or t1 is None or t1 <= t0:
+        return None
+    return (cpu1 - cpu0) / (t1 - t0)
 
 
 def _batch_shape(before: dict[str, float], after: dict[str, float], seconds: float) -> dict | None:
@@ -738,6 +813,7 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
     say = progress if callable(progress) else (lambda msg: None)
     want = {"pipeline", "baselines", "state"} if scenario == "all" else {scenario}
     result: dict = {"meta": _meta(settings, config, scenario)}
+    broker_pid = None
     workdir = Path(tempfile.mkdtemp(prefix="intentstream-bench-"))
     try:
         with contextlib.ExitStack() as stack:
@@ -746,7 +822,8 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
                 if bootstrap is None and settings.kafka_bootstrap_servers:
                     bootstrap = settings.kafka_bootstrap_servers
                 if bootstrap is None:
-                    bootstrap = stack.enter_context(EmbeddedBroker(workdir / "broker")).bootstrap
+                    broker = stack.enter_context(EmbeddedBroker(workdir / "broker"))
+                    bootstrap, broker_pid = broker.bootstrap, broker.process.pid if broker.process else None
                 result["meta"]["bootstrap"] = bootstrap
                 if config.sequence and want & {"pipeline", "scaling"}:
                     model_dir = workdir / "models"
@@ -756,7 +833,7 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
                 if "pipeline" in want and settings.online_learning:
                     say("warming the online models on simulator history")
                     online, result["meta"]["online_models"] = warm_online_models(settings, config.partitions, config.seed + 7)
-                bench = Bench(settings, bootstrap, workdir, config, model_dir, online)
+                bench = Bench(settings, bootstrap, workdir, config, model_dir, online, broker_pid)
                 events = make_events(config.events, config.users, config.seed)
                 runs: dict[str, list[dict]] = {"pipeline": [], "raw_aiokafka": [], "faust_passthrough": []}
                 for r in range(config.repeats):
@@ -789,7 +866,7 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
                         say(f"restart with {config.restart_users:,} users (rocksdb://)")
                         result["restart"] = bench.restart(config.restart_users)
             if "scaling" in want:
-                result["scaling"] = _scaling(settings, config, workdir, bootstrap, model_dir, say)
+                result["scaling"] = _scaling(settings, config, workdir, bootstrap, model_dir, say, broker_pid)
             if "state" in want:
                 say(f"state benchmark with {config.users:,} users")
                 result["state"] = state(config.users, config.seed)
@@ -799,7 +876,7 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
 
 
 def _scaling(settings: Settings, config: BenchConfig, workdir: Path, bootstrap: str, model_dir: Path | None,
-             say: Callable[[str], None]) -> dict:  # fmt: skip
+             say: Callable[[str], None], broker_pid: int | None = None) -> dict:  # fmt: skip
     """The same backlog through k workers of one application on k partitions, for k in
     ``config.scaling``: medians of ``config.repeats`` runs each (warm online models per partition,
     the sequence model served from ``model_dir`` if given)."""
@@ -808,7 +885,7 @@ def _scaling(settings: Settings, config: BenchConfig, workdir: Path, bootstrap: 
     for k in config.scaling:
         cfg = replace(config, partitions=k)
         online = warm_online_models(settings, k, config.seed + 7)[0] if settings.online_learning else None
-        bench = Bench(settings, bootstrap, workdir, cfg, model_dir, online)
+        bench = Bench(settings, bootstrap, workdir, cfg, model_dir, online, broker_pid)
         runs = []
         for r in range(config.repeats):
             say(f"scaling: {k} partition(s) and worker(s), repeat {r + 1}/{config.repeats}")
@@ -994,6 +1071,7 @@ def table(result: dict) -> str:
             ("pipeline events/s (first batch to last handled)", _fmt(p.get("events_per_s"))),
             ("pipeline steady events/s (10% to 90% handled)", _fmt(p.get("steady_events_per_s"))),
             ("pipeline worker CPU per event", _fmt(p.get("cpu_us_per_event"), " us")),
+            ("broker cores busy during the backlog", _fmt(p.get("broker_cores"))),
             ("worker start-up to /readyz", _fmt(p.get("startup_s"), " s")),
             ("stall: first batch to first event handled", _fmt(p.get("stall_s"), " s")),
             ("worker RSS after backlog", _fmt(p.get("worker_rss_mb"), " MiB")),
@@ -1013,6 +1091,7 @@ def table(result: dict) -> str:
         rows.append(("signals matched", _fmt(lat["signals_matched"])))
         rows.append(("worker CPU per event under that load", _fmt(lat.get("worker_cpu_us_per_event"), " us")))
         rows.append(("worker cores busy under that load", _fmt(lat.get("worker_cores"))))
+        rows.append(("broker cores busy under that load", _fmt(lat.get("broker_cores"))))
         shape = lat.get("batches")
         if shape:
             rows.append(("batches per second under that load (ingest + process)", _fmt(shape["per_s"])))

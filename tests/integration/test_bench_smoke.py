@@ -7,6 +7,7 @@ baselines) inherits a marker variable from the command, and none may be left onc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -72,7 +73,20 @@ def _bench(broker, tmp_path, args: list[str]) -> dict:
     assert not leftovers, f"processes left behind: {leftovers}"
     result = json.loads(out.read_text())
     assert json.loads(stdout) == result, "stdout carries the same JSON as --json"
+    left = [t for t in asyncio.run(_topics(broker.bootstrap)) if t.startswith("bench-")]
+    assert not left, f"each measurement deletes its topics when it is done; left: {left}"
     return result
+
+
+async def _topics(bootstrap: str) -> list[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return list(await admin.list_topics())
+    finally:
+        await admin.close()
 
 
 def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
@@ -102,6 +116,7 @@ def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
     assert isinstance(latency["signals_matched"], int)
     assert all(isinstance(n, int) for n in latency["signals_by_online_model"].values())
     assert latency["worker_cpu_us_per_event"] > 0 and latency["worker_cores"] > 0
+    assert latency["broker_cores"] is None and pipeline["runs"][0]["broker_cores"] is None, "not our broker: not measured"
     shape = latency["batches"]  # read from the worker's own metrics over the load
     assert shape["per_s"] > 0 and shape["mean_events"] >= 1 and shape["mean_ms"] > 0
     assert shape["scoring_calls_per_s"] > 0 and shape["scoring_mean_windows"] >= 1
