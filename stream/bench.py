@@ -266,12 +266,12 @@ async def drop_topics(settings: Settings, bootstrap: str, apps: list[str]) -> No
     from aiokafka.errors import KafkaError
 
     admin = AIOKafkaAdminClient(**client_config(settings, bootstrap))
-    await admin.start()
     try:
+        await admin.start()
         names = [t for t in await admin.list_topics() if any(t.startswith((f"{a}.", f"{a}-")) for a in apps)]
         if names:
             await admin.delete_topics(names)
-    except KafkaError as exc:
+    except (KafkaError, OSError) as exc:  # never hides the measurement's own result or error
         log.warning("could not delete the benchmark's topics %s: %s", apps, exc)
     finally:
         await admin.close()
@@ -405,9 +405,9 @@ def _measurement(method: Callable[..., dict]) -> Callable[..., dict]:
     """A :class:`Bench` measurement: when it is done, its topics are deleted, so that the next
     measurement starts on a broker that holds none of its records. The embedded noida-db writes its
     whole state to one JSON file every few seconds, taking a core for a time that grows with
-    everything it holds (0.1 s at 10k records, over 1 s near the end of a ``bench all``:
-    docs/BENCHMARKS.md); without this, each measurement of a run paid for the records of all
-    the ones before it."""
+    everything it holds (0.1 s at 10k records of 1 KB, 0.7 s at 30k; over 1 s by the end of a
+    ``bench pipeline`` run before this: docs/BENCHMARKS.md); without this, each measurement of a
+    run paid for the records of all the ones before it."""
 
     @functools.wraps(method)
     def measure(self: Bench, *args: object, **kwargs: object) -> dict:
