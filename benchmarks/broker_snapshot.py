@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import tempfile
 import threading
 import time
@@ -28,22 +27,23 @@ from pathlib import Path
 BUSY = 0.7  # a 0.1 s sample counts as busy at 70% of a core or more
 
 
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _run(a: argparse.Namespace) -> list[dict]:
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+    from stream.bench import cpu_seconds
     from stream.broker import EmbeddedBroker
 
-    data = Path(tempfile.mkdtemp(prefix="broker-snapshot-"))
     rows: list[dict] = []
-    with EmbeddedBroker(data) as broker:
+    with tempfile.TemporaryDirectory(prefix="broker-snapshot-") as tmp, EmbeddedBroker(Path(tmp)) as broker:
         assert broker.process is not None
-        pid = broker.process.pid
+        pid, data = broker.process.pid, Path(tmp)
+        if cpu_seconds(pid) is None:
+            raise SystemExit("broker_snapshot needs psutil to read the broker's CPU time")
+
+        def cpu() -> float:
+            return cpu_seconds(pid) or 0.0
+
         admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
         await admin.start()
         await admin.create_topics([NewTopic("t", 4, 1)])
@@ -53,9 +53,9 @@ async def _run(a: argparse.Namespace) -> list[dict]:
         stop = threading.Event()
 
         def sample() -> None:
-            prev, t_prev = _cpu(pid), time.monotonic()
+            prev, t_prev = cpu(), time.monotonic()
             while not stop.wait(0.1):
-                cur, t = _cpu(pid), time.monotonic()
+                cur, t = cpu(), time.monotonic()
                 samples.append((cur - prev) / (t - t_prev))
                 prev, t_prev = cur, t
 
