@@ -25,7 +25,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -283,3 +283,62 @@ async def _sleep(s: float) -> None:
     import asyncio
 
     await asyncio.sleep(s)
+
+
+async def trim_topics(
+    settings: Settings,
+    bootstrap: str,
+    *,
+    keep: int,
+    groups: Collection[str] = (),
+    consumed: Collection[str] = (),
+    skip: Collection[str] = (),
+) -> dict[str, int]:
+    """Delete all but the last ``keep`` records of each partition of every topic on the broker
+    (DeleteRecords), for a broker that keeps everything: noida-db has no retention and rewrites all
+    it holds every few seconds (docs/BENCHMARKS.md), so a long demo would otherwise grow it without
+    bound. A partition of a topic in ``consumed`` is never trimmed past the lowest offset one of
+    ``groups`` has committed on it, nor at all while none has. Topics in ``skip``, the broker's own
+    (``__*``) and compacted ones (DeleteRecords is refused there, as by Kafka) are left whole.
+    Returns the records deleted per topic. Never point this at a Kafka you care about: it is the
+    retention the embedded broker lacks, not a substitute for yours."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.records_to_delete import RecordsToDelete
+    from aiokafka.errors import PolicyViolationError
+
+    admin = AIOKafkaAdminClient(**client_config(settings, bootstrap))
+    consumer = AIOKafkaConsumer(**client_config(settings, bootstrap), group_id=None, enable_auto_commit=False)
+    deleted: dict[str, int] = {}
+    await admin.start()
+    try:
+        await consumer.start()
+        names = [t for t in await admin.list_topics() if not t.startswith("__") and t not in skip]
+        await consumer.topics()  # fills the consumer's metadata for partitions_for_topic
+        tps = [TopicPartition(t, p) for t in names for p in sorted(consumer.partitions_for_topic(t) or ())]
+        if not tps:
+            return deleted
+        committed: dict[TopicPartition, int] = {}
+        for group in groups:
+            for tp, om in (await admin.list_consumer_group_offsets(group)).items():
+                if tp.topic in consumed and om.offset >= 0:
+                    committed[tp] = min(om.offset, committed.get(tp, om.offset))
+        begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+        todo: dict[str, dict[TopicPartition, RecordsToDelete]] = {}
+        for tp in tps:
+            upto = end[tp] - keep
+            if tp.topic in consumed:
+                upto = min(upto, committed.get(tp, -1))
+            if upto > begin[tp]:
+                todo.setdefault(tp.topic, {})[tp] = RecordsToDelete(before_offset=upto)
+        for topic, parts in todo.items():  # one request per topic: a refusal stays that topic's
+            try:
+                await admin.delete_records(parts)
+            except PolicyViolationError:  # a compacted topic (Kafka refuses those too): left whole
+                log.debug("not trimming compacted topic %s", topic)
+                continue
+            deleted[topic] = sum(r.before_offset - begin[tp] for tp, r in parts.items())
+        return deleted
+    finally:
+        await consumer.stop()
+        await admin.close()

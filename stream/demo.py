@@ -23,7 +23,7 @@ import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 
-from stream.broker import EmbeddedBroker, client_config, create_topics, free_port
+from stream.broker import EmbeddedBroker, client_config, create_topics, free_port, trim_topics
 from stream.procs import stop_process_group
 from stream.settings import Settings
 
@@ -43,6 +43,16 @@ TRAIN_AFTER_S = 40.0  # simulated traffic before the background training run sta
 # A short run: its churn head is trained for the demo's churn horizon so that it is blended too.
 # One torch thread: the broker, the worker and the simulator keep both cores busy, and two
 # threads then trained at 618 events/s against 5,522 with one (`make demo`, 2026-11-23).
+# The embedded broker keeps every record and rewrites all of them every few seconds (noida-db has no
+# retention): untrimmed, the demo's broker grew by ~4.5 MB/s (827 MB after 3 minutes, 1.6 GB RSS,
+# most of a core; docs/BENCHMARKS.md). So the demo keeps the last KEEP_RECORDS of each partition,
+# never trimming what the worker has yet to commit, nor the history while the training run reads it.
+# Kafka refuses DeleteRecords on a compacted topic (and noida-db never compacts), so the demo creates
+# the tables' changelogs itself with cleanup.policy=delete before the worker starts: its store is
+# memory:// and a worker exit ends the demo, so no recovery ever reads them. Elsewhere they stay
+# Faust's compacted topics.
+KEEP_RECORDS = 1_000
+TRIM_EVERY_S = 5.0
 TRAIN_ARGS = ["--from-topic", "--days", "30", "--device", "cpu", "--threads", "1", "--max-seconds", "30",
               "--set", "max_epochs=3", "--set", f"churn_ms={12 * HOUR_MS}"]  # fmt: skip
 
@@ -57,6 +67,7 @@ class ViewState:
     signals: dict[str, int] = field(default_factory=lambda: {"purchase_intent": 0, "churn_risk": 0, "latent_needs": 0})
     model: str = f"online only; sequence model training starts after {TRAIN_AFTER_S:.0f} s"
     latest: deque = field(default_factory=lambda: deque(maxlen=12))
+    trimmed: int | None = None  # records the demo deleted from its embedded broker (None: not trimming)
     rates: deque = field(default_factory=lambda: deque(maxlen=10))  # (t, sent, processed)
 
 
@@ -85,6 +96,8 @@ def render(v: ViewState, header: str) -> str:
         f"({rate_p:,.0f}/s)   dead-lettered {v.dead:,}   users in state {v.users:,.0f}",
         "signals  " + "   ".join(f"{k} {n:,}" for k, n in v.signals.items()),
         f"models   {v.model}",
+        *([f"broker   embedded, keeps the last {KEEP_RECORDS:,} records per partition ({v.trimmed:,} deleted so far)"]
+          if v.trimmed is not None else []),
         "latest signals (event time, task, pseudonymous user, why):",
         *v.latest,
     ]
@@ -174,6 +187,8 @@ def run_demo(settings: Settings, *, seconds: float | None, rate: float, users: i
         else:
             bootstrap = broker.start().bootstrap
         asyncio.run(create_topics(settings, bootstrap))
+        if not settings.kafka_bootstrap_servers:
+            asyncio.run(_create_deletable_changelogs(settings, bootstrap))
         web_port = free_port()
         env = {**os.environ, **DEMO_ENV, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                "INTENTSTREAM_DATA_DIR": str(demo_dir), "INTENTSTREAM_WEB_PORT": str(web_port)}  # fmt: skip
@@ -184,7 +199,8 @@ def run_demo(settings: Settings, *, seconds: float | None, rate: float, users: i
         header = (f"intentstream demo  broker {bootstrap}  metrics http://127.0.0.1:{web_port}/metrics  "
                   f"(Ctrl-C to stop; worker log {demo_dir / 'worker.log'})")  # fmt: skip
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_demo_loop(settings, bootstrap, web_port, header, seconds, rate, users, worker, env))
+            asyncio.run(_demo_loop(settings, bootstrap, web_port, header, seconds, rate, users, worker, env,
+                                   trim=not settings.kafka_bootstrap_servers))
         return 0
     finally:
         if worker is not None:
@@ -192,8 +208,24 @@ def run_demo(settings: Settings, *, seconds: float | None, rate: float, users: i
         broker.stop()
 
 
+async def _create_deletable_changelogs(settings: Settings, bootstrap: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(**client_config(settings, bootstrap))
+    await admin.start()
+    try:
+        await admin.create_topics([
+            NewTopic(name, settings.events_partitions, settings.replication_factor,
+                     topic_configs={"cleanup.policy": "delete"})
+            for name in settings.changelog_topics().values()
+        ])  # fmt: skip
+    finally:
+        await admin.close()
+
+
 async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: str, seconds: float | None,
-                     rate: float, users: int, worker: subprocess.Popen, worker_env: dict[str, str]) -> None:
+                     rate: float, users: int, worker: subprocess.Popen, worker_env: dict[str, str],
+                     trim: bool = False) -> None:
     from aiokafka import AIOKafkaProducer
 
     from stream.cli import simulate
@@ -202,7 +234,8 @@ async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    view = ViewState()
+    view = ViewState(trimmed=0 if trim else None)
+    reading: set[str] = set()  # topics the training run is reading: not trimmed meanwhile
     bad = AIOKafkaProducer(**client_config(settings, bootstrap))
     await bad.start()
 
@@ -226,6 +259,7 @@ async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: 
             return
         view.model = "online only; training the sequence model on the events so far (background, CPU)"
         log = open(settings.data_dir / "demo" / "train.log", "ab")  # noqa: SIM115
+        reading.add(settings.repartition_topic)
         proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "refresh", *TRAIN_ARGS], env=worker_env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         try:
@@ -235,10 +269,28 @@ async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: 
             if proc.poll() is None:
                 stop_process_group(proc, 10)
             log.close()
+            reading.discard(settings.repartition_topic)
         if proc.returncode not in (0, None) and not stop.is_set():
             view.model = f"online only; the training run failed (exit {proc.returncode}), see {log.name}"
 
+    async def trim_broker() -> None:
+        """The retention the embedded broker lacks (KEEP_RECORDS); a failed round is retried."""
+        groups = [settings.app_id, f"{settings.app_id}-ingest"]
+        consumed = [settings.events_topic, settings.repartition_topic]
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), TRIM_EVERY_S)
+            if stop.is_set():
+                return
+            try:
+                deleted = await trim_topics(settings, bootstrap, keep=KEEP_RECORDS, groups=groups,
+                                            consumed=consumed, skip=set(reading))  # fmt: skip
+                view.trimmed = (view.trimmed or 0) + sum(deleted.values())
+            except Exception as exc:  # noqa: BLE001 - a busy broker must not end the demo
+                print(f"trimming the broker failed (retried in {TRIM_EVERY_S:.0f} s): {exc!r}", file=sys.stderr)
+
     tasks = [
+        *([asyncio.create_task(trim_broker())] if trim else []),
         asyncio.create_task(train_later()),
         asyncio.create_task(simulate(settings, bootstrap, rate=rate, users=users, stop=stop, on_sent=on_sent,
                                      history_ms=DEMO_HISTORY_MS)),

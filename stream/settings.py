@@ -182,6 +182,10 @@ class Settings(BaseSettings):
     def repartition_topic(self) -> str:
         return f"{self.app_id}-events-by-user"
 
+    def changelog_topics(self) -> dict[str, str]:
+        """Each Faust table's changelog topic, named as Faust names it (``<app_id>-<table>-changelog``)."""
+        return {table: f"{self.app_id}-{table}-changelog" for table in ("user-state", "online-models")}
+
     def signal_topics(self) -> dict[str, str]:
         return {"purchase_intent": self.intent_topic, "churn_risk": self.churn_topic, "latent_needs": self.latent_topic}
 
