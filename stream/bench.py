@@ -109,7 +109,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stream.broker import EmbeddedBroker, client_config, create_topics, fetch_min_interval, free_port
+from stream.broker import (
+    EmbeddedBroker,
+    client_config,
+    create_topics,
+    fetch_min_interval,
+    free_port,
+    trim_topics,
+)
 from stream.procs import stop_process_group
 from stream.settings import Settings, env_var
 
@@ -124,6 +131,7 @@ POLL_S = 0.1
 SCENARIOS = ("pipeline", "baselines", "state", "all", "scaling")
 #: Events counted as "handled": every canonical type; ``invalid``/``other`` never reach the state.
 NOT_HANDLED_TYPES = ("invalid", "other")
+TRIM_EVERY_S = 2.0  # BenchConfig.trim_broker's period
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,10 @@ class BenchConfig:
     restart_users: int = 100_000
     sequence: bool = True  # serve a sequence model in the pipeline workers (see publish_sequence_model)
     scaling: tuple[int, ...] = (1, 2, 4)  # the scaling scenario: k partitions and k workers, for each k
+    # During the latency phase, delete all but the last N records of each partition every
+    # TRIM_EVERY_S (None: off). Embedded broker only: it stands in for the retention noida-db lacks,
+    # to separate the pipeline's latency from the broker's whole-state writes (docs/BENCHMARKS.md).
+    trim_broker: int | None = None
 
 
 # ------------------------------------------------------------------------------------- statistics
@@ -318,6 +330,12 @@ def parse_metrics(text: str) -> dict[str, float]:
             out["handled"] += float(value)
         elif base == "intentstream_processing_seconds_count":
             out["batches"] += float(value)
+        elif base == "intentstream_processing_seconds_bucket" and labels.startswith('le="0.1"'):
+            out["batches_within_100ms"] = out.get("batches_within_100ms", 0.0) + float(value)
+        elif base == "intentstream_event_to_signal_seconds_count":
+            out["worker_signals"] = out.get("worker_signals", 0.0) + float(value)
+        elif base == "intentstream_event_to_signal_seconds_bucket" and labels.startswith('le="0.1"'):
+            out["worker_signals_within_100ms"] = out.get("worker_signals_within_100ms", 0.0) + float(value)
         elif base in _BATCH_SUMS:  # batch shape under load (the latency phase's figures)
             out[_BATCH_SUMS[base]] = out.get(_BATCH_SUMS[base], 0.0) + float(value)
         elif base == "intentstream_signals_emitted_total":
@@ -594,6 +612,10 @@ class Bench:
     @_measurement
     def latency(self, events: Events, rate: float) -> dict:
         s = self.fresh("lat")
+        if self.config.trim_broker is not None:
+            # Faust would create the state changelog compacted, where DeleteRecords is refused;
+            # the latency worker never recovers from it, so a plain topic serves the same.
+            asyncio.run(create_plain_topics(s, self.bootstrap, [s.changelog_topics()["user-state"]], s.events_partitions))
         self.prepare_topics(s)
         port = free_port()
         warm = min(2_000, self.config.events // 4)
@@ -656,7 +678,22 @@ class Bench:
                             by_second[int((t_sent - t0_ms) // 1000)].append(lat)
                             lat_recv.append(now_ms - t_sent)
 
+        trimmed = {"keep": self.config.trim_broker, "rounds": 0, "deleted": 0, "seconds": 0.0}
+
+        async def trim() -> None:
+            groups, consumed = [s.app_id, f"{s.app_id}-ingest"], [s.events_topic, s.repartition_topic]
+            while not stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), TRIM_EVERY_S)
+                t = time.perf_counter()
+                deleted = await trim_topics(s, self.bootstrap, keep=self.config.trim_broker or 0, groups=groups,
+                                            consumed=consumed, skip=set(s.signal_topics().values()))  # fmt: skip
+                trimmed["rounds"] += 1
+                trimmed["deleted"] += sum(deleted.values())
+                trimmed["seconds"] += time.perf_counter() - t
+
         reader = asyncio.create_task(read_signals())
+        trimmer = asyncio.create_task(trim()) if self.config.trim_broker is not None else None
         try:
             # Warm-up: the worker is ready before its second agent runs; wait until it handles events.
             for key, value, _ in events.records[:warm]:
@@ -681,6 +718,8 @@ class Bench:
         finally:
             stop.set()
             await reader
+            if trimmer is not None:
+                await trimmer
             await consumer.stop()
             await producer.stop()
         return {
@@ -692,6 +731,7 @@ class Bench:
             "warmed_up": warmed,
             "caught_up": caught_up,
             "signals_matched": len(lat_kafka),
+            "broker_trim": trimmed if trimmer is not None else None,
             # The worker's CPU while it took the load (until it had handled every event): per event,
             # and in cores (1.0 = one core busy all the time).
             "worker_cpu_us_per_event": 1e6 * (cpu1 - cpu0) / measured if cpu0 is not None and cpu1 is not None else None,
@@ -758,15 +798,17 @@ def _batch_shape(before: dict[str, float], after: dict[str, float], seconds: flo
     Small batches cost more CPU per event: each has fixed costs (docs/BENCHMARKS.md).
 
     >>> before = {"batches": 10, "batch_events": 500, "batch_seconds": 0.1, "scoring_calls": 5,
-    ...           "scoring_seconds": 0.02, "scoring_windows": 250}
+    ...           "scoring_seconds": 0.02, "scoring_windows": 250, "batches_within_100ms": 10}
     >>> after = {"batches": 30, "batch_events": 1500, "batch_seconds": 0.3, "scoring_calls": 15,
-    ...          "scoring_seconds": 0.06, "scoring_windows": 750}
+    ...          "scoring_seconds": 0.06, "scoring_windows": 750, "batches_within_100ms": 28}
     >>> shape = _batch_shape(before, after, seconds=2.0)
-    >>> shape["per_s"], shape["mean_events"], round(shape["scoring_mean_ms"], 3)
-    (10.0, 50.0, 4.0)
+    >>> shape["per_s"], shape["mean_events"], round(shape["scoring_mean_ms"], 3), shape["over_100ms"]
+    (10.0, 50.0, 4.0, 2)
     """
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in ("batches", "batch_events", "batch_seconds",
-                                                              "scoring_calls", "scoring_seconds", "scoring_windows")}  # fmt: skip
+                                                              "scoring_calls", "scoring_seconds", "scoring_windows",
+                                                              "batches_within_100ms", "worker_signals",
+                                                              "worker_signals_within_100ms")}  # fmt: skip
     if not before or not after or d["batches"] <= 0 or seconds <= 0:
         return None
     calls = d["scoring_calls"]
@@ -777,6 +819,10 @@ def _batch_shape(before: dict[str, float], after: dict[str, float], seconds: flo
         "scoring_calls_per_s": calls / seconds,
         "scoring_mean_windows": d["scoring_windows"] / calls if calls else None,
         "scoring_mean_ms": 1000 * d["scoring_seconds"] / calls if calls else None,
+        # Where a slow second comes from: batches the worker itself took over 100 ms on, and the
+        # signals its own histogram saw over 100 ms after their event's Kafka timestamp.
+        "over_100ms": d["batches"] - d["batches_within_100ms"],
+        "worker_signals_over_100ms": d["worker_signals"] - d["worker_signals_within_100ms"],
     }
 
 
@@ -810,6 +856,9 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
     """Run ``scenario`` and return the result as a JSON-able dict (see the module docstring)."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; one of {SCENARIOS}")
+    if config.trim_broker is not None and (bootstrap or settings.kafka_bootstrap_servers):
+        raise ValueError("--trim-broker deletes records: it applies to the embedded broker only, not to "
+                         f"{bootstrap or settings.kafka_bootstrap_servers}")
     say = progress if callable(progress) else (lambda msg: None)
     want = {"pipeline", "baselines", "state"} if scenario == "all" else {scenario}
     result: dict = {"meta": _meta(settings, config, scenario)}
@@ -1092,6 +1141,10 @@ def table(result: dict) -> str:
         rows.append(("worker CPU per event under that load", _fmt(lat.get("worker_cpu_us_per_event"), " us")))
         rows.append(("worker cores busy under that load", _fmt(lat.get("worker_cores"))))
         rows.append(("broker cores busy under that load", _fmt(lat.get("broker_cores"))))
+        trim = lat.get("broker_trim")
+        if trim:
+            rows.append((f"broker trimmed to the last {trim['keep']:,} per partition",
+                         f"{trim['deleted']:,} records in {trim['rounds']} rounds ({trim['seconds']:.2f} s)"))  # fmt: skip
         shape = lat.get("batches")
         if shape:
             rows.append(("batches per second under that load (ingest + process)", _fmt(shape["per_s"])))

@@ -205,9 +205,14 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
     from stream.bench import BenchConfig, main
 
+    if args.trim_broker is not None and (args.trim_broker < 0 or settings.kafka_bootstrap_servers):
+        raise SystemExit("intentstream bench: --trim-broker N needs N >= 0 and the embedded broker (it deletes "
+                         "records; KAFKA_BOOTSTRAP_SERVERS is set)" if args.trim_broker >= 0 else
+                         "intentstream bench: --trim-broker N needs N >= 0")  # fmt: skip
     config = BenchConfig(events=args.events, users=args.users, partitions=args.partitions or settings.events_partitions,
                          repeats=args.repeats, seed=args.seed, rate=args.rate, restart=args.restart,
-                         sequence=not args.no_sequence, scaling=_counts(args.scaling))  # fmt: skip
+                         sequence=not args.no_sequence, scaling=_counts(args.scaling),
+                         trim_broker=args.trim_broker)  # fmt: skip
     return main(settings, args.scenario, config, Path(args.json) if args.json else None)
 
 
@@ -357,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--repeats", type=int, default=3, help="repeats per measurement; medians are reported (default 3)")
     bn.add_argument("--seed", type=int, default=0)
     bn.add_argument("--rate", type=float, default=None, help="offered load for the latency run (default: half the sustained max)")
+    bn.add_argument("--trim-broker", type=int, default=None, metavar="N",
+                    help="during the latency phase keep only the last N records of each partition (every 2 s; the "
+                    "embedded broker has no retention and rewrites all it holds every few seconds). Embedded broker only")
     bn.add_argument("--restart", action="store_true", help="also time a restart with 100k users of rocksdb state (slow)")
     bn.add_argument("--no-sequence", action="store_true", help="pipeline workers without a sequence model (online models only)")
     bn.add_argument("--scaling", default="1,2,4", help="the scaling scenario's partition and worker counts (default 1,2,4)")
