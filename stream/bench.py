@@ -629,6 +629,7 @@ class Bench:
     async def _latency(self, s: Settings, w: Child, port: int, events: Events, warm: int, measured: int,
                        rate: float) -> dict:  # fmt: skip
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+        from aiokafka.errors import KafkaError
 
         async def metrics() -> dict[str, float]:
             status, text = await asyncio.to_thread(_scrape, port, "/metrics")
@@ -678,16 +679,23 @@ class Bench:
                             by_second[int((t_sent - t0_ms) // 1000)].append(lat)
                             lat_recv.append(now_ms - t_sent)
 
-        trimmed = {"keep": self.config.trim_broker, "rounds": 0, "deleted": 0, "seconds": 0.0}
+        trimmed = {"keep": self.config.trim_broker, "rounds": 0, "failed": 0, "deleted": 0, "seconds": 0.0}
 
         async def trim() -> None:
             groups, consumed = [s.app_id, f"{s.app_id}-ingest"], [s.events_topic, s.repartition_topic]
             while not stop.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), TRIM_EVERY_S)
+                if stop.is_set():
+                    return
                 t = time.perf_counter()
-                deleted = await trim_topics(s, self.bootstrap, keep=self.config.trim_broker or 0, groups=groups,
-                                            consumed=consumed, skip=set(s.signal_topics().values()))  # fmt: skip
+                try:
+                    deleted = await trim_topics(s, self.bootstrap, keep=self.config.trim_broker or 0, groups=groups,
+                                                consumed=consumed, skip=set(s.signal_topics().values()))  # fmt: skip
+                except (KafkaError, OSError) as exc:  # the measurement goes on; the JSON counts the failures
+                    log.warning("trimming the broker failed: %s", exc)
+                    trimmed["failed"] += 1
+                    continue
                 trimmed["rounds"] += 1
                 trimmed["deleted"] += sum(deleted.values())
                 trimmed["seconds"] += time.perf_counter() - t

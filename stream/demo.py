@@ -40,9 +40,6 @@ DEMO_ENV = {
 }
 BAD_EVERY = 400  # one malformed event in this many shows the dead-letter path at work
 TRAIN_AFTER_S = 40.0  # simulated traffic before the background training run starts
-# A short run: its churn head is trained for the demo's churn horizon so that it is blended too.
-# One torch thread: the broker, the worker and the simulator keep both cores busy, and two
-# threads then trained at 618 events/s against 5,522 with one (`make demo`, 2026-11-23).
 # The embedded broker keeps every record and rewrites all of them every few seconds (noida-db has no
 # retention): untrimmed, the demo's broker grew by ~4.5 MB/s (827 MB after 3 minutes, 1.6 GB RSS,
 # most of a core; docs/BENCHMARKS.md). So the demo keeps the last KEEP_RECORDS of each partition,
@@ -53,6 +50,9 @@ TRAIN_AFTER_S = 40.0  # simulated traffic before the background training run sta
 # Faust's compacted topics.
 KEEP_RECORDS = 1_000
 TRIM_EVERY_S = 5.0
+# A short run: its churn head is trained for the demo's churn horizon so that it is blended too.
+# One torch thread: the broker, the worker and the simulator keep both cores busy, and two
+# threads then trained at 618 events/s against 5,522 with one (`make demo`, 2026-11-23).
 TRAIN_ARGS = ["--from-topic", "--days", "30", "--device", "cpu", "--threads", "1", "--max-seconds", "30",
               "--set", "max_epochs=3", "--set", f"churn_ms={12 * HOUR_MS}"]  # fmt: skip
 

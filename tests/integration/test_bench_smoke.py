@@ -161,6 +161,6 @@ def test_bench_trim_broker_runs_on_its_own_broker_only(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     latency = json.loads(out.read_text())["latency"]
     trim = latency["broker_trim"]
-    assert trim["keep"] == 20 and trim["rounds"] >= 1 and trim["deleted"] > 0, trim
+    assert trim["keep"] == 20 and trim["rounds"] >= 1 and trim["failed"] == 0 and trim["deleted"] > 0, trim
     assert _number_or_none(latency["broker_cores"]) and latency["broker_cores"] is not None, "our own broker: measured"
     assert latency["caught_up"] is True and latency["signals_matched"] > 0, "trimming lost no input the worker needed"
