@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from benchmarks import print_json
-from stream.bench import create_plain_topics, percentile
+from stream.bench import percentile
+from stream.broker import create_plain_topics
 
 
 async def one_setting(bootstrap: str, topic: str, linger_ms: int, interval_ms: int, rate: float, records: int) -> dict:

@@ -88,6 +88,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -111,11 +112,13 @@ from typing import TYPE_CHECKING
 
 from stream.broker import (
     EmbeddedBroker,
+    TrimStats,
     client_config,
+    create_plain_topics,
     create_topics,
     fetch_min_interval,
     free_port,
-    trim_topics,
+    trim_periodically,
 )
 from stream.procs import stop_process_group
 from stream.settings import Settings, env_var
@@ -256,19 +259,6 @@ async def send_paced(
             await producer.send(topic, key=key, value=value)
             i += 1
     return loop.time() - t0
-
-
-async def create_plain_topics(settings: Settings, bootstrap: str, names: list[str], partitions: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(**client_config(settings, bootstrap))
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(n, num_partitions=partitions, replication_factor=settings.replication_factor) for n in names]
-        )
-    finally:
-        await admin.close()
 
 
 async def drop_topics(settings: Settings, bootstrap: str, apps: list[str]) -> None:
@@ -615,7 +605,8 @@ class Bench:
         if self.config.trim_broker is not None:
             # Faust would create the state changelog compacted, where DeleteRecords is refused;
             # the latency worker never recovers from it, so a plain topic serves the same.
-            asyncio.run(create_plain_topics(s, self.bootstrap, [s.changelog_topics()["user-state"]], s.events_partitions))
+            asyncio.run(create_plain_topics(s, self.bootstrap, [s.changelog_topics()["user-state"]], s.events_partitions,
+                                            {"cleanup.policy": "delete"}))
         self.prepare_topics(s)
         port = free_port()
         warm = min(2_000, self.config.events // 4)
@@ -629,7 +620,6 @@ class Bench:
     async def _latency(self, s: Settings, w: Child, port: int, events: Events, warm: int, measured: int,
                        rate: float) -> dict:  # fmt: skip
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-        from aiokafka.errors import KafkaError
 
         async def metrics() -> dict[str, float]:
             status, text = await asyncio.to_thread(_scrape, port, "/metrics")
@@ -679,29 +669,14 @@ class Bench:
                             by_second[int((t_sent - t0_ms) // 1000)].append(lat)
                             lat_recv.append(now_ms - t_sent)
 
-        trimmed = {"keep": self.config.trim_broker, "rounds": 0, "failed": 0, "deleted": 0, "seconds": 0.0}
-
-        async def trim() -> None:
-            groups, consumed = [s.app_id, f"{s.app_id}-ingest"], [s.events_topic, s.repartition_topic]
-            while not stop.is_set():
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), TRIM_EVERY_S)
-                if stop.is_set():
-                    return
-                t = time.perf_counter()
-                try:
-                    deleted = await trim_topics(s, self.bootstrap, keep=self.config.trim_broker or 0, groups=groups,
-                                                consumed=consumed, skip=set(s.signal_topics().values()))  # fmt: skip
-                except (KafkaError, OSError) as exc:  # the measurement goes on; the JSON counts the failures
-                    log.warning("trimming the broker failed: %s", exc)
-                    trimmed["failed"] += 1
-                    continue
-                trimmed["rounds"] += 1
-                trimmed["deleted"] += sum(deleted.values())
-                trimmed["seconds"] += time.perf_counter() - t
+        trim = TrimStats(self.config.trim_broker) if self.config.trim_broker is not None else None
+        signal_topics = set(s.signal_topics().values())  # our reader's: never trimmed under it
 
         reader = asyncio.create_task(read_signals())
-        trimmer = asyncio.create_task(trim()) if self.config.trim_broker is not None else None
+        trimmer = None
+        if trim is not None:
+            trimmer = asyncio.create_task(trim_periodically(s, self.bootstrap, trim, every_s=TRIM_EVERY_S, stop=stop,
+                                                            skip=lambda: signal_topics))  # fmt: skip
         try:
             # Warm-up: the worker is ready before its second agent runs; wait until it handles events.
             for key, value, _ in events.records[:warm]:
@@ -739,7 +714,7 @@ class Bench:
             "warmed_up": warmed,
             "caught_up": caught_up,
             "signals_matched": len(lat_kafka),
-            "broker_trim": trimmed if trimmer is not None else None,
+            "broker_trim": dataclasses.asdict(trim) if trim is not None else None,
             # The worker's CPU while it took the load (until it had handled every event): per event,
             # and in cores (1.0 = one core busy all the time).
             "worker_cpu_us_per_event": 1e6 * (cpu1 - cpu0) / measured if cpu0 is not None and cpu1 is not None else None,
@@ -859,14 +834,22 @@ def state(users: int, seed: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------- orchestration
+def check_config(settings: Settings, config: BenchConfig, bootstrap: str | None = None) -> None:
+    """Raises ValueError, naming the option, for a configuration the harness must not run."""
+    if config.trim_broker is None:
+        return
+    if config.trim_broker < 0:
+        raise ValueError("--trim-broker N needs N >= 0")
+    if external := bootstrap or settings.kafka_bootstrap_servers:
+        raise ValueError(f"--trim-broker deletes records: it applies to the embedded broker only, not to {external}")
+
+
 def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: str | None = None,
         progress: object = None) -> dict:  # fmt: skip
     """Run ``scenario`` and return the result as a JSON-able dict (see the module docstring)."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; one of {SCENARIOS}")
-    if config.trim_broker is not None and (bootstrap or settings.kafka_bootstrap_servers):
-        raise ValueError("--trim-broker deletes records: it applies to the embedded broker only, not to "
-                         f"{bootstrap or settings.kafka_bootstrap_servers}")
+    check_config(settings, config, bootstrap)
     say = progress if callable(progress) else (lambda msg: None)
     want = {"pipeline", "baselines", "state"} if scenario == "all" else {scenario}
     result: dict = {"meta": _meta(settings, config, scenario)}
@@ -1032,7 +1015,7 @@ async def seed_online_models(settings: Settings, bootstrap: str, checkpoints: di
     under key ``p``, as the worker checkpoints them), so that it recovers them at start-up."""
     from aiokafka import AIOKafkaProducer
 
-    topic = f"{settings.app_id}-online-models-changelog"
+    topic = settings.changelog_topics()["online-models"]
     await create_plain_topics(settings, bootstrap, [topic], settings.events_partitions)
     producer = AIOKafkaProducer(**client_config(settings, bootstrap), max_request_size=16 * 2**20)  # type: ignore[arg-type]
     await producer.start()

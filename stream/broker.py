@@ -25,7 +25,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -279,6 +279,23 @@ async def create_topics(settings: Settings, bootstrap: str, timeout: float = 30.
     return counts
 
 
+async def create_plain_topics(settings: Settings, bootstrap: str, names: list[str], partitions: int,
+                              configs: dict[str, str] | None = None) -> None:  # fmt: skip
+    """Create topics ``names`` with ``partitions`` each and the topic ``configs`` given (the
+    broker's defaults otherwise)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(**client_config(settings, bootstrap))
+    await admin.start()
+    try:
+        await admin.create_topics([
+            NewTopic(n, num_partitions=partitions, replication_factor=settings.replication_factor, topic_configs=configs or {})
+            for n in names
+        ])  # fmt: skip
+    finally:
+        await admin.close()
+
+
 async def _sleep(s: float) -> None:
     import asyncio
 
@@ -290,15 +307,16 @@ async def trim_topics(
     bootstrap: str,
     *,
     keep: int,
-    groups: Collection[str] = (),
-    consumed: Collection[str] = (),
+    groups: Collection[str] | None = None,
+    consumed: Collection[str] | None = None,
     skip: Collection[str] = (),
 ) -> dict[str, int]:
     """Delete all but the last ``keep`` records of each partition of every topic on the broker
     (DeleteRecords), for a broker that keeps everything: noida-db has no retention and rewrites all
     it holds every few seconds (docs/BENCHMARKS.md), so a long demo would otherwise grow it without
     bound. A partition of a topic in ``consumed`` is never trimmed past the lowest offset one of
-    ``groups`` has committed on it, nor at all while none has. Topics in ``skip``, the broker's own
+    ``groups`` has committed on it, nor at all while none has (by default the application's
+    groups and the input and internal topics they read). Topics in ``skip``, the broker's own
     (``__*``) and compacted ones (DeleteRecords is refused there, as by Kafka) are left whole.
     Returns the records deleted per topic. Never point this at a Kafka you care about: it is the
     retention the embedded broker lacks, not a substitute for yours."""
@@ -307,6 +325,10 @@ async def trim_topics(
     from aiokafka.admin.records_to_delete import RecordsToDelete
     from aiokafka.errors import PolicyViolationError
 
+    if groups is None:
+        groups = {settings.app_id, settings.ingest_group}
+    if consumed is None:
+        consumed = (settings.events_topic, settings.repartition_topic)
     admin = AIOKafkaAdminClient(**client_config(settings, bootstrap))
     consumer = AIOKafkaConsumer(**client_config(settings, bootstrap), group_id=None, enable_auto_commit=False)
     deleted: dict[str, int] = {}
@@ -342,3 +364,43 @@ async def trim_topics(
     finally:
         await consumer.stop()
         await admin.close()
+
+
+@dataclass
+class TrimStats:
+    """What :func:`trim_periodically` has done so far."""
+
+    keep: int  # records kept per partition
+    rounds: int = 0
+    failed: int = 0
+    deleted: int = 0
+    seconds: float = 0.0  # spent in the rounds that succeeded
+
+
+async def trim_periodically(
+    settings: Settings,
+    bootstrap: str,
+    stats: TrimStats,
+    *,
+    every_s: float,
+    stop: asyncio.Event,
+    skip: Callable[[], Collection[str]] = tuple,
+) -> None:
+    """:func:`trim_topics` (the application's groups, ``stats.keep`` records, the topics ``skip()``
+    names left whole) every ``every_s`` until ``stop`` is set, counted in ``stats``. A failed round
+    is logged and counted, never raised: a busy broker must not end what runs beside it."""
+    while True:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)
+        if stop.is_set():
+            return
+        t = time.perf_counter()
+        try:
+            deleted = await trim_topics(settings, bootstrap, keep=stats.keep, skip=skip())
+        except Exception as exc:  # noqa: BLE001 - logged and counted; the next round tries again
+            log.warning("trimming the broker failed (tried again in %.0f s): %r", every_s, exc)
+            stats.failed += 1
+            continue
+        stats.rounds += 1
+        stats.deleted += sum(deleted.values())
+        stats.seconds += time.perf_counter() - t

@@ -203,16 +203,16 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from stream.bench import BenchConfig, main
+    from stream.bench import BenchConfig, check_config, main
 
-    if args.trim_broker is not None and (args.trim_broker < 0 or settings.kafka_bootstrap_servers):
-        raise SystemExit("intentstream bench: --trim-broker N needs N >= 0 and the embedded broker (it deletes "
-                         "records; KAFKA_BOOTSTRAP_SERVERS is set)" if args.trim_broker >= 0 else
-                         "intentstream bench: --trim-broker N needs N >= 0")  # fmt: skip
     config = BenchConfig(events=args.events, users=args.users, partitions=args.partitions or settings.events_partitions,
                          repeats=args.repeats, seed=args.seed, rate=args.rate, restart=args.restart,
                          sequence=not args.no_sequence, scaling=_counts(args.scaling),
                          trim_broker=args.trim_broker)  # fmt: skip
+    try:
+        check_config(settings, config)
+    except ValueError as exc:
+        raise SystemExit(f"intentstream bench: {exc}") from None
     return main(settings, args.scenario, config, Path(args.json) if args.json else None)
 
 

@@ -23,7 +23,15 @@ import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 
-from stream.broker import EmbeddedBroker, client_config, create_topics, free_port, trim_topics
+from stream.broker import (
+    EmbeddedBroker,
+    TrimStats,
+    client_config,
+    create_plain_topics,
+    create_topics,
+    free_port,
+    trim_periodically,
+)
 from stream.procs import stop_process_group
 from stream.settings import Settings
 
@@ -67,7 +75,7 @@ class ViewState:
     signals: dict[str, int] = field(default_factory=lambda: {"purchase_intent": 0, "churn_risk": 0, "latent_needs": 0})
     model: str = f"online only; sequence model training starts after {TRAIN_AFTER_S:.0f} s"
     latest: deque = field(default_factory=lambda: deque(maxlen=12))
-    trimmed: int | None = None  # records the demo deleted from its embedded broker (None: not trimming)
+    trim: TrimStats | None = None  # the demo's trimming of its embedded broker (None: not trimming)
     rates: deque = field(default_factory=lambda: deque(maxlen=10))  # (t, sent, processed)
 
 
@@ -96,8 +104,8 @@ def render(v: ViewState, header: str) -> str:
         f"({rate_p:,.0f}/s)   dead-lettered {v.dead:,}   users in state {v.users:,.0f}",
         "signals  " + "   ".join(f"{k} {n:,}" for k, n in v.signals.items()),
         f"models   {v.model}",
-        *([f"broker   embedded, keeps the last {KEEP_RECORDS:,} records per partition ({v.trimmed:,} deleted so far)"]
-          if v.trimmed is not None else []),
+        *([f"broker   embedded, keeps the last {v.trim.keep:,} records per partition ({v.trim.deleted:,} deleted so far)"]
+          if v.trim is not None else []),
         "latest signals (event time, task, pseudonymous user, why):",
         *v.latest,
     ]
@@ -188,7 +196,8 @@ def run_demo(settings: Settings, *, seconds: float | None, rate: float, users: i
             bootstrap = broker.start().bootstrap
         asyncio.run(create_topics(settings, bootstrap))
         if not settings.kafka_bootstrap_servers:
-            asyncio.run(_create_deletable_changelogs(settings, bootstrap))
+            asyncio.run(create_plain_topics(settings, bootstrap, list(settings.changelog_topics().values()),
+                                            settings.events_partitions, {"cleanup.policy": "delete"}))  # fmt: skip
         web_port = free_port()
         env = {**os.environ, **DEMO_ENV, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                "INTENTSTREAM_DATA_DIR": str(demo_dir), "INTENTSTREAM_WEB_PORT": str(web_port)}  # fmt: skip
@@ -208,21 +217,6 @@ def run_demo(settings: Settings, *, seconds: float | None, rate: float, users: i
         broker.stop()
 
 
-async def _create_deletable_changelogs(settings: Settings, bootstrap: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(**client_config(settings, bootstrap))
-    await admin.start()
-    try:
-        await admin.create_topics([
-            NewTopic(name, settings.events_partitions, settings.replication_factor,
-                     topic_configs={"cleanup.policy": "delete"})
-            for name in settings.changelog_topics().values()
-        ])  # fmt: skip
-    finally:
-        await admin.close()
-
-
 async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: str, seconds: float | None,
                      rate: float, users: int, worker: subprocess.Popen, worker_env: dict[str, str],
                      trim: bool = False) -> None:
@@ -234,7 +228,7 @@ async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    view = ViewState(trimmed=0 if trim else None)
+    view = ViewState(trim=TrimStats(KEEP_RECORDS) if trim else None)
     reading: set[str] = set()  # topics the training run is reading: not trimmed meanwhile
     bad = AIOKafkaProducer(**client_config(settings, bootstrap))
     await bad.start()
@@ -273,24 +267,9 @@ async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: 
         if proc.returncode not in (0, None) and not stop.is_set():
             view.model = f"online only; the training run failed (exit {proc.returncode}), see {log.name}"
 
-    async def trim_broker() -> None:
-        """The retention the embedded broker lacks (KEEP_RECORDS); a failed round is retried."""
-        groups = [settings.app_id, f"{settings.app_id}-ingest"]
-        consumed = [settings.events_topic, settings.repartition_topic]
-        while not stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), TRIM_EVERY_S)
-            if stop.is_set():
-                return
-            try:
-                deleted = await trim_topics(settings, bootstrap, keep=KEEP_RECORDS, groups=groups,
-                                            consumed=consumed, skip=set(reading))  # fmt: skip
-                view.trimmed = (view.trimmed or 0) + sum(deleted.values())
-            except Exception as exc:  # noqa: BLE001 - a busy broker must not end the demo
-                print(f"trimming the broker failed (retried in {TRIM_EVERY_S:.0f} s): {exc!r}", file=sys.stderr)
-
     tasks = [
-        *([asyncio.create_task(trim_broker())] if trim else []),
+        *([asyncio.create_task(trim_periodically(settings, bootstrap, view.trim, every_s=TRIM_EVERY_S, stop=stop,
+                                                 skip=lambda: set(reading)))] if view.trim else []),
         asyncio.create_task(train_later()),
         asyncio.create_task(simulate(settings, bootstrap, rate=rate, users=users, stop=stop, on_sent=on_sent,
                                      history_ms=DEMO_HISTORY_MS)),

@@ -182,6 +182,12 @@ class Settings(BaseSettings):
     def repartition_topic(self) -> str:
         return f"{self.app_id}-events-by-user"
 
+    @property
+    def ingest_group(self) -> str:
+        """The consumer group that commits the input topic's offsets: the raw ingest's own
+        (``<app_id>-ingest``) or, with ``ingest=faust``, the application's."""
+        return f"{self.app_id}-ingest" if self.ingest == "raw" else self.app_id
+
     def changelog_topics(self) -> dict[str, str]:
         """Each Faust table's changelog topic, named as Faust names it (``<app_id>-<table>-changelog``)."""
         return {table: f"{self.app_id}-{table}-changelog" for table in ("user-state", "online-models")}

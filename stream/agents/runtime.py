@@ -387,7 +387,7 @@ class Runtime:
 
         s = self.settings
         consumer = AIOKafkaConsumer(
-            group_id=f"{s.app_id}-ingest", enable_auto_commit=False, auto_offset_reset="earliest",
+            group_id=s.ingest_group, enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=s.batch_size, fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024,
             **client_config(s, self.bootstrap),  # type: ignore[arg-type]
         )  # fmt: skip

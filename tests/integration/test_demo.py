@@ -55,7 +55,7 @@ async def _offsets(settings: Settings, bootstrap: str) -> dict[str, dict]:
         topics = [settings.events_topic, settings.repartition_topic, *settings.changelog_topics().values()]
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t))]
         committed = {}
-        for group in (settings.app_id, f"{settings.app_id}-ingest"):
+        for group in (settings.app_id, settings.ingest_group):
             committed.update({tp: om.offset for tp, om in (await admin.list_consumer_group_offsets(group)).items()})
         return {"begin": await consumer.beginning_offsets(tps), "end": await consumer.end_offsets(tps),
                 "committed": committed}  # fmt: skip

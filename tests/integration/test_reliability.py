@@ -96,16 +96,11 @@ def processed(settings) -> int:
     return committed_events(settings.kafka_bootstrap_servers, settings.app_id, settings.repartition_topic)
 
 
-def ingest_group(settings) -> str:
-    """The consumer group that commits ``shop.events``: Faust's, or the raw ingest's own."""
-    return f"{settings.app_id}-ingest" if settings.ingest == "raw" else settings.app_id
-
-
 def app_lag(settings) -> dict[str, int]:
     """Uncommitted input of the application: ``shop.events`` by the ingest's group and the
     internal topic by Faust's group."""
     b = settings.kafka_bootstrap_servers
-    return {**group_lag(b, ingest_group(settings), [settings.events_topic]),
+    return {**group_lag(b, settings.ingest_group, [settings.events_topic]),
             **group_lag(b, settings.app_id, [settings.repartition_topic])}  # fmt: skip
 
 
@@ -171,7 +166,7 @@ def check_run(settings, events: list[dict], label: str, **figures) -> dict:
     # No churn-risk signal is expected: the replay spans less event time than churn_risk_after_ms.
     assert "churn_risk" not in expected_signals.values()
 
-    changelog = read_all(bootstrap, [f"{settings.app_id}-user-state-changelog"])
+    changelog = read_all(bootstrap, [settings.changelog_topics()["user-state"]])
     table = {m.key(): m.value() for m in changelog}  # per key, the last value wins (offset order)
     diffs = state_differences(expected_records, table)
 
@@ -357,7 +352,7 @@ def test_replayed_tail_is_absorbed_without_loss_or_repeat(system):
     w1.stop()
     w2.stop()
 
-    redelivered = rewind_group(bootstrap, ingest_group(settings), [settings.events_topic], by=1_500)
+    redelivered = rewind_group(bootstrap, settings.ingest_group, [settings.events_topic], by=1_500)
     redelivered += rewind_group(bootstrap, settings.app_id, [settings.repartition_topic], by=1_500)
     assert app_lag(settings)[settings.repartition_topic] > 0
     # One worker comes back: it reopens its own RocksDB partitions and rebuilds the other
@@ -448,7 +443,7 @@ def test_raw_user_ids_reach_no_output_log_or_metric(system):
 
     ps = Pseudonymizer(KEY.encode())
     pseudonyms = {ps(u) for u in raw_ids}
-    internal = read_all(bootstrap, [settings.repartition_topic, f"{settings.app_id}-user-state-changelog"])
+    internal = read_all(bootstrap, [settings.repartition_topic, settings.changelog_topics()["user-state"]])
     signals = read_all(bootstrap, list(settings.signal_topics().values()))
     forwarded = sum(len(unpack(m.value())) for m in internal if m.topic() == settings.repartition_topic)
     assert forwarded >= len(events) and signals
