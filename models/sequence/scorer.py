@@ -70,7 +70,10 @@ class SequenceScorer:
     def _scores(self, out) -> Scores:
         pi, pc, tb, tp, state = out
         tb, tp = tb.cpu().numpy(), tp.cpu().numpy()
-        names = [[self.vocab.get(int(b)) for b in row] for row in tb]
+        # Rows scored without next categories (the ``latent`` mask) are all bucket 0: name those
+        # once instead of one lookup per bucket (a batch is mostly such rows).
+        get, absent = self.vocab.get, self.vocab.get(0)
+        names = [[get(b) for b in row] if any(row) else [absent] * len(row) for row in tb.tolist()]
         st = state.transpose(0, 1).cpu().numpy() if state is not None else None
         return Scores(pi.cpu().numpy(), pc.cpu().numpy(), tb, tp, names, st)
 
