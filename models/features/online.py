@@ -80,6 +80,7 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 
 from models.events import EVENT_TYPES
@@ -134,6 +135,54 @@ RHYTHM_FEATURES: tuple[str, ...] = (
     "log1p_days_since_purchase", "log1p_days_since_first_purchase", "log1p_repeat_occasions",
     "log1p_mean_purchase_gap_days", "log_recency_over_gap", "last_purchase_age_share",
 )  # fmt: skip
+
+
+@lru_cache(maxsize=16)
+def feature_index(cfg: StateConfig) -> dict[str, int]:
+    """Each feature name's position in :func:`online_values`' list, for ``cfg``."""
+    return {name: i for i, name in enumerate(feature_names(cfg))}
+
+
+class FeatureView(Mapping[str, float]):
+    """:func:`online_features` as a read-only mapping over :func:`online_values`' list.
+
+    The stream reads features as a vector on every event and by name only for a few (the rule's
+    terms, the cold-start check, the reasons of the signals that fire), so it wraps the list
+    instead of building a 60-key dict per event (3.6 us here). Equal to the dict it stands for.
+
+    >>> cfg = StateConfig()
+    >>> st = UserState.new()
+    >>> v = FeatureView(online_values(st, 0, cfg), cfg)
+    >>> v == online_features(st, 0, cfg), v["recent_events"], v.get("nope", -1.0), len(v) == len(FEATURE_NAMES)
+    (True, 0.0, -1.0, True)
+    """
+
+    __slots__ = ("_index", "_values")
+
+    def __init__(self, values: list[float], cfg: StateConfig) -> None:
+        self._index = feature_index(cfg)
+        if len(values) != len(self._index):
+            raise ValueError(f"{len(values)} values for {len(self._index)} features")
+        self._values = values
+
+    def __getitem__(self, name: str) -> float:
+        return self._values[self._index[name]]
+
+    def get(self, name: str, default: float | None = None) -> float | None:  # type: ignore[override]
+        i = self._index.get(name)
+        return default if i is None else self._values[i]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        return f"FeatureView({dict(self)!r})"
 
 
 def online_features(state: UserState, now_ms: int, cfg: StateConfig) -> dict[str, float]:

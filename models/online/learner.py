@@ -54,14 +54,14 @@ import dataclasses
 import functools
 import pickle
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import river
 
 from models.events import Event
-from models.features.online import RHYTHM_FEATURES, feature_names, online_values
+from models.features.online import RHYTHM_FEATURES, FeatureView, feature_names, online_values
 from models.features.state import DAY_MS, MINUTE_MS, StateConfig, UserState
 from models.online import labels
 from models.online.estimators import ScaledAveragedLogisticRegression, sigmoid
@@ -224,7 +224,7 @@ class OnlineLearner:
         return self.n_learned >= self.cfg.warmup and 0 < self.learned_pos < self.n_learned
 
     def predict(
-        self, features: dict[str, float], *, explain: bool | Literal["later"] = True, values: np.ndarray | None = None
+        self, features: Mapping[str, float], *, explain: bool | Literal["later"] = True, values: np.ndarray | None = None
     ) -> Prediction:
         """``(probability, reasons, cold)`` for one user's features (see the module docstring).
 
@@ -246,6 +246,8 @@ class OnlineLearner:
             return Prediction(p, self._top_terms(features, t) if explain else [], False)
         if self._subset:
             features = {n: features[n] for n in self.names}
+        elif not isinstance(features, dict):  # a FeatureView: River's models take dicts
+            features = dict(features)
         terms = linear_terms(self.model, features) if self._is_linear else None
         if terms is not None:  # the default model: score and reasons from one pass over x
             log_odds, contrib = terms
@@ -274,10 +276,10 @@ class OnlineLearner:
                 contrib[name] = p - q
         return self._top(x, contrib, unit)
 
-    def _top_terms(self, x: dict[str, float], terms: np.ndarray) -> Reasons:
+    def _top_terms(self, x: Mapping[str, float], terms: np.ndarray) -> Reasons:
         return self._top(x, dict(zip(self.names, terms.tolist(), strict=True)), "log-odds")
 
-    def _top(self, x: dict[str, float], contrib: dict[str, float], unit: str) -> Reasons:
+    def _top(self, x: Mapping[str, float], contrib: dict[str, float], unit: str) -> Reasons:
         top = sorted(contrib.items(), key=lambda kv: -abs(kv[1]))[: self.cfg.top_reasons]
         return [
             {"feature": n, "value": round(x[n], 4), "contribution": round(c, 4),
@@ -286,14 +288,14 @@ class OnlineLearner:
         ]  # fmt: skip
 
     # ------------------------------------------------------------------ label join
-    def _vector(self, features: dict[str, float], values: np.ndarray | None = None, dtype: type = np.float32) -> np.ndarray:
+    def _vector(self, features: Mapping[str, float], values: np.ndarray | None = None, dtype: type = np.float32) -> np.ndarray:
         """This task's features in ``names`` order; from ``values`` (all of ``online_values``) if given."""
         if values is not None:
             return (values if self._take is None else values[self._take]).astype(dtype, copy=False)
         return np.fromiter((features[n] for n in self.names), dtype, len(self.names))
 
     def observe(
-        self, pending: Pending, event: Event, features: dict[str, float], p: float, values: np.ndarray | None = None
+        self, pending: Pending, event: Event, features: Mapping[str, float], p: float, values: np.ndarray | None = None
     ) -> bool:
         """Queue the prediction ``p`` made for ``event`` from ``features`` until its label is known.
 
@@ -340,7 +342,7 @@ class OnlineLearner:
             self.metrics_.dropped += 1
 
     def observe_scan(
-        self, pending: Pending, watermark_ms: int, features: dict[str, float], p: float, values: np.ndarray | None = None
+        self, pending: Pending, watermark_ms: int, features: Mapping[str, float], p: float, values: np.ndarray | None = None
     ) -> bool:
         """Queue a churn prediction made for a *silent* user at ``watermark_ms`` (features read at
         the watermark), at most one per ``scan_every_ms`` and only while the silence is below
@@ -469,7 +471,7 @@ class Scores(NamedTuple):
     intent: Prediction | None
     churn: Prediction | None
     learned: int
-    features: dict[str, float]
+    features: Mapping[str, float]
 
 
 class PartitionLearners:
@@ -521,10 +523,10 @@ class PartitionLearners:
             self.churn.observe(pending.churn, event, f, churn.p, v)
         return Scores(intent, churn, learned, f)
 
-    def _features(self, state: UserState, now_ms: int) -> tuple[dict[str, float], np.ndarray]:
-        """``online_features`` as a dict (reasons, the rule) and as one float64 vector (the models)."""
+    def _features(self, state: UserState, now_ms: int) -> tuple[FeatureView, np.ndarray]:
+        """``online_features`` as a mapping (reasons, the rule) and as one float64 vector (the models)."""
         values = online_values(state, now_ms, self.state_cfg)
-        return dict(zip(feature_names(self.state_cfg), values, strict=True)), np.array(values)
+        return FeatureView(values, self.state_cfg), np.array(values)
 
     def on_watermark(
         self, pending: UserPending, state: UserState, watermark_ms: int, *, explain: bool = True

@@ -18,6 +18,7 @@ the explanation. The online River models and the sequence model plug in behind t
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Protocol
 
 from models.features.online import online_features
@@ -30,7 +31,7 @@ class Scorer(Protocol):
     versions: dict[str, str]
 
     def intent(
-        self, state: UserState, now_ms: int, features: dict[str, float] | None = None
+        self, state: UserState, now_ms: int, features: Mapping[str, float] | None = None
     ) -> tuple[float, Reasons, bool]:
         """(probability of a purchase within the intent horizon, reasons, cold start?);
         ``features``: ``online_features(state, now_ms)`` if the caller has them already."""
@@ -70,7 +71,7 @@ class RuleScorer:
         self.cfg = cfg or StateConfig()
 
     def intent(
-        self, state: UserState, now_ms: int, features: dict[str, float] | None = None
+        self, state: UserState, now_ms: int, features: Mapping[str, float] | None = None
     ) -> tuple[float, Reasons, bool]:
         if sum(state.totals) <= 1:
             return COLD_PRIOR, [{"feature": "cold_start", "value": 1.0, "contribution": 0.0,
