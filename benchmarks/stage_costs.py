@@ -7,7 +7,7 @@ prints the process CPU time per event of each step:
 * ingest: validate and pseudonymise (``ingest_one``), pack; the process side: unpack and
   ``Event.from_dict``;
 * load (``UserRecord.from_bytes``), ``Pipeline.apply``, sequence scoring, ``Pipeline.decide``,
-  store (``UserRecord.to_bytes``), signal JSON.
+  store (``records_to_bytes``, as the worker stores a batch), signal JSON.
 
 What is left of a worker's CPU per event (``intentstream bench pipeline``) beyond these is Faust,
 aiokafka and the threads' hand-offs. ``--gc`` chooses the cyclic garbage collector: ``on``
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from stream.bench import make_events, publish_sequence_model, warm_online_models
     from stream.logic import packing
     from stream.logic.ingest import Pseudonymizer, ingest_one
-    from stream.logic.pipeline import Pipeline, SeqView, UserRecord
+    from stream.logic.pipeline import Pipeline, SeqView, UserRecord, records_to_bytes
     from stream.logic.scoring import RuleScorer
     from stream.logic.serving import SequenceServing
     from stream.settings import load_settings
@@ -112,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 if windows:
                     explain.occlusion(served.scorer, windows, head, s.explain_events)
             step("process: explain (occlusion)")
-        for user, rec in result.records.items():
-            table[user] = rec.to_bytes()
-        step("process: store (UserRecord.to_bytes)")
+        table.update(records_to_bytes(result.records))
+        step("process: store (records_to_bytes)")
         for sig in result.signals:
             json.dumps(sig.value, separators=(",", ":")).encode()
         step("process: signal JSON")

@@ -81,7 +81,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -211,6 +211,34 @@ class Snapshot:
 
     def __repr__(self) -> str:
         return f"Snapshot(ts={self.ts}, p={self.p}, y={self.y}, n_features={self._n})"
+
+
+def encode_all(snapshots: Iterable[Snapshot]) -> int:
+    """Encode the never-stored snapshots among ``snapshots`` together, one numpy pass per vector
+    length, instead of one at a time when each record is stored: the same bytes as
+    :meth:`Snapshot._encoded` (about ten numpy calls per snapshot, 16 us on the development
+    machine; most events queue one or two). Returns how many were encoded.
+
+    >>> a, b = Snapshot(1, 0.25, [0.0, 3.0, 1.5]), Snapshot(2, 0.5, [2.0, 0.0, 0.0])
+    >>> encode_all([a, b]), a._raw == Snapshot(1, 0.25, [0.0, 3.0, 1.5])._encoded(), b.x.tolist()
+    (2, True, [2.0, 0.0, 0.0])
+    """
+    todo: dict[int, list[Snapshot]] = {}
+    for snap in snapshots:
+        if snap._raw is None:
+            todo.setdefault(snap._n, []).append(snap)
+    for n, group in todo.items():
+        f = np.stack([snap._f for snap in group])  # type: ignore[misc]
+        nz = f != 0
+        width = (n + 7) // 8
+        masks = np.packbits(nz, axis=1, bitorder="little").tobytes()
+        values = _bf16_bits(f[nz]).astype("<u2").tobytes()  # row after row: each row's in order
+        at = 0
+        for i, (snap, k) in enumerate(zip(group, nz.sum(1).tolist(), strict=True)):
+            snap._raw = _P.pack(snap.p) + masks[i * width : (i + 1) * width] + values[2 * at : 2 * (at + k)]
+            snap._f = None
+            at += k
+    return sum(map(len, todo.values()))
 
 
 _HEAD = struct.Struct("<BHBH")  # version, dropped (saturating), snapshots, features per snapshot

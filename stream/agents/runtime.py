@@ -65,7 +65,7 @@ from stream.health import Health, register_views
 from stream.logic import packing
 from stream.logic.batching import Linger
 from stream.logic.ingest import DeadLetter, Pseudonymizer, ingest_one
-from stream.logic.pipeline import BatchResult, Pipeline, PipelineConfig, SeqView, UserRecord
+from stream.logic.pipeline import BatchResult, Pipeline, PipelineConfig, SeqView, UserRecord, records_to_bytes
 from stream.logic.policy import PolicyRule
 from stream.logic.routing import LocalRouting
 from stream.logic.scoring import RuleScorer
@@ -566,9 +566,9 @@ class Runtime:
                 log.error("shadow scoring failed (%s: %s)", type(exc).__name__, exc)
         k = self.settings.latent_top_k
         views: list[SeqView | None] = [None] * len(windows)
-        for j, i in enumerate(todo):
-            cats = tuple(c for c in sc.top_categories[j] if c)[:k]
-            views[i] = SeqView(served.name, served.tasks, float(sc.p_intent[j]), float(sc.p_churn[j]), cats)
+        name, tasks = served.name, served.tasks
+        for i, pi, pc, top in zip(todo, sc.p_intent.tolist(), sc.p_churn.tolist(), sc.top_categories, strict=True):
+            views[i] = SeqView(name, tasks, pi, pc, tuple(c for c in top if c)[:k])
         return views
 
     async def _explain(self, served: Served | None, result: BatchResult) -> None:
@@ -918,7 +918,7 @@ class Runtime:
 
     def _write(self, result: BatchResult, context: dict[str, faust.EventT]) -> None:
         table = self.table
-        data = {user: rec.to_bytes() for user, rec in result.records.items()}
+        data = records_to_bytes(result.records)
         self.metrics.observe_records(map(len, data.values()))
         deleted = set(result.deleted)
         for event, users in _by_partition(context, [*data, *(u for u in result.deleted if u not in data)]):

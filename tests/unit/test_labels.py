@@ -18,6 +18,7 @@ from models.online.labels import (
     Snapshot,
     UserPending,
     add,
+    encode_all,
     next_due,
     resolve_event,
     resolve_watermark,
@@ -277,6 +278,26 @@ def test_a_queued_vector_is_learned_as_stored_whether_or_not_it_was_stored(x) ->
     exact = np.asarray(x, dtype=np.float32)
     # at most half a unit in bfloat16's 8 significant bits (subnormal floats: below 1e-38 anyway)
     assert np.all(np.abs(kept - exact) <= np.maximum(np.abs(exact) * 2.0**-8, 1e-38))
+
+
+any_vector = st.integers(1, 70).flatmap(
+    lambda n: st.lists(st.one_of(st.just(0.0), st.floats(width=32, allow_nan=True, allow_infinity=True)), min_size=n, max_size=n)
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1, width=32), any_vector, st.booleans()), max_size=12))
+def test_encoding_a_batch_of_snapshots_together_gives_each_ones_own_bytes(snaps) -> None:
+    """encode_all (what a worker runs on a batch's records) against one snapshot at a time, over
+    mixed vector lengths, zeros, NaN and infinities, with some snapshots encoded already."""
+    together = [Snapshot(i, p, x) for i, (p, x, _pre) in enumerate(snaps)]
+    alone = [Snapshot(i, p, x) for i, (p, x, _pre) in enumerate(snaps)]
+    for snap, (_p, _x, pre) in zip(together, snaps, strict=True):
+        if pre:
+            snap._encoded()
+    assert encode_all(together) == sum(not pre for _p, _x, pre in snaps)
+    assert [s._encoded() for s in together] == [s._encoded() for s in alone]
+    assert encode_all(together) == 0  # nothing left to encode
 
 
 def test_version_1_records_with_float32_values_are_still_read() -> None:
