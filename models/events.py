@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -130,8 +131,16 @@ def parse_ts(v: Any) -> int:
     return ms
 
 
-def parse_event(obj: Any, *, now_ms: int | None = None, max_future_ms: int = 3_600_000) -> Event:
-    """Validate one decoded JSON object into an :class:`Event` (``user`` is still the raw id).
+def parse_event(
+    obj: Any,
+    *,
+    now_ms: int | None = None,
+    max_future_ms: int = 3_600_000,
+    user_map: Callable[[str], str] | None = None,
+) -> Event:
+    """Validate one decoded JSON object into an :class:`Event` (``user`` is the raw id, or what
+    ``user_map`` makes of it once the object is valid: the stream's pseudonym, set as the event is
+    built rather than by a second copy of the frozen event).
 
     ``now_ms`` (wall clock) enables the "too far in the future" check; timestamps before
     1990-01-01 are always rejected (usually epoch seconds sent where milliseconds are expected).
@@ -189,7 +198,7 @@ def parse_event(obj: Any, *, now_ms: int | None = None, max_future_ms: int = 3_6
 
     return Event(
         event_id=event_id,  # type: ignore[arg-type]
-        user=user,  # type: ignore[arg-type]
+        user=user if user_map is None else user_map(user),  # type: ignore[arg-type]
         type=etype,
         ts=ts,
         session_id=_id(obj, "session_id", False),

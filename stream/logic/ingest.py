@@ -80,8 +80,7 @@ def ingest_one(
     max_future_ms: int = 3_600_000,
 ) -> Event:
     """Validate one raw message and replace the raw user id by its pseudonym."""
-    ev = parse_event(decode(raw, max_bytes=max_bytes), now_ms=now_ms, max_future_ms=max_future_ms)
-    return ev.replace(user=pseudonymize(ev.user))
+    return parse_event(decode(raw, max_bytes=max_bytes), now_ms=now_ms, max_future_ms=max_future_ms, user_map=pseudonymize)
 
 
 @dataclass(frozen=True, slots=True)
