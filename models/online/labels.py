@@ -216,8 +216,8 @@ class Snapshot:
 def encode_all(snapshots: Iterable[Snapshot]) -> int:
     """Encode the never-stored snapshots among ``snapshots`` together, one numpy pass per vector
     length, instead of one at a time when each record is stored: the same bytes as
-    :meth:`Snapshot._encoded` (about ten numpy calls per snapshot, 16 us on the development
-    machine; most events queue one or two). Returns how many were encoded.
+    :meth:`Snapshot._encoded`, which makes about ten numpy calls per snapshot (and most events
+    queue one or two; docs/BENCHMARKS.md measures both ways). Returns how many were encoded.
 
     >>> a, b = Snapshot(1, 0.25, [0.0, 3.0, 1.5]), Snapshot(2, 0.5, [2.0, 0.0, 0.0])
     >>> encode_all([a, b]), a._raw == Snapshot(1, 0.25, [0.0, 3.0, 1.5])._encoded(), b.x.tolist()
