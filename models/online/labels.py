@@ -192,6 +192,8 @@ class Snapshot:
         return self._x
 
     def _encoded(self) -> bytes:
+        # The stored form is also written by encode_all, for a batch at once: a change of format
+        # changes both (a property test holds them to the same bytes).
         if self._raw is None:
             f = self._f
             nz = f != 0

@@ -196,9 +196,10 @@ def batch_features(windows: Sequence[Sequence[RecentEvent]], cfg: SeqConfig) -> 
     for name, mask in (("purchase_recency", is_buy), ("cart_recency", is_cart)):
         # The newest earlier position of one type is a running maximum along the window: O(L),
         # where last_ts over the (position, earlier position) grid is O(L^2) (same values).
-        t = np.full((B, L), np.iinfo(np.int64).min, np.int64)
-        t[:, 1:] = np.maximum.accumulate(np.where(mask, ts, np.iinfo(np.int64).min), axis=1)[:, :-1]
-        has = t != np.iinfo(np.int64).min
+        none = np.iinfo(np.int64).min
+        t = np.full((B, L), none, np.int64)
+        t[:, 1:] = np.maximum.accumulate(np.where(mask, ts, none), axis=1)[:, :-1]
+        has = t != none
         num[..., col[name]] = np.where(has, np.exp(-np.maximum(ts - np.where(has, t, 0), 0) / 3_600_000), 0.0)
     angle = 2 * np.pi * (ts % DAY_MS) / DAY_MS
     num[..., col["hour_sin"]] = np.sin(angle)
