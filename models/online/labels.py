@@ -177,6 +177,22 @@ class Snapshot:
         snap.ts, snap.p, snap.y, snap._f, snap._x, snap._raw, snap._n = ts, p, y, None, None, raw, n_feat
         return snap
 
+    @classmethod
+    def waiting(cls, ts: int, n_features: int) -> Snapshot:
+        """A snapshot queued before its prediction is scored: :meth:`fill` gives it its ``p`` and
+        vector, which must happen before it is read, learned from or stored (a batch's scores
+        are computed together, ``OnlineLearner.flush``)."""
+        snap = cls.__new__(cls)
+        snap.ts, snap.p, snap.y, snap._f, snap._x, snap._raw, snap._n = ts, None, -1, None, None, None, n_features
+        return snap
+
+    def fill(self, p: float, x: np.ndarray) -> None:
+        """The prediction and float32 vector of a :meth:`waiting` snapshot (as ``__init__`` takes
+        them from :func:`add`)."""
+        if len(x) != self._n:
+            raise ValueError(f"{len(x)} features for a snapshot of {self._n}")
+        self.p, self._f = float(np.float32(p)), np.asarray(x, np.float32)
+
     @property
     def n_features(self) -> int:
         return self._n
@@ -339,7 +355,12 @@ def add(
 ) -> Snapshot | None:
     """Queue the prediction ``p`` made at ``ts`` from features ``x``; return the snapshot the bound
     evicted, if any (the caller learns it if it holds a label, ``y >= 0``; otherwise it is lost). Snapshots stay sorted by ``ts`` (a late event's prediction goes in its place)."""
-    snap = Snapshot(int(ts), float(np.float32(p)), x)
+    return insert(pending, rule, Snapshot(int(ts), float(np.float32(p)), x))
+
+
+def insert(pending: Pending, rule: LabelRule, snap: Snapshot) -> Snapshot | None:
+    """:func:`add` for a snapshot already made (its ``p`` may be filled in later, before it is
+    learned from or stored)."""
     snaps = pending.snapshots
     i = len(snaps)
     while i and snaps[i - 1].ts > snap.ts:
@@ -450,6 +471,7 @@ __all__ = [
     "Snapshot",
     "UserPending",
     "add",
+    "insert",
     "next_due",
     "round_bf16",
     "resolve_event",

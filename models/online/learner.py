@@ -175,6 +175,34 @@ def _deferred(reasons: Reasons) -> Callable[[], Reasons]:
     return lambda: reasons
 
 
+class Later:
+    """A warm vector model's prediction scored together with the others of its batch
+    (``predict(..., batch=True)``): ``p`` is None until :meth:`OnlineLearner.flush` sets it; then
+    it reads like the :class:`Prediction` that ``explain="later"`` gives (``reasons`` is a
+    callable). A prediction queued for its label (``observe``) gets its ``p`` at the same time.
+    """
+
+    __slots__ = ("p", "_terms", "_snap", "_features", "_learner")
+    cold = False
+
+    def __init__(self, learner: OnlineLearner, features: Mapping[str, float]) -> None:
+        self.p: float | None = None
+        self._terms: np.ndarray | None = None
+        self._snap: labels.Snapshot | None = None
+        self._features, self._learner = features, learner
+
+    def reasons(self) -> Reasons:
+        if self._terms is None:
+            raise RuntimeError("a batched prediction was read before its learner's flush()")
+        return self._learner._top_terms(self._features, self._terms)
+
+    def _set(self, log_odds: float, terms: np.ndarray, x32: np.ndarray) -> None:
+        self.p = sigmoid(log_odds)
+        self._terms = terms
+        if self._snap is not None:
+            self._snap.fill(self.p, x32)
+
+
 class OnlineLearner:
     """One task's online model with its label join, prior, reasons, metrics and checkpoint.
 
@@ -212,6 +240,8 @@ class OnlineLearner:
         self._mean = np.zeros(len(self.names))
         self._m2 = np.zeros(len(self.names))
         self._is_linear = cfg.model in ("linear", "linear_sgd")
+        # predict(batch=True)'s predictions waiting for flush(), in order: (features vector, Later)
+        self._later: list[tuple[np.ndarray, Later]] = []
 
     # ------------------------------------------------------------------ scoring
     def base_rate(self) -> float:
@@ -224,20 +254,35 @@ class OnlineLearner:
         return self.n_learned >= self.cfg.warmup and 0 < self.learned_pos < self.n_learned
 
     def predict(
-        self, features: Mapping[str, float], *, explain: bool | Literal["later"] = True, values: np.ndarray | None = None
-    ) -> Prediction:
+        self,
+        features: Mapping[str, float],
+        *,
+        explain: bool | Literal["later"] = True,
+        values: np.ndarray | None = None,
+        batch: bool = False,
+    ) -> Prediction | Later:
         """``(probability, reasons, cold)`` for one user's features (see the module docstring).
 
         ``explain="later"`` returns the reasons as a zero-argument callable instead of a list: the
         stream scores every event but explains only the few that fire a signal. The callable
         gives what ``explain=True`` would have given at the time of the prediction (the linear
         model's terms are computed with the score; other models' reasons are computed at once).
-        ``values``: the same features as ``online_values``' float64 vector, if the caller has it."""
+        ``values``: the same features as ``online_values``' float64 vector, if the caller has it.
+
+        ``batch=True``: a warm vector model returns a :class:`Later` (its reasons a callable,
+        whatever ``explain`` says) whose score :meth:`flush` computes, for all the batch's predictions at once, with the
+        same bits; the learner flushes by itself before it learns anything, so every prediction
+        is scored by the model as it was when the prediction was made. Cold predictions and
+        other models answer at once, as without it."""
         if features.get("recent_events", 0.0) < self.cfg.min_history or not self.warm():  # type: ignore[operator]
             why = "no history before this event" if self.warm() else "model still warming up"
             reasons = [{"feature": "cold_start", "value": 1.0, "contribution": 0.0,
                         "text": f"population prior ({why})"}] if explain else []  # fmt: skip
             return Prediction(self.base_rate(), _deferred(reasons) if explain == "later" else reasons, True)
+        if self._fused and batch:
+            later = Later(self, features)
+            self._later.append((self._vector(features, values, np.float64), later))
+            return later
         if self._fused:  # the default model: score and reasons from one pass over the vector
             log_odds, t = self.model.terms(self._vector(features, values, np.float64))
             p = sigmoid(log_odds)
@@ -276,6 +321,21 @@ class OnlineLearner:
                 contrib[name] = p - q
         return self._top(x, contrib, unit)
 
+    def flush(self) -> int:
+        """Score the predictions ``predict(..., batch=True)`` left waiting, all in one pass over
+        their stacked vectors (:meth:`ScaledAveragedLogisticRegression.terms_many`); returns
+        how many. The batch's owner calls it before it reads their scores."""
+        waiting = self._later
+        if not waiting:
+            return 0
+        self._later = []
+        x = np.stack([v for v, _ in waiting])
+        log_odds, terms = self.model.terms_many(x)
+        x32 = x.astype(np.float32)  # the queued snapshots' vectors, as _vector() gives them
+        for (_v, later), lo, t, v32 in zip(waiting, log_odds, terms, x32, strict=True):
+            later._set(lo, t, v32)
+        return len(waiting)
+
     def _top_terms(self, x: Mapping[str, float], terms: np.ndarray) -> Reasons:
         return self._top(x, dict(zip(self.names, terms.tolist(), strict=True)), "log-odds")
 
@@ -295,9 +355,15 @@ class OnlineLearner:
         return np.fromiter((features[n] for n in self.names), dtype, len(self.names))
 
     def observe(
-        self, pending: Pending, event: Event, features: Mapping[str, float], p: float, values: np.ndarray | None = None
+        self,
+        pending: Pending,
+        event: Event,
+        features: Mapping[str, float],
+        p: float | Later,
+        values: np.ndarray | None = None,
     ) -> bool:
-        """Queue the prediction ``p`` made for ``event`` from ``features`` until its label is known.
+        """Queue the prediction ``p`` made for ``event`` from ``features`` until its label is known
+        (a :class:`Later` not scored yet: the queued snapshot gets its score when it is).
 
         Intent predictions are queued for non-purchase events only (the product's definition);
         churn predictions for events at least ``min_gap_ms`` after the user's newest queued one
@@ -305,7 +371,12 @@ class OnlineLearner:
         """
         if not self.wants(pending, event):
             return False
-        self._evicted(labels.add(pending, self.rule, event.ts, self._vector(features, values), p))
+        if isinstance(p, Later) and p.p is None:
+            # Its score and vector are filled in by flush(), before anything reads or stores it.
+            p._snap = snap = labels.Snapshot.waiting(int(event.ts), len(self.names))
+            self._evicted(labels.insert(pending, self.rule, snap))
+            return True
+        self._evicted(labels.add(pending, self.rule, event.ts, self._vector(features, values), float(p.p if isinstance(p, Later) else p)))
         return True
 
     def wants(self, pending: Pending, event: Event) -> bool:
@@ -377,6 +448,8 @@ class OnlineLearner:
         return len(done)
 
     def _learn(self, done: list[tuple[labels.Snapshot, int]], collect: list | None) -> None:
+        if done:
+            self.flush()  # what is waiting was predicted by the model as it is before this
         for snap, y in done:
             self.metrics_.update(y, snap.p)
             if self._fused:
@@ -468,8 +541,8 @@ class Scores(NamedTuple):
     for purchases; churn is None unless it was queued for a label, and has no reasons), how many
     labels the event settled, and the features both were read from."""
 
-    intent: Prediction | None
-    churn: Prediction | None
+    intent: Prediction | Later | None
+    churn: Prediction | Later | None
     learned: int
     features: Mapping[str, float]
 
@@ -502,26 +575,38 @@ class PartitionLearners:
         )
 
     def on_event(
-        self, pending: UserPending, state: UserState, event: Event, *, explain: bool | Literal["later"] = True
+        self,
+        pending: UserPending,
+        state: UserState,
+        event: Event,
+        *,
+        explain: bool | Literal["later"] = True,
+        batch: bool = False,
     ) -> Scores:
         """Per *applied* event (after ``apply_event``): learn what the event settles, score it, queue
         the predictions. ``pending`` is updated in place; store it back with the user's record.
         ``explain`` adds reasons to the intent prediction (``"later"``: as a callable, see
-        :meth:`OnlineLearner.predict`)."""
+        :meth:`OnlineLearner.predict`). ``batch=True``: the scores of
+        warm models may be :class:`Later`, set by :meth:`flush`, which the caller runs once its
+        batch's events are all applied, before it reads a score or stores a record."""
         learned = self.intent.resolve(pending.intent, event) + self.churn.resolve(pending.churn, event)
         f, v = self._features(state, event.ts)
         intent = None
         if event.type != "purchase":
-            intent = self.intent.predict(f, explain=explain, values=v)
-            self.intent.observe(pending.intent, event, f, intent.p, v)
+            intent = self.intent.predict(f, explain=explain, values=v, batch=batch)
+            self.intent.observe(pending.intent, event, f, intent if isinstance(intent, Later) else intent.p, v)
         # Churn signals come from the watermark scan (on_watermark, explained there); the score at
         # an event is only queued for its label, so it is computed only when it will be queued,
         # and never explained here.
         churn = None
         if self.churn.wants(pending.churn, event):
-            churn = self.churn.predict(f, explain=False, values=v)
-            self.churn.observe(pending.churn, event, f, churn.p, v)
+            churn = self.churn.predict(f, explain=False, values=v, batch=batch)
+            self.churn.observe(pending.churn, event, f, churn if isinstance(churn, Later) else churn.p, v)
         return Scores(intent, churn, learned, f)
+
+    def flush(self) -> int:
+        """Score both learners' waiting batched predictions (:meth:`OnlineLearner.flush`)."""
+        return self.intent.flush() + self.churn.flush()
 
     def _features(self, state: UserState, now_ms: int) -> tuple[FeatureView, np.ndarray]:
         """``online_features`` as a mapping (reasons, the rule) and as one float64 vector (the models)."""

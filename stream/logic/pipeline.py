@@ -213,6 +213,7 @@ class Pipeline:
         cfg = self.cfg
         cands = out.candidates
         touched: dict[str, int] = {}
+        later: list[int] = []  # candidates whose online score is a Later until the flush below
         for partition, ev in events:
             rec = records.get(ev.user)
             if rec is None:
@@ -233,13 +234,16 @@ class Pipeline:
             scores = None
             if pl is not None:
                 before = self._pending_sizes(rec)
-                scores = pl.on_event(rec.pending, rec.state, ev, explain="later")
+                scores = pl.on_event(rec.pending, rec.state, ev, explain="later", batch=True)
                 self._count_pending(before, rec)
             intent = None
             if ev.type != "purchase":
                 learned = scores.intent if scores is not None else None
                 if learned is not None and pl is not None and pl.intent.warm():
                     intent = (learned.p, learned.reasons, learned.cold, f"river-{pl.intent.cfg.model}:n{pl.intent.n_learned}")
+                    if learned.p is None:  # a Later: scored with the batch's others below
+                        intent = (learned, *intent[1:])  # type: ignore[assignment]
+                        later.append(len(cands))  # type: ignore[arg-type]
                 else:
                     # The rule reads the same features the learners just read (when they did).
                     f = scores.features if scores is not None else None
@@ -248,6 +252,13 @@ class Pipeline:
             due = ev.ts - rec.policy.latent_emit_ts >= cfg.intent.cooldown_ms
             latent = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k) if due else []
             cands.append(Candidate(partition, ev, intent, latent, rec.state.recent_window() if windows else None, due))
+        # The learners score their waiting predictions in one pass each (the same bits as one at
+        # a time), which also sets the scores of the predictions queued for their labels.
+        for pl in self.learners.values():
+            pl.flush()
+        for i in later:
+            c = cands[i]
+            c.intent = (c.intent[0].p, *c.intent[1:])  # type: ignore[index,union-attr]
         for user, partition in touched.items():
             rec = records[user]
             out.records[user] = rec  # type: ignore[assignment]

@@ -234,11 +234,11 @@ class SpyLearner(OnlineLearner):
         super().__init__(cfg, model=SpyModel(log))
         self.log = log
 
-    def predict(self, features: dict, *, explain: bool = True, values=None):
+    def predict(self, features: dict, *, explain: bool = True, values=None, batch: bool = False):
         # What the model reads, rounded as its snapshot keeps it (labels.round_bf16).
         seen = dict(zip(self.names, round_bf16([features[n] for n in self.names]).tolist(), strict=True))
         self.log.append(("predict", key(seen)))
-        return super().predict(features, explain=explain, values=values)
+        return super().predict(features, explain=explain, values=values, batch=batch)
 
 
 def test_every_label_is_learned_once_and_only_after_its_prediction() -> None:

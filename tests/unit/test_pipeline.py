@@ -117,14 +117,16 @@ def test_watermarks_are_per_partition():
     assert p.due_for_scan(0) == [] and p.due_for_scan(1) == []
 
 
-def learning_pipeline(risk_ms, churn_ms):
+def learning_pipeline(risk_ms, churn_ms, learners_cls=None):
     """A pipeline with fresh online models (churn horizon ``churn_ms``) and an intent threshold of 0.3."""
     from models.online.learner import PartitionLearners
+
+    cls = learners_cls or PartitionLearners
 
     cfg = PipelineConfig(StateConfig(), PolicyRule(0.3, 0.1, 30 * 60_000), PolicyRule(0.6, 0.1, 30 * 60_000),
                          churn_risk_after_ms=risk_ms)  # fmt: skip
     return Pipeline(cfg, RuleScorer(churn_after_ms=churn_ms), clock=lambda: 0,
-                    learners=lambda part: PartitionLearners.new(state=cfg.state, churn_horizon_ms=churn_ms))  # fmt: skip
+                    learners=lambda part: cls.new(state=cfg.state, churn_horizon_ms=churn_ms))  # fmt: skip
 
 
 def simulated(seed, users, n):
@@ -201,13 +203,37 @@ def test_the_due_index_finds_exactly_the_users_a_full_pass_would():
     assert nonempty > 50, "the walk must make users due often, or it tests nothing"
 
 
-def _through_table(how):
+class OneAtATime:
+    """Online learners that score every event's predictions at once, as before 2026-12-03 (the
+    pipeline asks for them batched: PartitionLearners.on_event(batch=True), then flush()); counts
+    the batched predictions the others flushed."""
+
+    flushed = 0
+
+    @staticmethod
+    def make(batched: bool):
+        from models.online.learner import PartitionLearners
+
+        class Learners(PartitionLearners):
+            def on_event(self, *args, batch=False, **kw):
+                return super().on_event(*args, batch=batch and batched, **kw)
+
+            def flush(self):
+                n = super().flush()
+                OneAtATime.flushed += n
+                return n
+
+        return Learners
+
+
+def _through_table(how, batched=True):
     """Simulated shoppers through a learning pipeline in batches of 500 with churn scans. ``how``:
     "kept", records stay objects between batches (as the evaluation replays keep them); "stored",
-    stored as bytes after each batch and decoded before the next (as a worker does)."""
+    stored as bytes after each batch and decoded before the next (as a worker does). ``batched``:
+    the online scores of a batch's events computed together (as the pipeline does) or one by one."""
     import json
 
-    p = learning_pipeline(risk_ms=H, churn_ms=2 * H)
+    p = learning_pipeline(risk_ms=H, churn_ms=2 * H, learners_cls=OneAtATime.make(batched))
     events = simulated(seed=11, users=200, n=8_000)
     table: dict = {}
 
@@ -222,7 +248,7 @@ def _through_table(how):
         for u in out.deleted:
             table.pop(u, None)
 
-    signals = []
+    signals, scores = [], []
     for i in range(0, len(events), 500):
         batch = events[i : i + 500]
         out = p.process(load({e.user for e in batch}), [(0, e) for e in batch])
@@ -230,8 +256,9 @@ def _through_table(how):
         scan = p.scan(0, load(p.due_for_scan(0)))
         store(scan)
         signals += [(s.task, s.user, json.dumps(s.value, sort_keys=True)) for s in out.signals + scan.signals]
+        scores += [c.intent[0] for c in out.candidates if c.intent is not None]  # unrounded
     final = {u: r if how != "kept" else r.to_bytes() for u, r in table.items()}
-    return signals, final, p.learners[0].to_bytes()
+    return signals, scores, final, p.learners[0].to_bytes()
 
 
 def test_what_a_worker_computes_does_not_depend_on_whether_records_were_stored_between_batches():
@@ -240,3 +267,14 @@ def test_what_a_worker_computes_does_not_depend_on_whether_records_were_stored_b
     # counts and scores, so the replays' figures and a worker's differed slightly.
     stored = _through_table("stored")
     assert stored[0] and _through_table("kept") == stored  # the same signals, records and models
+
+
+def test_online_scores_computed_per_batch_equal_those_computed_one_event_at_a_time():
+    # The same signals (scores, reasons, model versions), records (queued predictions' scores)
+    # and models, to the bit; and the batched path must have been taken.
+    OneAtATime.flushed = 0
+    batched = _through_table("stored")
+    assert OneAtATime.flushed > 1000
+    OneAtATime.flushed = 0
+    assert _through_table("stored", batched=False) == batched
+    assert OneAtATime.flushed == 0
