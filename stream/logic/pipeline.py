@@ -214,48 +214,51 @@ class Pipeline:
         cands = out.candidates
         touched: dict[str, int] = {}
         later: list[int] = []  # candidates whose online score is a Later until the flush below
-        for partition, ev in events:
-            rec = records.get(ev.user)
-            if rec is None:
-                rec = records[ev.user] = UserRecord(UserState.new())
-            outcome = apply_event(rec.state, ev, cfg.state)
-            if outcome != "applied":
-                out.rejected.append(Rejected(ev, "duplicate_event_id" if outcome == "duplicate" else "late_event"))
-                continue
-            out.applied += 1
-            out.counts_by_type[ev.type] = out.counts_by_type.get(ev.type, 0) + 1
-            wm = ev.ts - cfg.state.allowed_lateness_ms
-            if wm > self.watermarks.get(partition, -(2**62)):
-                self.watermarks[partition] = wm
-            touched[ev.user] = partition
-            # A returning user is no longer at risk of churning: re-arm the churn signal.
-            rec.policy.churn.active = False
-            pl = self.learners_for(partition)
-            scores = None
-            if pl is not None:
-                before = self._pending_sizes(rec)
-                scores = pl.on_event(rec.pending, rec.state, ev, explain="later", batch=True)
-                self._count_pending(before, rec)
-            intent = None
-            if ev.type != "purchase":
-                learned = scores.intent if scores is not None else None
-                if learned is not None and pl is not None and pl.intent.warm():
-                    intent = (learned.p, learned.reasons, learned.cold, f"river-{pl.intent.cfg.model}:n{pl.intent.n_learned}")
-                    if learned.p is None:  # a Later: scored with the batch's others below
-                        intent = (learned, *intent[1:])  # type: ignore[assignment]
-                        later.append(len(cands))  # type: ignore[arg-type]
-                else:
-                    # The rule reads the same features the learners just read (when they did).
-                    f = scores.features if scores is not None else None
-                    intent = (*self.scorer.intent(rec.state, ev.ts, f), self.scorer.versions["online"])
-            # The affinity's top categories only matter where a latent signal may follow.
-            due = ev.ts - rec.policy.latent_emit_ts >= cfg.intent.cooldown_ms
-            latent = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k) if due else []
-            cands.append(Candidate(partition, ev, intent, latent, rec.state.recent_window() if windows else None, due))
-        # The learners score their waiting predictions in one pass each (the same bits as one at
-        # a time), which also sets the scores of the predictions queued for their labels.
-        for pl in self.learners.values():
-            pl.flush()
+        try:
+            for partition, ev in events:
+                rec = records.get(ev.user)
+                if rec is None:
+                    rec = records[ev.user] = UserRecord(UserState.new())
+                outcome = apply_event(rec.state, ev, cfg.state)
+                if outcome != "applied":
+                    out.rejected.append(Rejected(ev, "duplicate_event_id" if outcome == "duplicate" else "late_event"))
+                    continue
+                out.applied += 1
+                out.counts_by_type[ev.type] = out.counts_by_type.get(ev.type, 0) + 1
+                wm = ev.ts - cfg.state.allowed_lateness_ms
+                if wm > self.watermarks.get(partition, -(2**62)):
+                    self.watermarks[partition] = wm
+                touched[ev.user] = partition
+                # A returning user is no longer at risk of churning: re-arm the churn signal.
+                rec.policy.churn.active = False
+                pl = self.learners_for(partition)
+                scores = None
+                if pl is not None:
+                    before = self._pending_sizes(rec)
+                    scores = pl.on_event(rec.pending, rec.state, ev, explain="later", batch=True)
+                    self._count_pending(before, rec)
+                intent = None
+                if ev.type != "purchase":
+                    learned = scores.intent if scores is not None else None
+                    if learned is not None and pl is not None and pl.intent.warm():
+                        intent = (learned.p, learned.reasons, learned.cold, f"river-{pl.intent.cfg.model}:n{pl.intent.n_learned}")
+                        if learned.p is None:  # a Later: scored with the batch's others below
+                            intent = (learned, *intent[1:])  # type: ignore[assignment]
+                            later.append(len(cands))
+                    else:
+                        # The rule reads the same features the learners just read (when they did).
+                        f = scores.features if scores is not None else None
+                        intent = (*self.scorer.intent(rec.state, ev.ts, f), self.scorer.versions["online"])
+                # The affinity's top categories only matter where a latent signal may follow.
+                due = ev.ts - rec.policy.latent_emit_ts >= cfg.intent.cooldown_ms
+                latent = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k) if due else []
+                cands.append(Candidate(partition, ev, intent, latent, rec.state.recent_window() if windows else None, due))
+        finally:
+            # The learners score their waiting predictions in one pass each (the same bits as one at
+            # a time), which also sets the scores of the predictions queued for their labels; also
+            # when an event failed, so that none is left waiting into the next batch.
+            for pl in self.learners.values():
+                pl.flush()
         for i in later:
             c = cands[i]
             c.intent = (c.intent[0].p, *c.intent[1:])  # type: ignore[index,union-attr]

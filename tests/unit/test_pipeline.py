@@ -278,3 +278,22 @@ def test_online_scores_computed_per_batch_equal_those_computed_one_event_at_a_ti
     OneAtATime.flushed = 0
     assert _through_table("stored", batched=False) == batched
     assert OneAtATime.flushed == 0
+
+
+def test_a_batch_that_fails_midway_leaves_no_online_score_waiting():
+    import pytest
+
+    p = learning_pipeline(risk_ms=H, churn_ms=2 * H)
+    events = simulated(seed=11, users=200, n=8_000)
+    records: dict = {}
+    for i in range(0, 7_000, 500):  # with the churn scans, whose watermarks settle the labels
+        run(p, records, events[i : i + 500])
+        records.update(p.scan(0, {u: records.get(u) for u in p.due_for_scan(0)}).records)
+    assert p.learners[0].intent.warm()  # so its scores are batched (Later) from here on
+    good = events[7_000:7_400]
+    bad = Event("bad", good[0].user, "teleport", good[-1].ts)  # an unknown type: apply_event raises
+    with pytest.raises(KeyError):
+        p.apply(records, [(0, e) for e in [*good, bad]])
+    assert sum(pl.flush() for pl in p.learners.values()) == 0  # flushed on the way out
+    for rec in records.values():  # every queued prediction has its score: each record stores
+        assert UserRecord.from_bytes(rec.to_bytes()).pending == rec.pending
