@@ -270,10 +270,10 @@ class OnlineLearner:
         ``values``: the same features as ``online_values``' float64 vector, if the caller has it.
 
         ``batch=True``: a warm vector model returns a :class:`Later` (its reasons a callable,
-        whatever ``explain`` says) whose score :meth:`flush` computes, for all the batch's predictions at once, with the
-        same bits; the learner flushes by itself before it learns anything, so every prediction
-        is scored by the model as it was when the prediction was made. Cold predictions and
-        other models answer at once, as without it."""
+        whatever ``explain`` says) whose score :meth:`flush` computes, for all the batch's
+        predictions at once, with the same bits; the learner flushes by itself before it learns
+        anything, so every prediction is scored by the model as it was when it was made. Cold
+        predictions and other models answer at once, as without it."""
         if features.get("recent_events", 0.0) < self.cfg.min_history or not self.warm():  # type: ignore[operator]
             why = "no history before this event" if self.warm() else "model still warming up"
             reasons = [{"feature": "cold_start", "value": 1.0, "contribution": 0.0,
@@ -371,12 +371,14 @@ class OnlineLearner:
         """
         if not self.wants(pending, event):
             return False
-        if isinstance(p, Later) and p.p is None:
-            # Its score and vector are filled in by flush(), before anything reads or stores it.
-            p._snap = snap = labels.Snapshot.waiting(int(event.ts), len(self.names))
-            self._evicted(labels.insert(pending, self.rule, snap))
-            return True
-        self._evicted(labels.add(pending, self.rule, event.ts, self._vector(features, values), float(p.p if isinstance(p, Later) else p)))
+        if isinstance(p, Later):
+            if p.p is None:
+                # Its score and vector are filled in by flush(), before anything reads or stores it.
+                p._snap = snap = labels.Snapshot.waiting(int(event.ts), len(self.names))
+                self._evicted(labels.insert(pending, self.rule, snap))
+                return True
+            p = p.p
+        self._evicted(labels.add(pending, self.rule, event.ts, self._vector(features, values), p))
         return True
 
     def wants(self, pending: Pending, event: Event) -> bool:
@@ -586,9 +588,9 @@ class PartitionLearners:
         """Per *applied* event (after ``apply_event``): learn what the event settles, score it, queue
         the predictions. ``pending`` is updated in place; store it back with the user's record.
         ``explain`` adds reasons to the intent prediction (``"later"``: as a callable, see
-        :meth:`OnlineLearner.predict`). ``batch=True``: the scores of
-        warm models may be :class:`Later`, set by :meth:`flush`, which the caller runs once its
-        batch's events are all applied, before it reads a score or stores a record."""
+        :meth:`OnlineLearner.predict`). ``batch=True``: the scores of warm models may be
+        :class:`Later`, set by :meth:`flush`, which the caller runs once its batch's events are all
+        applied, before it reads a score or stores a record."""
         learned = self.intent.resolve(pending.intent, event) + self.churn.resolve(pending.churn, event)
         f, v = self._features(state, event.ts)
         intent = None
