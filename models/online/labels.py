@@ -182,9 +182,7 @@ class Snapshot:
         """A snapshot queued before its prediction is scored: :meth:`fill` gives it its ``p`` and
         vector, which must happen before it is read, learned from or stored (a batch's scores
         are computed together, ``OnlineLearner.flush``)."""
-        snap = cls.__new__(cls)
-        snap.ts, snap.p, snap.y, snap._f, snap._x, snap._raw, snap._n = ts, None, -1, None, None, None, n_features
-        return snap
+        return cls._stored(ts, None, -1, None, n_features)  # type: ignore[arg-type]
 
     def fill(self, p: float, x: np.ndarray) -> None:
         """The prediction and float32 vector of a :meth:`waiting` snapshot (as ``__init__`` takes

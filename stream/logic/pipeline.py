@@ -241,10 +241,10 @@ class Pipeline:
                 if ev.type != "purchase":
                     learned = scores.intent if scores is not None else None
                     if learned is not None and pl is not None and pl.intent.warm():
-                        intent = (learned.p, learned.reasons, learned.cold, f"river-{pl.intent.cfg.model}:n{pl.intent.n_learned}")
                         if learned.p is None:  # a Later: scored with the batch's others below
-                            intent = (learned, *intent[1:])  # type: ignore[assignment]
                             later.append(len(cands))
+                        p = learned if learned.p is None else learned.p
+                        intent = (p, learned.reasons, learned.cold, f"river-{pl.intent.cfg.model}:n{pl.intent.n_learned}")  # type: ignore[assignment]
                     else:
                         # The rule reads the same features the learners just read (when they did).
                         f = scores.features if scores is not None else None
