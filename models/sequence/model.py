@@ -217,8 +217,12 @@ class SequenceModel(nn.Module):
         be among the generator's top ``k`` and the window's categories: only those ``k + L``
         candidates are mixed (the generator's softmax is still normalised over all buckets).
         """
-        ar = torch.arange(h.shape[0], device=h.device)
-        hq = h[ar, q_index]
+        return self._top_next(h[torch.arange(h.shape[0], device=h.device), q_index], x, cats, q_index, k)
+
+    def _top_next(
+        self, hq: torch.Tensor, x: torch.Tensor, cats: torch.Tensor, q_index: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`top_next_categories` given the query states ``hq`` (B, d) themselves."""
         w, has = self._copy_attention(hq.unsqueeze(1), x, cats, q_index.unsqueeze(1))
         w, has = w.squeeze(1), has.squeeze(1)
         logits = self.cat_out(hq).float()
@@ -260,29 +264,29 @@ class SequenceModel(nn.Module):
         last = b["length"] - 1
         ar = torch.arange(x.shape[0], device=x.device)
         state = None
+        # Every head reads the encoding at the last real event only (the copy attention reads the
+        # embeddings x): for the GRU that is its final state, so the padded outputs are not built.
         if h0 is not None:
             if self.cfg.arch != "gru":
                 raise ValueError("incremental state is only available for the GRU model")
             out, state = self.rnn(x[ar, last].unsqueeze(1), h0)
-            h = x.clone()
-            h[ar, last] = out.squeeze(1)
+            h_last = out[:, 0]
         elif self.cfg.arch == "gru":
             packed = nn.utils.rnn.pack_padded_sequence(
                 x, b["length"].cpu(), batch_first=True, enforce_sorted=False
             )
-            out, state = self.rnn(packed)
-            h, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+            _, state = self.rnn(packed)
+            h_last = state[-1]  # each window's state after its last real event (the top layer's)
         else:
-            h = self.encode(x)
-        num_last = b["num"][ar, last]
-        il, cl = self._binary_heads(h[ar, last], num_last)
+            h_last = self.encode(x)[ar, last]
+        il, cl = self._binary_heads(h_last, b["num"][ar, last])
         if latent is None:
-            top_p, top_b = self.top_next_categories(h, x, b["cat"], last, k)
+            top_p, top_b = self._top_next(h_last, x, b["cat"], last, k)
         else:
             k = min(k, self.cat_out.out_features)
             top_p = torch.zeros((x.shape[0], k), device=x.device)
             top_b = torch.zeros((x.shape[0], k), dtype=torch.long, device=x.device)
             rows = latent.nonzero().squeeze(1)
             if rows.numel():
-                top_p[rows], top_b[rows] = self.top_next_categories(h[rows], x[rows], b["cat"][rows], last[rows], k)
+                top_p[rows], top_b[rows] = self._top_next(h_last[rows], x[rows], b["cat"][rows], last[rows], k)
         return torch.sigmoid(il.float()), torch.sigmoid(cl.float()), top_b, top_p, state

@@ -327,6 +327,47 @@ def test_top_next_categories_equals_the_full_mixture_topk():
     assert torch.equal(b[distinct], ref_b[distinct])
 
 
+@pytest.mark.parametrize("arch", ["gru", "transformer"])
+def test_score_last_equals_the_heads_read_from_the_padded_encoding(arch):
+    """``score_last`` reads each window's encoding at its last real event straight from the GRU's
+    final state; the heads on the padded outputs at that position give the same bits."""
+    from torch import nn
+
+    from models.sequence.data import N_NUM, N_TYPES
+    from models.sequence.model import SequenceModel
+
+    torch.manual_seed(5)
+    cfg = dataclasses.replace(TINY, arch=arch)
+    m = SequenceModel(cfg).eval()
+    B, L = 37, cfg.max_len
+    length = torch.randint(1, L + 1, (B,))
+    real = torch.arange(L)[None, :] < length[:, None]
+    b = {
+        "type": torch.randint(1, N_TYPES + 1, (B, L)) * real,
+        "item": torch.randint(0, cfg.item_buckets, (B, L)) * real,
+        "cat": torch.randint(0, 6, (B, L)) * real,  # few buckets: repeats and overlaps
+        "query": torch.randint(0, cfg.query_buckets, (B, L)) * real,
+        "gap": torch.randint(0, cfg.gap_buckets, (B, L)) * real,
+        "num": torch.randn(B, L, N_NUM) * real[..., None],
+        "length": length,
+    }
+    latent = torch.rand(B) < 0.4
+    with torch.inference_mode():
+        p_i, p_c, top_b, top_p, _ = m.score_last(b, 10, latent=latent)
+        x, last, ar = m.embed(b), length - 1, torch.arange(B)
+        if arch == "gru":
+            packed = nn.utils.rnn.pack_padded_sequence(x, length, batch_first=True, enforce_sorted=False)
+            h, _ = nn.utils.rnn.pad_packed_sequence(m.rnn(packed)[0], batch_first=True, total_length=L)
+        else:
+            h = m.encode(x)
+        il, cl = m._binary_heads(h[ar, last], b["num"][ar, last])
+        rows = latent.nonzero().squeeze(1)
+        ref_p, ref_b = m.top_next_categories(h[rows], x[rows], b["cat"][rows], last[rows], 10)
+    assert torch.equal(p_i, torch.sigmoid(il)) and torch.equal(p_c, torch.sigmoid(cl))
+    assert torch.equal(top_p[rows], ref_p) and torch.equal(top_b[rows], ref_b)
+    assert not top_p[~latent].any() and not top_b[~latent].any()  # no next categories asked
+
+
 def test_batch_size_zero_means_the_devices_default_and_is_stored():
     res = train(planted(20), dataclasses.replace(TINY, batch_size=0, max_epochs=1), log=None, device="cpu")
     assert res.config.batch_size == 32 and res.metrics["step"] == "eager"
