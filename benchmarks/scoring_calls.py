@@ -1,17 +1,24 @@
 """One sequence-scoring call per batch, as a worker makes it: this tree's model against another
-revision's, in one process.
+revision's, in one process; also after the thread was idle, as a worker's batch is at a moderate load.
 
 ``python -m benchmarks.scoring_calls --against HEAD~1 --batch 20,67 --latent 0.4`` builds windows
 as a worker keeps them (``UserState.recent_window()`` after each simulator event), and times
 ``SequenceScorer.score_batch`` on consecutive batches of ``--batch`` windows, with the next-category
 head asked for a ``--latent`` share of them (a worker asks for it where a latent-needs signal is
 still possible: about 40% of the events of ``intentstream bench``). With ``--against REV`` the same
-scorer also runs REV's ``models/sequence/model.py`` (read with ``git show``, same weights), the two
+scorer also runs REV's ``models/sequence/model.py`` and ``data.py`` (the network, same weights, and
+the inputs' builder, read with ``git show``), the two
 alternating round by round, so that a drifting machine slows both alike; every output of the two
 (scores, buckets, probabilities) must be the same bits, or it stops. Without it, this tree alone.
 
+``--idle-ms 0,20,100`` sleeps that long before each timed call, each value in turn (alternating
+like the revisions). On the development machine (a Firecracker
+microVM, 2 vCPUs) work that follows an idle stretch costs more CPU than the same work done
+back to back (docs/BENCHMARKS.md): a worker under a moderate load waits for events between
+batches, so each batch starts after such a stretch.
+
 The weights are untrained (the benchmark's model, ``stream.bench.publish_sequence_model``): the
-cost depends on the architecture and the shapes only. Process CPU time, one torch thread (the
+cost depends on the architecture and the shapes only. CPU time of the calling thread, one torch thread (the
 worker's default).
 """
 
@@ -32,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latent", type=float, default=0.4, help="share of windows that need next categories")
     p.add_argument("--calls", type=int, default=40, help="timed calls per round")
     p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--idle-ms", default="0", help="sleep this long before each timed call (a worker between batches); comma-separated: each in turn")
     a = p.parse_args(argv)
 
     import numpy as np
@@ -39,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from models.features.state import UserState, apply_event
     from models.sequence import checkpoint
+    from models.sequence import scorer as scorer_module
     from models.sequence.config import SeqConfig
     from models.sequence.model import SequenceModel
     from models.sequence.scorer import SequenceScorer
@@ -52,14 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SeqConfig()
     model = SequenceModel(cfg)
     scorer = SequenceScorer(checkpoint.Loaded(model, cfg, {}, {}, (0, 0), "", 1))
-    models = {"this tree": scorer.model}
+    # Each way: (the network, the inputs' builder).
+    models = {"this tree": (scorer.model, scorer_module.batch_features)}
     if a.against:
-        src = subprocess.run(["git", "show", f"{a.against}:models/sequence/model.py"], capture_output=True, text=True, check=True).stdout
-        other = types.ModuleType("against_model")
-        exec(compile(src, f"{a.against}:models/sequence/model.py", "exec"), other.__dict__)
-        old = other.SequenceModel(cfg)
+        model_mod, data_mod = (_module_at(a.against, f"models/sequence/{f}.py") for f in ("model", "data"))
+        old = model_mod.SequenceModel(cfg)
         old.load_state_dict(scorer.model.state_dict())
-        models = {a.against: old.eval(), "this tree": scorer.model}
+        models = {a.against: (old.eval(), data_mod.batch_features), "this tree": models["this tree"]}
 
     state_cfg = pipeline_config(load_settings()).state
     pseudonymize = Pseudonymizer(b"scoring-calls-key-0123456789")
@@ -71,22 +79,33 @@ def main(argv: list[str] | None = None) -> int:
         if apply_event(st, ev, state_cfg) == "applied":
             windows.append(st.recent_window())
     rng = np.random.default_rng(0)
-    print(f"{len(windows)} windows; next categories for {a.latent:.0%}; process CPU ms per call, medians of {a.rounds} rounds")
+    idles = [float(x) for x in a.idle_ms.split(",")]
+    variants = [(name, idle) for name in models for idle in idles]
+
+    def label(v: tuple[str, float]) -> str:
+        return v[0] + (f", idle {v[1]:g} ms" if len(idles) > 1 or v[1] else "")
+
+    print(f"{len(windows)} windows; next categories for {a.latent:.0%}; CPU ms per call, medians of {a.rounds} rounds")
     for size in (int(b) for b in a.batch.split(",")):
         calls = [(windows[i * size : (i + 1) * size], list(rng.random(size) < a.latent)) for i in range(a.calls + 2)]
         if len(calls[-1][0]) < size:
             print(f"--batch {size}: not enough windows for {a.calls} calls", file=sys.stderr)
             return 2
-        times: dict[str, list[float]] = {name: [] for name in models}
+        times: dict[tuple[str, float], list[float]] = {v: [] for v in variants}
         outs: dict[str, list] = {}
         for r in range(a.rounds):
-            for name in list(models)[:: 1 if r % 2 == 0 else -1]:
-                scorer.model = models[name]
+            for name, idle in variants[:: 1 if r % 2 == 0 else -1]:
+                scorer.model, scorer_module.batch_features = models[name]
                 for w, lat in calls[:2]:
                     scorer.score_batch(w, latent=lat)
-                t0 = time.process_time()
-                out = [scorer.score_batch(w, latent=lat) for w, lat in calls[2:]]
-                times[name].append((time.process_time() - t0) / a.calls * 1e3)
+                out, cpu = [], 0.0
+                for w, lat in calls[2:]:
+                    if idle:
+                        time.sleep(idle / 1000)
+                    t0 = time.thread_time()
+                    out.append(scorer.score_batch(w, latent=lat))
+                    cpu += time.thread_time() - t0
+                times[(name, idle)].append(cpu / a.calls * 1e3)
                 outs.setdefault(name, out)
         if a.against:
             ref, new = outs[a.against], outs["this tree"]
@@ -95,14 +114,22 @@ def main(argv: list[str] | None = None) -> int:
                     if not np.array_equal(getattr(x, f), getattr(y, f)):
                         print(f"--batch {size}: {f} differs from {a.against}'s", file=sys.stderr)
                         return 1
-        row = "  ".join(f"{name}: {statistics.median(t):.2f}" for name, t in times.items())
+        print(f"{size:>5} windows  " + "  ".join(f"{label(v)}: {statistics.median(t):.2f}" for v, t in times.items()))
         if a.against:
-            lower = sum(n < o for o, n in zip(times[a.against], times["this tree"], strict=True))
-            row += f"  (this tree lower in {lower}/{a.rounds} rounds; outputs the same bits)"
-        print(f"{size:>5} windows  {row}")
-        for name, t in times.items():
-            print(f"       {name}: " + " ".join(f"{x:.2f}" for x in t))
+            for idle in idles:
+                o, n = times[(a.against, idle)], times[("this tree", idle)]
+                print(f"       this tree lower than {label((a.against, idle))} in {sum(y < x for x, y in zip(o, n, strict=True))}/{a.rounds} rounds; outputs the same bits")
+        for v, t in times.items():
+            print(f"       {label(v)}: " + " ".join(f"{x:.2f}" for x in t))
     return 0
+
+
+def _module_at(rev: str, path: str) -> types.ModuleType:
+    """The module at ``path`` as of git revision ``rev``, loaded under a private name."""
+    src = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
+    mod = sys.modules[f"{path}@{rev}"] = types.ModuleType(f"{path}@{rev}")  # dataclasses look it up
+    exec(compile(src, f"{rev}:{path}", "exec"), mod.__dict__)
+    return mod
 
 
 def _json(raw: dict) -> bytes:

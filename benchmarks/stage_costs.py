@@ -14,7 +14,9 @@ aiokafka and the threads' hand-offs. ``--gc`` chooses the cyclic garbage collect
 (Python's default), ``freeze`` (what a worker does once ready, ``stream.agents.runtime.freeze_heap``:
 ``gc.freeze()`` after start-up and higher thresholds) or ``off``. The collector's passes land on
 whichever step allocates when they run, so compare totals across ``--gc`` settings, not single
-steps. Timings on a shared 2-core machine vary by about 20% from run to run.
+steps. Timings on a shared 2-core machine vary by about 20% from run to run. ``--idle-ms`` sleeps
+before each batch, as a worker under a moderate load waits for its next events: on the development
+machine the same work then costs more CPU (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=5_000)
     p.add_argument("--batch", type=int, default=1_000, help="events per batch (the worker's INTENTSTREAM_BATCH_SIZE)")
     p.add_argument("--gc", choices=["on", "freeze", "off"], default="freeze")
+    p.add_argument("--idle-ms", type=float, default=0.0,
+                   help="sleep this long before each batch, as a worker under a moderate load waits for events")
     a = p.parse_args(argv)
 
     import torch
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         mark = now
 
     for i in range(0, a.events, a.batch):
+        if a.idle_ms:
+            time.sleep(a.idle_ms / 1000)
         mark = time.process_time()
         now_ms = time.time_ns() // 1_000_000
         packs: dict[int, tuple[list[dict], list[int]]] = {}
@@ -119,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         step("process: signal JSON")
 
     width = max(len(k) for k in cost)
-    print(f"{a.events:,} events in batches of {a.batch:,}, gc {a.gc}; process CPU per event:")
+    idle = f", idle {a.idle_ms:g} ms before each" if a.idle_ms else ""
+    print(f"{a.events:,} events in batches of {a.batch:,}{idle}, gc {a.gc}; process CPU per event:")
     for name, seconds in cost.items():
         print(f"  {name:<{width}}  {1e6 * seconds / a.events:7.1f} us")
     print(f"  {'total':<{width}}  {1e6 * sum(cost.values()) / a.events:7.1f} us")

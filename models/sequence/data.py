@@ -38,6 +38,7 @@ import dataclasses
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -99,6 +100,16 @@ def window_features(window: Sequence[RecentEvent], cfg: SeqConfig) -> dict[str, 
     return {k: v[0, :n] for k, v in b.items() if k != "length"}
 
 
+@lru_cache(maxsize=8)
+def _position_masks(L: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(1, L, L) read-only masks over (position, other position) pairs of a window: the other is
+    earlier, earlier or the same, later. Built once per length instead of three times per call."""
+    masks = (np.tri(L, L, -1, bool)[None], np.tri(L, L, 0, bool)[None], np.tri(L, L, -1, bool).T[None])
+    for m in masks:
+        m.flags.writeable = False
+    return masks
+
+
 def batch_features(windows: Sequence[Sequence[RecentEvent]], cfg: SeqConfig) -> dict[str, np.ndarray]:
     """Model inputs for a batch of windows (each 1..``max_len`` events, oldest first, sorted by
     time), right-padded to ``max_len``: the arrays of :func:`window_features` with a leading
@@ -148,8 +159,7 @@ def batch_features(windows: Sequence[Sequence[RecentEvent]], cfg: SeqConfig) -> 
     gap[:, 1:] = np.minimum(cfg.gap_buckets - 1, 1 + np.floor(np.log2(1 + dt)).astype(np.int64))
     out["gap"] = np.where(valid, gap, 0)
 
-    earlier = np.tri(L, L, -1, bool)[None]  # [i, j]: j < i
-    upto = np.tri(L, L, 0, bool)[None]  # [i, j]: j <= i
+    earlier, upto, later = _position_masks(L)
     is_cart, is_buy = et == CART, et == PURCHASE
     num = np.zeros((B, L, N_NUM), np.float64)
     col = {name: i for i, name in enumerate(NUM_FEATURES)}
@@ -180,7 +190,7 @@ def batch_features(windows: Sequence[Sequence[RecentEvent]], cfg: SeqConfig) -> 
     # (then k's line is the one that counts, or the purchase closed it); k itself sees it open.
     has_item = item != 0
     later_same = (
-        np.tri(L, L, -1, bool).T[None]  # [j, k]: k > j
+        later  # [j, k]: k > j
         & (item[:, :, None] == item[:, None, :])
         & (is_cart | is_buy)[:, None, :]
     )
