@@ -1,30 +1,31 @@
-"""One sequence-scoring call per batch, as a worker makes it: this tree's model against another
-revision's, in one process; also after the thread was idle, as a worker's batch is at a moderate load.
+"""One sequence-scoring call per batch, as a worker makes it: this tree's code against another
+revision's, and back to back against after an idle stretch, in one process.
 
 ``python -m benchmarks.scoring_calls --against HEAD~1 --batch 20,67 --latent 0.4`` builds windows
-as a worker keeps them (``UserState.recent_window()`` after each simulator event), and times
-``SequenceScorer.score_batch`` on consecutive batches of ``--batch`` windows, with the next-category
+as a worker keeps them (``UserState.recent_window()`` after each of 20,000 simulator events of
+5,000 users, the load of ``intentstream bench``; the latest windows are used) and times
+``SequenceScorer.score_batch`` on consecutive batches of ``--batch`` windows, the next-category
 head asked for a ``--latent`` share of them (a worker asks for it where a latent-needs signal is
-still possible: about 40% of the events of ``intentstream bench``). With ``--against REV`` the same
-scorer also runs REV's ``models/sequence/model.py`` and ``data.py`` (the network, same weights, and
-the inputs' builder, read with ``git show``), the two
-alternating round by round, so that a drifting machine slows both alike; every output of the two
-(scores, buckets, probabilities) must be the same bits, or it stops. Without it, this tree alone.
+still possible: about 40% of the events of ``intentstream bench``). With ``--against REV`` the
+same scorer also runs REV's ``models/sequence/model.py`` and ``data.py`` (the network, with the
+same weights, and the inputs' builder, read with ``git show``), the two alternating round by
+round so that a drifting machine slows both alike; every output of the two (scores, buckets,
+probabilities) must be the same bits, or it stops.
 
-``--idle-ms 0,20,100`` sleeps that long before each timed call, each value in turn (alternating
-like the revisions). On the development machine (a Firecracker
-microVM, 2 vCPUs) work that follows an idle stretch costs more CPU than the same work done
-back to back (docs/BENCHMARKS.md): a worker under a moderate load waits for events between
-batches, so each batch starts after such a stretch.
+``--idle-ms 0,30,100`` sleeps that long before each timed call, each value in turn (alternating
+like the revisions). On the development machine (a Firecracker microVM, 2 vCPUs) work that
+follows an idle stretch costs more CPU than the same work done back to back (docs/BENCHMARKS.md);
+a worker under a moderate load waits for its next events between batches.
 
-The weights are untrained (the benchmark's model, ``stream.bench.publish_sequence_model``): the
-cost depends on the architecture and the shapes only. CPU time of the calling thread, one torch thread (the
-worker's default).
+The weights are the default ``SeqConfig``'s, untrained and seeded like the benchmark's model
+(``stream.bench.publish_sequence_model``): the cost depends on the architecture and the shapes
+only. CPU time of the calling thread, one torch thread (the worker's default).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,7 @@ import types
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--against", help="a git revision whose models/sequence/model.py to compare with")
+    p.add_argument("--against", help="a git revision whose models/sequence/model.py and data.py to compare with")
     p.add_argument("--batch", default="20,67", help="windows per call, comma-separated")
     p.add_argument("--latent", type=float, default=0.4, help="share of windows that need next categories")
     p.add_argument("--calls", type=int, default=40, help="timed calls per round")
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     states: dict[str, UserState] = {}
     windows = []
     for raw in ShopperSimulator(seed=1, users=5_000).take(20_000):
-        ev = ingest_one(_json(raw), pseudonymize, now_ms=raw["ts"] + 1_000)
+        ev = ingest_one(json.dumps(raw).encode(), pseudonymize, now_ms=raw["ts"] + 1_000)
         st = states.setdefault(ev.user, UserState.new())
         if apply_event(st, ev, state_cfg) == "applied":
             windows.append(st.recent_window())
@@ -85,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     def label(v: tuple[str, float]) -> str:
         return v[0] + (f", idle {v[1]:g} ms" if len(idles) > 1 or v[1] else "")
 
-    print(f"{len(windows)} windows; next categories for {a.latent:.0%}; CPU ms per call, medians of {a.rounds} rounds")
+    print(f"next categories for {a.latent:.0%} of the windows; CPU ms per call, medians of {a.rounds} rounds")
     for size in (int(b) for b in a.batch.split(",")):
-        calls = [(windows[i * size : (i + 1) * size], list(rng.random(size) < a.latent)) for i in range(a.calls + 2)]
-        if len(calls[-1][0]) < size:
+        latest = windows[-(a.calls + 2) * size :]
+        if len(latest) < (a.calls + 2) * size:
             print(f"--batch {size}: not enough windows for {a.calls} calls", file=sys.stderr)
             return 2
+        calls = [(latest[i * size : (i + 1) * size], list(rng.random(size) < a.latent)) for i in range(a.calls + 2)]
+        mean_len = sum(map(len, latest)) / len(latest)
         times: dict[tuple[str, float], list[float]] = {v: [] for v in variants}
         outs: dict[str, list] = {}
         for r in range(a.rounds):
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                     if not np.array_equal(getattr(x, f), getattr(y, f)):
                         print(f"--batch {size}: {f} differs from {a.against}'s", file=sys.stderr)
                         return 1
-        print(f"{size:>5} windows  " + "  ".join(f"{label(v)}: {statistics.median(t):.2f}" for v, t in times.items()))
+        print(f"{size:>5} windows of {mean_len:.1f} events  " + "  ".join(f"{label(v)}: {statistics.median(t):.2f}" for v, t in times.items()))
         if a.against:
             for idle in idles:
                 o, n = times[(a.against, idle)], times[("this tree", idle)]
@@ -130,12 +133,6 @@ def _module_at(rev: str, path: str) -> types.ModuleType:
     mod = sys.modules[f"{path}@{rev}"] = types.ModuleType(f"{path}@{rev}")  # dataclasses look it up
     exec(compile(src, f"{rev}:{path}", "exec"), mod.__dict__)
     return mod
-
-
-def _json(raw: dict) -> bytes:
-    import json
-
-    return json.dumps(raw, separators=(",", ":")).encode()
 
 
 if __name__ == "__main__":
