@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _module_at(rev: str, path: str) -> types.ModuleType:
     """The module at ``path`` as of git revision ``rev``, loaded under a private name."""
-    src = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
+    repo = Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True, cwd=repo).stdout
     mod = sys.modules[f"{path}@{rev}"] = types.ModuleType(f"{path}@{rev}")  # dataclasses look it up
     exec(compile(src, f"{rev}:{path}", "exec"), mod.__dict__)
     return mod
