@@ -17,9 +17,9 @@ like the revisions). On the development machine (a Firecracker microVM, 2 vCPUs)
 follows an idle stretch costs more CPU than the same work done back to back (docs/BENCHMARKS.md);
 a worker under a moderate load waits for its next events between batches.
 
-The weights are the default ``SeqConfig``'s, untrained and seeded like the benchmark's model
-(``stream.bench.publish_sequence_model``): the cost depends on the architecture and the shapes
-only. CPU time of the calling thread, one torch thread (the worker's default).
+The weights are the default ``SeqConfig``'s, untrained and seeded
+(``benchmarks.scoring_cost.untrained_scorer``): the cost depends on the architecture and the
+shapes only. CPU time of the calling thread, one torch thread (the worker's default).
 """
 
 from __future__ import annotations
@@ -45,24 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     import numpy as np
-    import torch
 
+    from benchmarks.scoring_cost import untrained_scorer
     from models.features.state import UserState, apply_event
-    from models.sequence import checkpoint
     from models.sequence import scorer as scorer_module
-    from models.sequence.config import SeqConfig
-    from models.sequence.model import SequenceModel
-    from models.sequence.scorer import SequenceScorer
     from stream.agents.runtime import pipeline_config
     from stream.logic.ingest import Pseudonymizer, ingest_one
     from stream.logic.simulator import ShopperSimulator
     from stream.settings import load_settings
 
-    torch.set_num_threads(1)  # the worker's default (INTENTSTREAM_SEQUENCE_THREADS)
-    torch.manual_seed(0)
-    cfg = SeqConfig()
-    model = SequenceModel(cfg)
-    scorer = SequenceScorer(checkpoint.Loaded(model, cfg, {}, {}, (0, 0), "", 1))
+    scorer = untrained_scorer()  # one torch thread, the worker's default (INTENTSTREAM_SEQUENCE_THREADS)
+    cfg = scorer.config
     # Each way: (the network, the inputs' builder).
     models = {"this tree": (scorer.model, scorer_module.batch_features)}
     if a.against:
@@ -88,43 +81,46 @@ def main(argv: list[str] | None = None) -> int:
         return v[0] + (f", idle {v[1]:g} ms" if len(idles) > 1 or v[1] else "")
 
     print(f"next categories for {a.latent:.0%} of the windows; CPU ms per call, medians of {a.rounds} rounds")
-    for size in (int(b) for b in a.batch.split(",")):
-        latest = windows[-(a.calls + 2) * size :]
-        if len(latest) < (a.calls + 2) * size:
-            print(f"--batch {size}: not enough windows for {a.calls} calls", file=sys.stderr)
-            return 2
-        calls = [(latest[i * size : (i + 1) * size], list(rng.random(size) < a.latent)) for i in range(a.calls + 2)]
-        mean_len = sum(map(len, latest)) / len(latest)
-        times: dict[tuple[str, float], list[float]] = {v: [] for v in variants}
-        outs: dict[str, list] = {}
-        for r in range(a.rounds):
-            for name, idle in variants[:: 1 if r % 2 == 0 else -1]:
-                scorer.model, scorer_module.batch_features = models[name]
-                for w, lat in calls[:2]:
-                    scorer.score_batch(w, latent=lat)
-                out, cpu = [], 0.0
-                for w, lat in calls[2:]:
-                    if idle:
-                        time.sleep(idle / 1000)
-                    t0 = time.thread_time()
-                    out.append(scorer.score_batch(w, latent=lat))
-                    cpu += time.thread_time() - t0
-                times[(name, idle)].append(cpu / a.calls * 1e3)
-                outs.setdefault(name, out)
-        if a.against:
-            ref, new = outs[a.against], outs["this tree"]
-            for x, y in zip(ref, new, strict=True):
-                for f in ("p_intent", "p_churn", "top_buckets", "top_probs"):
-                    if not np.array_equal(getattr(x, f), getattr(y, f)):
-                        print(f"--batch {size}: {f} differs from {a.against}'s", file=sys.stderr)
-                        return 1
-        print(f"{size:>5} windows of {mean_len:.1f} events  " + "  ".join(f"{label(v)}: {statistics.median(t):.2f}" for v, t in times.items()))
-        if a.against:
-            for idle in idles:
-                o, n = times[(a.against, idle)], times[("this tree", idle)]
-                print(f"       this tree lower than {label((a.against, idle))} in {sum(y < x for x, y in zip(o, n, strict=True))}/{a.rounds} rounds; outputs the same bits")
-        for v, t in times.items():
-            print(f"       {label(v)}: " + " ".join(f"{x:.2f}" for x in t))
+    try:
+        for size in (int(b) for b in a.batch.split(",")):
+            latest = windows[-(a.calls + 2) * size :]
+            if len(latest) < (a.calls + 2) * size:
+                print(f"--batch {size}: not enough windows for {a.calls} calls", file=sys.stderr)
+                return 2
+            calls = [(latest[i * size : (i + 1) * size], list(rng.random(size) < a.latent)) for i in range(a.calls + 2)]
+            mean_len = sum(map(len, latest)) / len(latest)
+            times: dict[tuple[str, float], list[float]] = {v: [] for v in variants}
+            outs: dict[str, list] = {}
+            for r in range(a.rounds):
+                for name, idle in variants[:: 1 if r % 2 == 0 else -1]:
+                    scorer.model, scorer_module.batch_features = models[name]
+                    for w, lat in calls[:2]:
+                        scorer.score_batch(w, latent=lat)
+                    out, cpu = [], 0.0
+                    for w, lat in calls[2:]:
+                        if idle:
+                            time.sleep(idle / 1000)
+                        t0 = time.thread_time()
+                        out.append(scorer.score_batch(w, latent=lat))
+                        cpu += time.thread_time() - t0
+                    times[(name, idle)].append(cpu / a.calls * 1e3)
+                    outs.setdefault(name, out)
+            if a.against:
+                ref, new = outs[a.against], outs["this tree"]
+                for x, y in zip(ref, new, strict=True):
+                    for f in ("p_intent", "p_churn", "top_buckets", "top_probs"):
+                        if not np.array_equal(getattr(x, f), getattr(y, f)):
+                            print(f"--batch {size}: {f} differs from {a.against}'s", file=sys.stderr)
+                            return 1
+            print(f"{size:>5} windows of {mean_len:.1f} events  " + "  ".join(f"{label(v)}: {statistics.median(t):.2f}" for v, t in times.items()))
+            if a.against:
+                for idle in idles:
+                    o, n = times[(a.against, idle)], times[("this tree", idle)]
+                    print(f"       this tree lower than {label((a.against, idle))} in {sum(y < x for x, y in zip(o, n, strict=True))}/{a.rounds} rounds; outputs the same bits")
+            for v, t in times.items():
+                print(f"       {label(v)}: " + " ".join(f"{x:.2f}" for x in t))
+    finally:
+        scorer_module.batch_features = models["this tree"][1]  # the rounds swap it; put it back
     return 0
 
 

@@ -29,14 +29,10 @@ def test_scoring_calls_stops_when_the_outputs_differ(monkeypatch, capsys):
 
 
 @pytest.fixture(autouse=True)
-def _restore_scorer_inputs():
-    """scoring_calls swaps the scorer module's input builder between ways and sets torch's threads
-    as a worker does; put both back."""
+def _restore_torch_threads():
+    """scoring_calls sets one torch thread, as a worker does; put the test process's back."""
     import torch
 
-    from models.sequence import scorer
-
-    saved, threads = scorer.batch_features, torch.get_num_threads()
+    threads = torch.get_num_threads()
     yield
-    scorer.batch_features = saved
     torch.set_num_threads(threads)
