@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from benchmarks import scoring_calls
+from benchmarks import scoring_calls, stage_costs
 
 
 def test_scoring_calls_compares_a_revision_and_idle_stretches(capsys):
@@ -26,6 +28,17 @@ def test_scoring_calls_stops_when_the_outputs_differ(monkeypatch, capsys):
     monkeypatch.setattr(SequenceModel, "score_last", off_by_a_bit)
     assert scoring_calls.main(["--against", "HEAD", "--batch", "3", "--calls", "2", "--rounds", "1"]) == 1
     assert "p_intent differs from HEAD's" in capsys.readouterr().err
+
+
+def test_stage_costs_reports_each_step_and_the_ceiling_its_total_sets(capsys):
+    assert stage_costs.main(["--events", "300", "--users", "100", "--batch", "100", "--gc", "on"]) == 0
+    out = capsys.readouterr().out
+    steps = dict(re.findall(r"^  (\S.*?)\s+([\d.]+) us$", out, re.M))
+    assert {"process: Pipeline.apply", "process: sequence scoring", "total"} <= steps.keys()
+    total = float(steps.pop("total"))
+    assert total == pytest.approx(sum(map(float, steps.values())), abs=0.1 * len(steps))
+    ceiling = int(re.search(r"at most ([\d,]+) events/s", out).group(1).replace(",", ""))
+    assert ceiling == pytest.approx(1e6 / total, rel=0.01)
 
 
 @pytest.fixture(autouse=True)
