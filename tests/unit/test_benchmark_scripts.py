@@ -43,7 +43,7 @@ def test_stage_costs_reports_each_step_and_the_ceiling_its_total_sets(capsys):
 
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
-    """scoring_calls sets one torch thread, as a worker does; put the test process's back."""
+    """scoring_calls and stage_costs set one torch thread, as a worker does; put the test process's back."""
     import torch
 
     threads = torch.get_num_threads()
