@@ -4,7 +4,7 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 PIP   := $(PY) -m pip
 STAMP := $(VENV)/.installed
-# CPU build of PyTorch; on these machines pip takes it from a local file (PLATFORM.md).
+# PyTorch from PyPI: its Linux build runs on the CPU and uses CUDA where there is a GPU.
 TORCH ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
@@ -25,28 +25,31 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install the package with its dev dependencies (idempotent)
 
+kafka: venv ## fetch Apache Kafka's broker jars from Maven Central, once (needs Java 17+ and Maven; INTENTSTREAM_KAFKA_HOME)
+	@$(VENV)/bin/intentstream broker install
+
 tools: venv ## install the validators the tests use where possible (promtool, hadolint, kubernetes-validate, docker-compose)
 	@bash scripts/install-tools.sh
 
-demo: venv ## run the demo: embedded broker, worker, simulator, live signals (Ctrl-C, or DEMO_SECONDS=N, stops it)
+demo: kafka ## run the demo: a local Kafka broker, worker, simulator, live signals (Ctrl-C, or DEMO_SECONDS=N, stops it)
 	$(VENV)/bin/intentstream demo $(if $(DEMO_SECONDS),--seconds $(DEMO_SECONDS),)
 
-test: venv tools ## run the whole test suite (unit, stream, integration on a real broker, deploy checks)
+test: kafka tools ## run the whole test suite (unit, stream, integration on a real Kafka, deploy checks)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: venv ## run the unit tests only
 	$(PY) -m pytest -q -m "not integration and not slow" tests/unit $(PYTEST_ARGS)
 
-bench: venv ## benchmarks on the embedded broker: throughput, latency, memory vs baselines (BENCH_ARGS=...; docs/BENCHMARKS.md)
+bench: kafka ## benchmarks on a local Kafka broker: throughput, latency, memory vs baselines (BENCH_ARGS=...; docs/BENCHMARKS.md)
 	$(VENV)/bin/intentstream bench all $(BENCH_ARGS)
 
 lint: venv ## ruff over the code
 	$(VENV)/bin/ruff check stream models tests benchmarks
 
-worker: venv ## run one worker (embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set)
+worker: kafka ## run one worker (a local Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set)
 	$(VENV)/bin/intentstream worker
 
 clean: ## remove local state (.intentstream) and caches, keep .venv
 	rm -rf .intentstream .pytest_cache .ruff_cache .hypothesis build *.egg-info
 
-.PHONY: help venv tools demo test test-fast bench lint worker clean
+.PHONY: help venv kafka tools demo test test-fast bench lint worker clean

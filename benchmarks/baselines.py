@@ -12,10 +12,6 @@ it writes to ``--result`` once ``--count`` events have been handled:
   join timings are shortened, as in ``stream.app``, so that start-up is quick). What a
   straightforward Faust agent does without any of our batching: the pipeline should beat it.
 
-``--fetch-min-interval-ms N`` installs the workers' least interval between fetches
-(``stream.broker.install_fetch_min_interval``) in the baseline too; the default, 0, keeps it plain.
-``intentstream bench`` passes ``INTENTSTREAM_BENCH_BASELINE_FETCH_MIN_INTERVAL_MS`` (default 0) to it.
-
 Both record wall-clock times (``time.time()``, the harness runs on the same machine) when the
 first event arrives, when 10% and 90% of ``count`` have been handled, and when all have been
 handled and the sink flushed, and the process's CPU time (all threads) at the first and the last.
@@ -134,12 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--result", type=Path, required=True)
     p.add_argument("--app-id", help="the Faust app id (default: a fresh random one)")
-    p.add_argument("--fetch-min-interval-ms", type=int, default=0, help="0: plain aiokafka fetching")
     a = p.parse_args(argv)
-    if a.fetch_min_interval_ms:
-        from stream.broker import install_fetch_min_interval
-
-        install_fetch_min_interval(a.fetch_min_interval_ms)
     if a.kind == "raw":
         asyncio.run(run_raw(a.bootstrap, a.source, a.sink, a.count, a.result))
     else:

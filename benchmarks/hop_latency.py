@@ -1,5 +1,5 @@
-"""One hop through the embedded broker: how long a record takes from ``send`` to a reader, by
-producer linger and least fetch interval (stream/broker.py: ``install_fetch_min_interval``).
+"""One hop through a local Kafka broker: how long a record takes from ``send`` to a reader, by
+producer linger.
 
 A worker's event crosses the broker three times (input, internal topic, signals) and each hop
 pays the producer's linger and the consumer's wait for its next fetch. This measures one hop on
@@ -7,7 +7,7 @@ its own, with nothing else running: a producer sends one small record every ``1/
 consumer on the same event loop reads them, and the latency is the reader's wall clock minus
 the value (the wall clock just before ``send``).
 
-    python -m benchmarks.hop_latency                       # linger 0/5 ms x interval 0/10 ms
+    python -m benchmarks.hop_latency                       # linger 0 and 5 ms
     python -m benchmarks.hop_latency --rate 100 --records 1000 --json out/hop.json
 
 Prints a JSON list, one row per setting: p50, p90, p99 and max in ms.
@@ -28,50 +28,47 @@ from stream.bench import percentile
 from stream.broker import create_plain_topics
 
 
-async def one_setting(bootstrap: str, topic: str, linger_ms: int, interval_ms: int, rate: float, records: int) -> dict:
+async def one_setting(bootstrap: str, topic: str, linger_ms: int, rate: float, records: int) -> dict:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from stream.broker import fetch_min_interval
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None)
+    await producer.start()
+    await consumer.start()
+    latencies: list[float] = []
+    try:
+        await consumer.getmany(timeout_ms=500)  # assigned, positioned at the end
 
-    with fetch_min_interval(interval_ms):
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms)
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None)
-        await producer.start()
-        await consumer.start()
-        latencies: list[float] = []
-        try:
-            await consumer.getmany(timeout_ms=500)  # assigned, positioned at the end
+        async def read() -> None:
+            while len(latencies) < records:
+                got = await consumer.getmany(timeout_ms=100)
+                now = time.time() * 1000
+                latencies.extend(now - float(m.value) for msgs in got.values() for m in msgs)
 
-            async def read() -> None:
-                while len(latencies) < records:
-                    got = await consumer.getmany(timeout_ms=100)
-                    now = time.time() * 1000
-                    latencies.extend(now - float(m.value) for msgs in got.values() for m in msgs)
-
-            reader = asyncio.create_task(read())
-            for _ in range(records):
-                await producer.send(topic, value=str(time.time() * 1000).encode())
-                await asyncio.sleep(1 / rate)
-            await asyncio.wait_for(reader, timeout=30)
-        finally:
-            await consumer.stop()
-            await producer.stop()
+        reader = asyncio.create_task(read())
+        for _ in range(records):
+            await producer.send(topic, value=str(time.time() * 1000).encode())
+            await asyncio.sleep(1 / rate)
+        await asyncio.wait_for(reader, timeout=30)
+    finally:
+        await consumer.stop()
+        await producer.stop()
     return {
-        "linger_ms": linger_ms, "fetch_min_interval_ms": interval_ms, "rate": rate, "records": len(latencies),
+        "linger_ms": linger_ms, "rate": rate, "records": len(latencies),
         **{f"p{q}_ms": round(percentile(latencies, q), 2) for q in (50, 90, 99)}, "max_ms": round(max(latencies), 2),
     }  # fmt: skip
 
 
-def run(settings: list[tuple[int, int]], rate: float, records: int) -> list[dict]:
+def run(lingers: list[int], rate: float, records: int) -> list[dict]:
     from stream.broker import EmbeddedBroker
     from stream.settings import Settings
 
     rows = []
-    with tempfile.TemporaryDirectory() as d, EmbeddedBroker(Path(d)).start() as broker:
-        for i, (linger, interval) in enumerate(settings):
+    with tempfile.TemporaryDirectory() as d, EmbeddedBroker.for_settings(Settings(), Path(d)) as broker:
+        for i, linger in enumerate(lingers):
             topic = f"hop-{i}"
             asyncio.run(create_plain_topics(Settings(), broker.bootstrap, [topic], 1))
-            rows.append(asyncio.run(one_setting(broker.bootstrap, topic, linger, interval, rate, records)))
+            rows.append(asyncio.run(one_setting(broker.bootstrap, topic, linger, rate, records)))
             print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 
@@ -81,11 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=100.0, help="records per second")
     ap.add_argument("--records", type=int, default=1000)
     ap.add_argument("--linger", default="0,5", help="producer linger values, ms")
-    ap.add_argument("--interval", default="0,10", help="least fetch interval values, ms")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
-    settings = [(int(lg), int(iv)) for lg in a.linger.split(",") for iv in a.interval.split(",")]
-    rows = run(settings, a.rate, a.records)
+    rows = run([int(lg) for lg in a.linger.split(",")], a.rate, a.records)
     print_json(rows, a.json)
     return 0
 

@@ -1,16 +1,15 @@
 """``intentstream bench``: throughput, latency, memory and restart figures of the stream worker.
 
-Everything is measured against a real broker (the embedded noida-db, or ``KAFKA_BOOTSTRAP_SERVERS``)
+Everything is measured against a real Kafka (a local broker, or ``KAFKA_BOOTSTRAP_SERVERS``)
 with the simulator's event mix, and every figure comes with the baselines it is compared with,
 measured in the same run on the same events (a shared 2-core machine is too noisy for figures
 taken on different days to be compared). Each measurement gets topics and a consumer group of its
 own (``bench-<run>-<name>...``), so repeats never see each other's records, and its topics are
-deleted when it is done, so that it leaves the broker as it found it: the embedded noida-db
-rewrites its whole state every few seconds, at a cost that grows with all it holds
-(docs/BENCHMARKS.md). With the embedded broker, ``broker_cores`` is the broker's CPU over a
-throughput or latency measurement (1.0 = one core busy all the time; None with another broker).
+deleted when it is done, so that it leaves the broker as it found it. With the local broker,
+``broker_cores`` is the broker's CPU over a throughput or latency measurement (1.0 = one core busy
+all the time; None with another broker).
 
-Scenarios (``intentstream bench [pipeline|baselines|state|all|scaling]``):
+Scenarios (``intentstream bench [pipeline|baselines|state|all|scaling|guarantees]``):
 
 ``pipeline``
     **Sustained throughput.** ``--events`` simulated events are preloaded into a fresh events
@@ -66,6 +65,11 @@ Scenarios (``intentstream bench [pipeline|baselines|state|all|scaling]``):
     (``--scaling``), all on this machine: the workers' handled events and CPU are summed, the
     rate is taken as for ``pipeline``.
 
+``guarantees`` (not part of ``all``)
+    The pipeline's backlog through one worker with ``at_least_once`` and with ``exactly_once``
+    (Kafka transactions, stream/agents/outputs.py), interleaved ``--repeats`` times: medians of
+    each and their ratio.
+
 ``--restart`` (with ``all`` or ``pipeline``, slow)
     A worker on a ``rocksdb://`` store fills its table with ``--restart-users`` users (one event
     each), is stopped with SIGTERM and started again on the same data directory:
@@ -88,7 +92,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import datetime as dt
 import functools
 import json
@@ -110,16 +113,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stream.broker import (
-    EmbeddedBroker,
-    TrimStats,
-    client_config,
-    create_plain_topics,
-    create_topics,
-    fetch_min_interval,
-    free_port,
-    trim_periodically,
-)
+from stream.broker import EmbeddedBroker, client_config, create_plain_topics, create_topics, free_port
 from stream.procs import stop_process_group
 from stream.settings import Settings, env_var
 
@@ -131,10 +125,9 @@ log = logging.getLogger(__name__)
 #: Repository root: the baselines and the state benchmark live in ``benchmarks/`` beside ``stream/``.
 ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.1
-SCENARIOS = ("pipeline", "baselines", "state", "all", "scaling")
+SCENARIOS = ("pipeline", "baselines", "state", "all", "scaling", "guarantees")
 #: Events counted as "handled": every canonical type; ``invalid``/``other`` never reach the state.
 NOT_HANDLED_TYPES = ("invalid", "other")
-TRIM_EVERY_S = 2.0  # BenchConfig.trim_broker's period
 
 
 @dataclass(frozen=True)
@@ -150,10 +143,6 @@ class BenchConfig:
     restart_users: int = 100_000
     sequence: bool = True  # serve a sequence model in the pipeline workers (see publish_sequence_model)
     scaling: tuple[int, ...] = (1, 2, 4)  # the scaling scenario: k partitions and k workers, for each k
-    # During the latency phase, delete all but the last N records of each partition every
-    # TRIM_EVERY_S (None: off). Embedded broker only: it stands in for the retention noida-db lacks,
-    # to separate the pipeline's latency from the broker's whole-state writes (docs/BENCHMARKS.md).
-    trim_broker: int | None = None
 
 
 # ------------------------------------------------------------------------------------- statistics
@@ -411,11 +400,7 @@ class Child:
 # ------------------------------------------------------------------------------------- the run
 def _measurement(method: Callable[..., dict]) -> Callable[..., dict]:
     """A :class:`Bench` measurement: when it is done, its topics are deleted, so that the next
-    measurement starts on a broker that holds none of its records. The embedded noida-db writes its
-    whole state to one JSON file every few seconds, taking a core for a time that grows with
-    everything it holds (0.1 s at 10k records of 1 KB, 0.7 s at 30k; over 1 s by the end of a
-    ``bench pipeline`` run before this: docs/BENCHMARKS.md); without this, each measurement of a
-    run paid for the records of all the ones before it."""
+    measurement starts on a broker that holds none of its records."""
 
     @functools.wraps(method)
     def measure(self: Bench, *args: object, **kwargs: object) -> dict:
@@ -437,7 +422,7 @@ class Bench:
     config: BenchConfig
     model_dir: Path | None = None  # registry with a current sequence model, shared by the workers
     online_models: dict[int, bytes] | None = None  # warm online-model checkpoints per partition
-    broker_pid: int | None = None  # the embedded broker's process, whose CPU the results report
+    broker_pid: int | None = None  # the local broker process, whose CPU the results report
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     _n: int = 0
     _apps: list[str] = field(default_factory=list)  # app ids whose topics are still on the broker
@@ -464,13 +449,14 @@ class Bench:
             asyncio.run(drop_topics(self.settings, self.bootstrap, apps))
 
     def broker_cpu(self) -> float | None:
-        """The embedded broker's CPU time so far (None with an external broker)."""
+        """The local broker's CPU time so far (None with an external broker)."""
         return cpu_seconds(self.broker_pid) if self.broker_pid else None
 
     def worker(self, s: Settings, web_port: int) -> Child:
         env = dict(os.environ)
         fields = ("app_id", "events_topic", "dlq_topic", "intent_topic", "churn_topic", "latent_topic",
-                  "events_partitions", "signal_partitions", "data_dir", "kafka_bootstrap_servers", "log_level", "store")  # fmt: skip
+                  "events_partitions", "signal_partitions", "data_dir", "kafka_bootstrap_servers", "log_level", "store",
+                  "processing_guarantee")  # fmt: skip
         env.update({env_var(f): str(getattr(s, f)) for f in fields})
         if s.model_dir is not None:
             env[env_var("model_dir")] = str(s.model_dir)
@@ -485,10 +471,11 @@ class Bench:
 
     # --------------------------------------------------------------------------- pipeline throughput
     @_measurement
-    def pipeline_throughput(self, events: Events, workers: int = 1) -> dict:
+    def pipeline_throughput(self, events: Events, workers: int = 1, **overrides: object) -> dict:
         """The backlog through ``workers`` workers of one application (one by default); their
-        handled events, batches and CPU are summed (the scaling scenario runs several)."""
-        s = self.fresh("pipe")
+        handled events, batches and CPU are summed (the scaling scenario runs several).
+        ``overrides``: settings of these workers (the guarantees scenario's processing guarantee)."""
+        s = self.fresh("pipe", **overrides)
         self.prepare_topics(s)
         produce_rate = asyncio.run(produce(s, self.bootstrap, s.events_topic, events))
         ports = [free_port() for _ in range(workers)]
@@ -576,8 +563,7 @@ class Bench:
         result = s.data_dir / "result.json"
         cmd = [sys.executable, "-m", "benchmarks.baselines", kind, "--bootstrap", self.bootstrap,
                "--source", source, "--sink", sink, "--count", str(len(events)),
-               "--partitions", str(self.config.partitions), "--result", str(result), "--app-id", f"{s.app_id}-faust",
-               "--fetch-min-interval-ms", os.environ.get("INTENTSTREAM_BENCH_BASELINE_FETCH_MIN_INTERVAL_MS", "0")]  # fmt: skip
+               "--partitions", str(self.config.partitions), "--result", str(result), "--app-id", f"{s.app_id}-faust"]  # fmt: skip
         deadline = time.time() + 60 + len(events) / 200
         with Child(cmd, dict(os.environ), s.data_dir / f"{kind}.log") as child:
             while time.time() < deadline and child.alive() and not result.exists():
@@ -602,19 +588,11 @@ class Bench:
     @_measurement
     def latency(self, events: Events, rate: float) -> dict:
         s = self.fresh("lat")
-        if self.config.trim_broker is not None:
-            # Faust would create the state changelog compacted, where DeleteRecords is refused;
-            # the latency worker never recovers from it, so a plain topic serves the same.
-            asyncio.run(create_plain_topics(s, self.bootstrap, [s.changelog_topics()["user-state"]], s.events_partitions,
-                                            {"cleanup.policy": "delete"}))
         self.prepare_topics(s)
         port = free_port()
         warm = min(2_000, self.config.events // 4)
         measured = len(events) - warm
-        # Our signal consumer must not spin on a broker that answers empty fetches at once
-        # (noida-db): it would take a core from the worker on a small machine. ``latency_ms`` reads
-        # the signals' Kafka timestamps, so pacing our fetches does not change it.
-        with self.worker(s, port) as w, fetch_min_interval(s.fetch_min_interval_ms):
+        with self.worker(s, port) as w:
             return asyncio.run(self._latency(s, w, port, events, warm, measured, rate))
 
     async def _latency(self, s: Settings, w: Child, port: int, events: Events, warm: int, measured: int,
@@ -669,14 +647,7 @@ class Bench:
                             by_second[int((t_sent - t0_ms) // 1000)].append(lat)
                             lat_recv.append(now_ms - t_sent)
 
-        trim = TrimStats(self.config.trim_broker) if self.config.trim_broker is not None else None
-        signal_topics = set(s.signal_topics().values())  # our reader's: never trimmed under it
-
         reader = asyncio.create_task(read_signals())
-        trimmer = None
-        if trim is not None:
-            trimmer = asyncio.create_task(trim_periodically(s, self.bootstrap, trim, every_s=TRIM_EVERY_S, stop=stop,
-                                                            skip=lambda: signal_topics))  # fmt: skip
         try:
             # Warm-up: the worker is ready before its second agent runs; wait until it handles events.
             for key, value, _ in events.records[:warm]:
@@ -701,8 +672,6 @@ class Bench:
         finally:
             stop.set()
             await reader
-            if trimmer is not None:
-                await trimmer
             await consumer.stop()
             await producer.stop()
         return {
@@ -714,7 +683,6 @@ class Bench:
             "warmed_up": warmed,
             "caught_up": caught_up,
             "signals_matched": len(lat_kafka),
-            "broker_trim": dataclasses.asdict(trim) if trim is not None else None,
             # The worker's CPU while it took the load (until it had handled every event): per event,
             # and in cores (1.0 = one core busy all the time).
             "worker_cpu_us_per_event": 1e6 * (cpu1 - cpu0) / measured if cpu0 is not None and cpu1 is not None else None,
@@ -834,22 +802,11 @@ def state(users: int, seed: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------- orchestration
-def check_config(settings: Settings, config: BenchConfig, bootstrap: str | None = None) -> None:
-    """Raises ValueError, naming the option, for a configuration the harness must not run."""
-    if config.trim_broker is None:
-        return
-    if config.trim_broker < 0:
-        raise ValueError("--trim-broker N needs N >= 0")
-    if external := bootstrap or settings.kafka_bootstrap_servers:
-        raise ValueError(f"--trim-broker deletes records: it applies to the embedded broker only, not to {external}")
-
-
 def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: str | None = None,
         progress: object = None) -> dict:  # fmt: skip
     """Run ``scenario`` and return the result as a JSON-able dict (see the module docstring)."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; one of {SCENARIOS}")
-    check_config(settings, config, bootstrap)
     say = progress if callable(progress) else (lambda msg: None)
     want = {"pipeline", "baselines", "state"} if scenario == "all" else {scenario}
     result: dict = {"meta": _meta(settings, config, scenario)}
@@ -858,14 +815,14 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
     try:
         with contextlib.ExitStack() as stack:
             model_dir = None
-            if want & {"pipeline", "baselines", "scaling"}:
+            if want & {"pipeline", "baselines", "scaling", "guarantees"}:
                 if bootstrap is None and settings.kafka_bootstrap_servers:
                     bootstrap = settings.kafka_bootstrap_servers
                 if bootstrap is None:
-                    broker = stack.enter_context(EmbeddedBroker(workdir / "broker"))
+                    broker = stack.enter_context(EmbeddedBroker.for_settings(settings, workdir / "broker"))
                     bootstrap, broker_pid = broker.bootstrap, broker.process.pid if broker.process else None
                 result["meta"]["bootstrap"] = bootstrap
-                if config.sequence and want & {"pipeline", "scaling"}:
+                if config.sequence and want & {"pipeline", "scaling", "guarantees"}:
                     model_dir = workdir / "models"
                     result["meta"]["sequence_model"] = publish_sequence_model(model_dir)
             if want & {"pipeline", "baselines"}:
@@ -907,6 +864,8 @@ def run(settings: Settings, scenario: str, config: BenchConfig, *, bootstrap: st
                         result["restart"] = bench.restart(config.restart_users)
             if "scaling" in want:
                 result["scaling"] = _scaling(settings, config, workdir, bootstrap, model_dir, say, broker_pid)
+            if "guarantees" in want:
+                result["guarantees"] = _guarantees(settings, config, workdir, bootstrap, model_dir, say, broker_pid)
             if "state" in want:
                 say(f"state benchmark with {config.users:,} users")
                 result["state"] = state(config.users, config.seed)
@@ -931,6 +890,26 @@ def _scaling(settings: Settings, config: BenchConfig, workdir: Path, bootstrap: 
             say(f"scaling: {k} partition(s) and worker(s), repeat {r + 1}/{config.repeats}")
             runs.append(bench.pipeline_throughput(events, workers=k))
         out[str(k)] = _summary(runs)
+    return out
+
+
+def _guarantees(settings: Settings, config: BenchConfig, workdir: Path, bootstrap: str, model_dir: Path | None,
+                say: Callable[[str], None], broker_pid: int | None = None) -> dict:  # fmt: skip
+    """The pipeline's backlog through one worker with each processing guarantee, the two
+    interleaved ``config.repeats`` times (a drifting machine hits both alike); medians, and
+    exactly-once against at-least-once."""
+    events = make_events(config.events, config.users, config.seed)
+    online = warm_online_models(settings, config.partitions, config.seed + 7)[0] if settings.online_learning else None
+    bench = Bench(settings, bootstrap, workdir, config, model_dir, online, broker_pid)
+    runs: dict[str, list[dict]] = {"at_least_once": [], "exactly_once": []}
+    for r in range(config.repeats):
+        for guarantee, got in runs.items():
+            say(f"guarantees: {guarantee}, repeat {r + 1}/{config.repeats}")
+            got.append(bench.pipeline_throughput(events, processing_guarantee=guarantee))
+    out: dict = {g: _summary(v) for g, v in runs.items()}
+    a, e = out["at_least_once"], out["exactly_once"]
+    for metric in ("events_per_s", "cpu_us_per_event"):
+        out[f"{metric}_exactly_once_vs_at_least_once"] = e[metric] / a[metric] if e.get(metric) and a.get(metric) else None
     return out
 
 
@@ -1088,7 +1067,6 @@ def _meta(settings: Settings, config: BenchConfig, scenario: str) -> dict:
         "batch_size": settings.batch_size,
         "batch_wait_ms": settings.batch_wait_ms,
         "batch_linger_ms": settings.batch_linger_ms,
-        "fetch_min_interval_ms": settings.fetch_min_interval_ms,
         **{k: v for k, v in vars(config).items()},
     }
 
@@ -1132,10 +1110,6 @@ def table(result: dict) -> str:
         rows.append(("worker CPU per event under that load", _fmt(lat.get("worker_cpu_us_per_event"), " us")))
         rows.append(("worker cores busy under that load", _fmt(lat.get("worker_cores"))))
         rows.append(("broker cores busy under that load", _fmt(lat.get("broker_cores"))))
-        trim = lat.get("broker_trim")
-        if trim:
-            rows.append((f"broker trimmed to the last {trim['keep']:,} per partition",
-                         f"{trim['deleted']:,} records in {trim['rounds']} rounds ({trim['seconds']:.2f} s)"))  # fmt: skip
         shape = lat.get("batches")
         if shape:
             rows.append(("batches per second under that load (ingest + process)", _fmt(shape["per_s"])))
@@ -1143,6 +1117,12 @@ def table(result: dict) -> str:
     for k, sc in (result.get("scaling") or {}).items():
         rows.append((f"scaling: {k} partition(s) and worker(s), events/s", _fmt(sc.get("events_per_s"))))
         rows.append((f"scaling: {k} partition(s) and worker(s), CPU per event", _fmt(sc.get("cpu_us_per_event"), " us")))
+    g = result.get("guarantees")
+    if g:
+        for name in ("at_least_once", "exactly_once"):
+            rows.append((f"{name}: events/s", _fmt(g[name].get("events_per_s"))))
+            rows.append((f"{name}: worker CPU per event", _fmt(g[name].get("cpu_us_per_event"), " us")))
+        rows.append(("exactly_once / at_least_once events/s", _fmt(g.get("events_per_s_exactly_once_vs_at_least_once"), "x")))
     st = result.get("state")
     if st:
         rows += [("state bytes/user", _fmt(st.get("bytes_per_user"))), ("state updates/s", _fmt(st.get("updates_per_s"))),

@@ -1,17 +1,15 @@
-"""The embedded Kafka-protocol broker, and topic creation.
+"""The local Apache Kafka broker, and topic creation.
 
-The choice of broker lives here and nowhere else. We embed **noida-db** (MIT, a single binary
-shipped inside the ``noida-db`` package on PyPI) and not Tansu, because on these machines noida-db
-returns correct end offsets (Faust changelog recovery and consumer lag depend on them), supports
-idempotent and transactional producers, and persists to disk across restarts; Tansu's
-ListOffsets(latest) is wrong and it lost a table update on failover (see ../shared/PLATFORM.md).
-noida-db's quirks: auto-created topics get one partition, so :func:`create_topics` creates
-every topic explicitly; and it answers a fetch at once even when there is nothing to read (it does
-not hold it for ``fetch.max.wait.ms``), so an idle consumer spins, ~3,600 fetch round trips a
-second, costing most of a core in the client and more in the broker; a trickling partition
-likewise costs one round trip per few records.
-:func:`install_fetch_min_interval` makes every aiokafka consumer in the process leave at least a
-few milliseconds between two fetches to one broker, as a conforming broker would have held them.
+Every command that needs a broker and finds no ``KAFKA_BOOTSTRAP_SERVERS`` starts a single-node
+Apache Kafka here: KRaft mode, broker and controller in one JVM, listening on 127.0.0.1 only, its
+data under ``INTENTSTREAM_DATA_DIR``. Its jars come from Maven Central by name
+(``stream/kafka_pom.xml``), fetched once by :func:`install_kafka` (``make kafka``) into
+``INTENTSTREAM_KAFKA_HOME``; nothing else is downloaded. Heap and thread pools are sized for a
+small shared machine (two cores beside the workers).
+
+Every way this can fail (no Java or an old one, no Maven or no network, a port in use, a data
+directory written by another Kafka or cluster, a broker that exits) raises :class:`BrokerError`,
+whose message is one line naming the cause and the fix.
 
 ``KAFKA_BOOTSTRAP_SERVERS`` bypasses all of this and points every command at an external Kafka.
 """
@@ -19,125 +17,114 @@ few milliseconds between two fetches to one broker, as a conforming broker would
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import logging
-import os
+import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
-from stream.procs import stop_process_group
+from stream.procs import die_with_parent, stop_process_group
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BROKER_NAME = "noida-db"
-
-_min_interval_s = 0.0  # read by the wrapper below on every fetch; set by install_fetch_min_interval
-
-
-def install_fetch_min_interval(ms: int) -> None:
-    """Leave at least ``ms`` between the start of one fetch request and the next to the same
-    broker, in every aiokafka consumer of this process (Faust's included): the fetch task waits out
-    the rest of the interval after the response. So a broker is asked at most ~1000/ms times a
-    second per consumer, whether its partitions are idle (empty answers) or trickling (a few
-    records per answer); a backlog still moves at up to the fetch size per partition per request.
-    A broker that holds fetches for ``fetch.max.wait.ms`` and ``fetch.min.bytes``, as Kafka does,
-    mostly answers later than that anyway. A record waits at most ``ms`` longer to be fetched.
-
-    aiokafka wakes the readers waiting for records only when the fetch task returns, and the
-    interval is waited out inside that task; so the wrapper wakes them itself as soon as a fetch
-    brings records. Otherwise every fetched record would also sit out the rest of the interval:
-    one hop through the embedded broker (5 ms linger, 10 ms interval, 100 records/s) took 22 ms
-    at p50 that way and takes 11 ms now (``python -m benchmarks.hop_latency``, docs/BENCHMARKS.md).
-    Idempotent; ``0`` turns it off."""
-    global _min_interval_s
-    from aiokafka.consumer.fetcher import Fetcher
-
-    _min_interval_s = ms / 1000
-    if getattr(Fetcher._proc_fetch_request, "_intentstream_min_interval", False):
-        return
-    fetch = Fetcher._proc_fetch_request
-
-    async def proc_fetch_request(self, assignment, node_id, request):  # type: ignore[no-untyped-def]
-        t0 = time.monotonic()
-        got_records = await fetch(self, assignment, node_id, request)
-        rest = _min_interval_s - (time.monotonic() - t0)
-        if rest > 0:
-            if got_records:  # hand them over now; aiokafka's own wake-up after the wait is a no-op
-                for waiter in list(getattr(self, "_fetch_waiters", ())):
-                    if not waiter.done():
-                        waiter.set_result(None)
-            try:
-                await asyncio.sleep(rest)
-            except asyncio.CancelledError:
-                # As aiokafka's own fetch does: a cancelled fetch (consumer closing, partitions
-                # revoked) ends quietly. Raising here made ``consumer.stop()`` raise.
-                return got_records
-        return got_records
-
-    proc_fetch_request._intentstream_min_interval = True  # type: ignore[attr-defined]
-    Fetcher._proc_fetch_request = proc_fetch_request
+KAFKA_VERSION = "4.4.0"
+JAVA_MIN = 17  # Kafka 4 brokers need Java 17
+MAVEN_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+STAMP = "intentstream-broker.json"  # which Kafka version and cluster id wrote a data directory
+READY_LINE = "Kafka Server started"  # logged by kafka.server.KafkaRaftServer once it serves requests
 
 
-@contextlib.contextmanager
-def fetch_min_interval(ms: int) -> Iterator[None]:
-    """:func:`install_fetch_min_interval` for a block; the interval before it is restored after."""
-    before = round(_min_interval_s * 1000)
-    install_fetch_min_interval(ms)
+class BrokerError(RuntimeError):
+    """The local broker cannot be installed or started; the message names the cause and the fix."""
+
+
+def default_kafka_home() -> Path:
+    return Path.home() / ".cache" / "intentstream" / f"kafka-{KAFKA_VERSION}"
+
+
+def _jar(home: Path) -> Path:
+    return home / "libs" / f"kafka_2.13-{KAFKA_VERSION}.jar"
+
+
+def java_command(java_home: Path | None = None) -> str:
+    """The ``java`` to run Kafka with (``JAVA_HOME``'s, else the one on PATH), checked to be 17+."""
+    java = str(java_home / "bin" / "java") if java_home else shutil.which("java")
+    fix = "install OpenJDK 17 or newer (Debian: apt-get install openjdk-17-jre-headless) or set KAFKA_BOOTSTRAP_SERVERS"
+    if not java or not Path(java).is_file():
+        raise BrokerError(f"Java not found ({'JAVA_HOME=' + str(java_home) if java_home else 'no java on PATH'}): {fix}")
     try:
-        yield
-    finally:
-        install_fetch_min_interval(before)
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BrokerError(f"{java} -version failed ({exc}): {fix}") from None
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not m:
+        raise BrokerError(f"cannot tell the version of {java}: {fix}")
+    major = int(m.group(2)) if m.group(1) == "1" else int(m.group(1))  # "1.8.0" is Java 8
+    if major < JAVA_MIN:
+        raise BrokerError(f"{java} is Java {major}; Kafka {KAFKA_VERSION} needs Java {JAVA_MIN} or newer: {fix}")
+    return java
 
 
-def install_uncommitted_seek_to_beginning() -> None:
-    """Make aiokafka's ``seek_to_committed`` rewind partitions the group has not committed yet.
+def install_kafka(home: Path | None = None, *, java_home: Path | None = None, timeout: float = 900.0) -> Path:
+    """Fetch Kafka's broker jars from Maven Central into ``home``/libs (once; a second call
+    returns at once). Maven resolves them from ``stream/kafka_pom.xml``; the copy is made in a
+    scratch directory and moved into place, so an interrupted install leaves nothing half done."""
+    home = home or default_kafka_home()
+    if _jar(home).is_file():
+        return home / "libs"
+    java_command(java_home)  # Maven needs it too; say so before Maven does, less clearly
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise BrokerError(
+            f"Maven (mvn) not found: it fetches Kafka {KAFKA_VERSION} from Maven Central "
+            "(Debian: apt-get install maven), or set KAFKA_BOOTSTRAP_SERVERS to an existing Kafka"
+        )
+    home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=home, prefix=".install-") as tmp:
+        pom = Path(tmp) / "pom.xml"
+        pom.write_text(files("stream").joinpath("kafka_pom.xml").read_text().replace("@KAFKA_VERSION@", KAFKA_VERSION))
+        cmd = [mvn, "-B", "-q", "-f", str(pom), f"{MAVEN_PLUGIN}:copy-dependencies",
+               f"-DoutputDirectory={tmp}/libs", "-DincludeScope=runtime"]  # fmt: skip
+        log.info("fetching Kafka %s from Maven Central into %s", KAFKA_VERSION, home)
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise BrokerError(f"Maven did not fetch Kafka {KAFKA_VERSION} within {timeout:.0f} s: check that "
+                              "Maven Central is reachable, then run `make kafka` again") from None  # fmt: skip
+        if out.returncode != 0 or not (Path(tmp) / "libs" / _jar(home).name).is_file():
+            errors = [ln.strip() for ln in (out.stdout + out.stderr).splitlines() if "ERROR" in ln] or ["no jar"]
+            raise BrokerError(
+                f"Maven could not fetch Kafka {KAFKA_VERSION} (exit {out.returncode}: {errors[0][:300]}): check "
+                "that Maven Central is reachable, then run `make kafka` again"
+            )
+        shutil.rmtree(home / "libs", ignore_errors=True)
+        (Path(tmp) / "libs").rename(home / "libs")
+    return home / "libs"
 
-    Faust drops records it has fetched but cannot hand to a stream at that moment (a partition
-    paused for table recovery, a rebalance under way: ``Consumer.getmany``), and relies on seeking
-    every partition back to its committed offset when the rebalance or recovery completes. But
-    aiokafka's ``seek_to_committed`` seeks only where the committed offset is above 0: a partition
-    a new group has not committed yet keeps its fetch position, after the dropped records, and they
-    are never read. The benchmark caught it: one event in 20,000 missing from the internal topic
-    in about one run in four, an early one, with no error and consumer lag 0.
 
-    With this patch such partitions (no committed offset, or 0) go back to their beginning when
-    the consumer's reset policy is ``earliest`` (Faust's default, and ours): what was fetched and
-    dropped is read again; what was already handled comes again too, and is absorbed by the
-    state's de-duplication, as after any at-least-once replay. Table changelogs (``*-changelog``)
-    are left alone: the group never commits them, Faust positions them itself. Idempotent."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.consumer.fetcher import OffsetResetStrategy
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka writes them: 16 bytes, URL-safe base64 without padding, never
+    starting with '-' (the storage tool's argument parser would read it as an option).
 
-    if getattr(AIOKafkaConsumer.seek_to_committed, "_intentstream_rewind", False):
-        return
-    seek = AIOKafkaConsumer.seek_to_committed
-
-    async def seek_to_committed(self, *partitions):  # type: ignore[no-untyped-def]
-        committed = await seek(self, *partitions)
-        # Table changelogs are not consumed by the group (Faust keeps their offsets itself).
-        unseeked = [tp for tp, offset in committed.items() if (not offset or offset <= 0) and not tp.topic.endswith("-changelog")]
-        if unseeked and self._fetcher._default_reset_strategy == OffsetResetStrategy.EARLIEST:
-            await self.seek_to_beginning(*unseeked)
-        return committed
-
-    seek_to_committed._intentstream_rewind = True  # type: ignore[attr-defined]
-    seek_to_committed.original = seek  # type: ignore[attr-defined]  # for tests: aiokafka's own
-    AIOKafkaConsumer.seek_to_committed = seek_to_committed
-
-
-def broker_binary() -> Path:
-    path = Path(str(files("noida_db").joinpath("noida-db")))
-    if not path.is_file():
-        raise RuntimeError(f"embedded broker binary not found at {path}: reinstall with `pip install noida-db`")
-    if not os.access(path, os.X_OK):
-        path.chmod(0o755)
-    return path
+    >>> cid = new_cluster_id()
+    >>> len(cid), cid[0] != "-"
+    (22, True)
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def free_port() -> int:
@@ -146,71 +133,265 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_in_use(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` (the closed connections of a broker that
+    just stopped do not count: Kafka binds with SO_REUSEADDR, and so does this check)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def wait_for_port(host: str, port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return
         time.sleep(0.05)
-    raise TimeoutError(f"broker did not open {host}:{port} within {timeout:.0f} s")
+    raise TimeoutError(f"nothing opened {host}:{port} within {timeout:.0f} s")
+
+
+# Sized for a 2-core machine shared with the workers: Kafka's defaults (8 I/O threads, 10
+# background threads, a 128 MiB cleaner buffer, 50 offsets partitions) are for a dedicated server.
+SERVER_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={log_dir}
+num.network.threads=2
+num.io.threads=2
+background.threads=2
+num.recovery.threads.per.data.dir=1
+log.cleaner.threads=1
+log.cleaner.dedupe.buffer.size=16777216
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.segment.bytes=67108864
+log.retention.bytes=1073741824
+"""
+
+# Kafka's own lines at WARN and above, plus the one that says it is serving.
+LOG4J2 = """\
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.out.ref = out
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = info
+"""
 
 
 @dataclass
 class EmbeddedBroker:
-    """A noida-db process serving Kafka on 127.0.0.1:``port``, data kept in ``data_dir``.
+    """A single-node Apache Kafka (KRaft) on 127.0.0.1:``port``, its data in ``data_dir``.
 
-    Started in its own process group so that stopping it (or our own exit) leaves nothing behind.
+    The JVM runs in its own process group and gets SIGTERM if the process that started it dies,
+    however it dies (``stream.procs.die_with_parent``), so nothing is left running.
+    ``port`` 0 picks a free one; a broker restarted on the same ``data_dir`` keeps its port
+    unless given another. Start it from the main thread: the kernel ties that signal to the
+    thread that started the child.
     """
 
     data_dir: Path
     port: int = 0
+    kafka_home: Path = field(default_factory=default_kafka_home)
+    heap_mb: int = 1024
+    java_home: Path | None = None
     process: subprocess.Popen | None = None
+    start_s: float | None = None  # seconds from launch to serving, of the last start
+
+    @classmethod
+    def for_settings(cls, settings: Settings, data_dir: Path | None = None, port: int = 0) -> EmbeddedBroker:
+        return cls(data_dir or settings.data_dir / "broker", port=port, kafka_home=settings.kafka_home or default_kafka_home(),
+                   heap_mb=settings.broker_heap_mb, java_home=settings.java_home)  # fmt: skip
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> EmbeddedBroker:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self.port:
-            self.port = free_port()
-        cmd = [
-            str(broker_binary()), "start", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
-            "--only", "kafka", "--kafka-port", str(self.port),
-        ]  # fmt: skip
-        logfile = open(self.data_dir / "broker.log", "ab")  # noqa: SIM115 - owned by the child
-        self.process = subprocess.Popen(
-            cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-        logfile.close()
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    def start(self, timeout: float = 90.0) -> EmbeddedBroker:
+        if self.process is not None and self.process.poll() is None:
+            return self
+        if not _jar(self.kafka_home).is_file():
+            raise BrokerError(f"Kafka {KAFKA_VERSION} is not installed in {self.kafka_home}: run `make kafka` "
+                              "(or `intentstream broker install`), or set KAFKA_BOOTSTRAP_SERVERS")  # fmt: skip
+        java = java_command(self.java_home)
+        if self.port and port_in_use(self.port):
+            raise BrokerError(f"127.0.0.1:{self.port} is already in use (another broker?): stop what listens there "
+                              f"(`ss -ltnp 'sport = :{self.port}'` names it) or choose another port")  # fmt: skip
+        stamp = self._prepare_dir()
+        self.port = self.port or free_port()
+        cport = stamp["controller_port"]
+        if port_in_use(cport):
+            raise BrokerError(f"the controller port 127.0.0.1:{cport} of {self.data_dir} is in use: is a broker already "
+                              f"running on this data directory? Stop it, or use another INTENTSTREAM_DATA_DIR")  # fmt: skip
+        props = self._write_config(cport)
+        classpath = f"{self.kafka_home / 'libs'}/*"
+        if not stamp.get("formatted"):
+            self._format(java, classpath, props, stamp)
+        cmd = [java, *self._jvm_options(), "-cp", classpath, "kafka.Kafka", str(props)]
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        t0 = time.monotonic()
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True, preexec_fn=die_with_parent)  # fmt: skip
         try:
-            wait_for_port("127.0.0.1", self.port, timeout)
-        except TimeoutError:
+            self._wait_ready(offset, t0 + timeout)
+        except BaseException:
             self.stop()
             raise
-        log.info("embedded %s broker on %s (data in %s)", BROKER_NAME, self.bootstrap, self.data_dir)
+        self.start_s = time.monotonic() - t0
+        log.info("Kafka %s on %s (data in %s, ready in %.1f s)", KAFKA_VERSION, self.bootstrap, self.data_dir, self.start_s)
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def _jvm_options(self) -> list[str]:
+        return [
+            f"-Xms{self.heap_mb}m", f"-Xmx{self.heap_mb}m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-XX:ParallelGCThreads=2", "-XX:ConcGCThreads=1", "-XX:CICompilerCount=2", "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+        ]  # fmt: skip
+
+    def _prepare_dir(self) -> dict:
+        """Check that ``data_dir`` is empty or this project's Kafka data of this version; return its stamp."""
+        d = self.data_dir
+        reset = f"remove it (rm -rf {d}; its topics are lost) or point INTENTSTREAM_DATA_DIR elsewhere"
+        stamp_path = d / STAMP
+        if stamp_path.is_file():
+            try:
+                stamp = json.loads(stamp_path.read_text())
+                version, cluster = stamp["kafka_version"], stamp["cluster_id"]
+            except (ValueError, KeyError, TypeError):
+                raise BrokerError(f"{stamp_path} is unreadable: {reset}") from None
+            if version != KAFKA_VERSION:
+                raise BrokerError(f"{d} was written by Kafka {version}, this is Kafka {KAFKA_VERSION}: {reset}")
+            meta = d / "kraft" / "meta.properties"
+            if stamp.get("formatted") and meta.is_file():
+                found = re.search(r"^cluster\.id=(\S+)", meta.read_text(), re.M)
+                if not found or found.group(1) != cluster:
+                    raise BrokerError(f"{d} holds data of another Kafka cluster "
+                                      f"({found.group(1) if found else 'none'}, expected {cluster}): {reset}")  # fmt: skip
+            elif stamp.get("formatted"):
+                raise BrokerError(f"{meta} is missing (the log directory was removed or damaged): {reset}")
+            return stamp
+        if d.exists() and any(p.name != "broker.log" for p in d.iterdir()):
+            raise BrokerError(f"{d} holds files that are not this project's Kafka data (an older embedded broker's?): {reset}")
+        d.mkdir(parents=True, exist_ok=True)
+        stamp = {"kafka_version": KAFKA_VERSION, "cluster_id": new_cluster_id(), "controller_port": free_port(),
+                 "formatted": False}  # fmt: skip
+        stamp_path.write_text(json.dumps(stamp))
+        return stamp
+
+    def _write_config(self, controller_port: int) -> Path:
+        (self.data_dir / "log4j2.properties").write_text(LOG4J2)
+        props = self.data_dir / "server.properties"
+        props.write_text(SERVER_PROPERTIES.format(port=self.port, controller_port=controller_port,
+                                                  log_dir=self.data_dir / "kraft"))  # fmt: skip
+        return props
+
+    def _format(self, java: str, classpath: str, props: Path, stamp: dict) -> None:
+        cmd = [java, "-Xmx256m", f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}", "-cp", classpath,
+               "kafka.tools.StorageTool", "format", "-t", stamp["cluster_id"], "-c", str(props)]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if out.returncode != 0:
+            lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()] or ["no output"]
+            raise BrokerError(f"formatting {self.data_dir / 'kraft'} failed: {lines[-1][:300]}")
+        stamp["formatted"] = True
+        (self.data_dir / STAMP).write_text(json.dumps(stamp))
+
+    def _wait_ready(self, offset: int, deadline: float) -> None:
+        assert self.process is not None
+        while True:
+            text = self._log_since(offset)
+            if READY_LINE in text:
+                return
+            code = self.process.poll()
+            if code is not None:
+                raise BrokerError(f"Kafka exited with code {code} while starting: {_first_error(text)} (log: {self.log_path})")
+            if time.monotonic() > deadline:
+                raise BrokerError(f"Kafka did not start within the time allowed: {_first_error(text)} (log: {self.log_path})")
+            time.sleep(0.1)
+
+    def _log_since(self, offset: int) -> str:
+        with contextlib.suppress(OSError), open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+        return ""
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (Kafka shuts down cleanly, flushing its logs), SIGKILL after ``timeout``."""
         proc, self.process = self.process, None
         if proc is not None:
             stop_process_group(proc, timeout)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (acknowledged records are in the OS's page cache and survive)."""
+        import signal
+
+        proc, self.process = self.process, None
+        if proc is not None:
+            stop_process_group(proc, 5, signal.SIGKILL)
+
     def __enter__(self) -> EmbeddedBroker:
-        return self.start() if self.process is None else self
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
+def _first_error(text: str) -> str:
+    """The first line of the broker's output that says what went wrong."""
+    for pattern in (r"Exception[^\n]*", r"ERROR[^\n]*", r"Error[^\n]*"):
+        m = re.search(pattern, text)
+        if m:
+            return m.group(0).strip()[:300]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
 @contextlib.contextmanager
 def kafka_for(settings: Settings, *, port: int = 0) -> Iterator[str]:
-    """Yield a bootstrap address: the configured external Kafka, or a freshly started embedded broker."""
+    """Yield a bootstrap address: the configured external Kafka, or a freshly started local broker."""
     if settings.kafka_bootstrap_servers:
         yield settings.kafka_bootstrap_servers
         return
-    with EmbeddedBroker(settings.data_dir / "broker", port=port) as broker:
+    with EmbeddedBroker.for_settings(settings, port=port) as broker:
         yield broker.bootstrap
+
+
+async def topic_partitions(consumer: object, topic: str) -> set[int]:
+    """The partition ids of ``topic`` (empty if it does not exist), from a fresh metadata request.
+
+    ``AIOKafkaConsumer.topics()`` makes the same all-topics request but keeps the answer apart from
+    the consumer's own metadata, so ``partitions_for_topic`` afterwards knows only the topics the
+    consumer already tracks: nothing, for a consumer that has not been assigned any yet."""
+    cluster = await consumer._client.fetch_all_metadata()  # type: ignore[attr-defined]
+    return set(cluster.partitions_for_topic(topic) or ())
 
 
 def topic_specs(settings: Settings) -> dict[str, int]:
@@ -244,6 +425,9 @@ def client_config(settings: Settings, bootstrap: str) -> dict[str, object]:
 async def create_topics(settings: Settings, bootstrap: str, timeout: float = 30.0) -> dict[str, int]:
     """Create every topic with its partition count; existing topics are left as they are.
 
+    The tables' changelogs too (compacted, as Faust would create them): the exactly-once
+    producer writes to them from its start, before Faust has declared them.
+
     Returns the partition count of each topic as the broker reports it afterwards, and fails if an
     existing topic has fewer partitions than configured (co-partitioning would break).
     """
@@ -259,18 +443,25 @@ async def create_topics(settings: Settings, bootstrap: str, timeout: float = 30.
         except Exception:  # the broker may still be opening its listener
             if time.monotonic() > deadline:
                 raise
-            await _sleep(0.2)
+            await asyncio.sleep(0.2)
     try:
         existing = set(await admin.list_topics())
+        compacted = set(settings.changelog_topics().values())
         new = [
-            NewTopic(name, num_partitions=n, replication_factor=settings.replication_factor)
-            for name, n in specs.items()
+            NewTopic(name, num_partitions=n, replication_factor=settings.replication_factor,
+                     topic_configs={"cleanup.policy": "compact"} if name in compacted else {})
+            for name, n in {**specs, **dict.fromkeys(compacted, settings.events_partitions)}.items()
             if name not in existing
-        ]
+        ]  # fmt: skip
         if new:
             await admin.create_topics(new)
-        described = await admin.describe_topics(list(specs))
-        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        created = {t.name for t in new}
+        while True:  # a new topic's partitions show in the metadata a moment after it is created
+            described = await admin.describe_topics(list(specs))
+            counts = {d["topic"]: len(d["partitions"]) for d in described}
+            if all(counts.get(t, 0) for t in created) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
     for name, n in specs.items():
@@ -296,111 +487,3 @@ async def create_plain_topics(settings: Settings, bootstrap: str, names: list[st
         await admin.close()
 
 
-async def _sleep(s: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(s)
-
-
-async def trim_topics(
-    settings: Settings,
-    bootstrap: str,
-    *,
-    keep: int,
-    groups: Collection[str] | None = None,
-    consumed: Collection[str] | None = None,
-    skip: Collection[str] = (),
-) -> dict[str, int]:
-    """Delete all but the last ``keep`` records of each partition of every topic on the broker
-    (DeleteRecords), for a broker that keeps everything: noida-db has no retention and rewrites all
-    it holds every few seconds (docs/BENCHMARKS.md), so a long demo would otherwise grow it without
-    bound. A partition of a topic in ``consumed`` is never trimmed past the lowest offset one of
-    ``groups`` has committed on it, nor at all while none has (by default the application's
-    groups and the input and internal topics they read). Topics in ``skip``, the broker's own
-    (``__*``) and compacted ones (DeleteRecords is refused there, as by Kafka) are left whole.
-    Returns the records deleted per topic. Never point this at a Kafka you care about: it is the
-    retention the embedded broker lacks, not a substitute for yours."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.admin.records_to_delete import RecordsToDelete
-    from aiokafka.errors import PolicyViolationError
-
-    if groups is None:
-        groups = {settings.app_id, settings.ingest_group}
-    if consumed is None:
-        consumed = (settings.events_topic, settings.repartition_topic)
-    admin = AIOKafkaAdminClient(**client_config(settings, bootstrap))
-    consumer = AIOKafkaConsumer(**client_config(settings, bootstrap), group_id=None, enable_auto_commit=False)
-    deleted: dict[str, int] = {}
-    await admin.start()
-    try:
-        await consumer.start()
-        names = [t for t in await admin.list_topics() if not t.startswith("__") and t not in skip]
-        await consumer.topics()  # fills the consumer's metadata for partitions_for_topic
-        tps = [TopicPartition(t, p) for t in names for p in sorted(consumer.partitions_for_topic(t) or ())]
-        if not tps:
-            return deleted
-        committed: dict[TopicPartition, int] = {}
-        for group in groups:
-            for tp, om in (await admin.list_consumer_group_offsets(group)).items():
-                if tp.topic in consumed and om.offset >= 0:
-                    committed[tp] = min(om.offset, committed.get(tp, om.offset))
-        begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
-        todo: dict[str, dict[TopicPartition, RecordsToDelete]] = {}
-        for tp in tps:
-            upto = end[tp] - keep
-            if tp.topic in consumed:
-                upto = min(upto, committed.get(tp, -1))
-            if upto > begin[tp]:
-                todo.setdefault(tp.topic, {})[tp] = RecordsToDelete(before_offset=upto)
-        for topic, parts in todo.items():  # one request per topic: a refusal stays that topic's
-            try:
-                await admin.delete_records(parts)
-            except PolicyViolationError:  # a compacted topic (Kafka refuses those too): left whole
-                log.debug("not trimming compacted topic %s", topic)
-                continue
-            deleted[topic] = sum(r.before_offset - begin[tp] for tp, r in parts.items())
-        return deleted
-    finally:
-        await consumer.stop()
-        await admin.close()
-
-
-@dataclass
-class TrimStats:
-    """What :func:`trim_periodically` has done so far."""
-
-    keep: int  # records kept per partition
-    rounds: int = 0
-    failed: int = 0
-    deleted: int = 0
-    seconds: float = 0.0  # spent in the rounds that succeeded
-
-
-async def trim_periodically(
-    settings: Settings,
-    bootstrap: str,
-    stats: TrimStats,
-    *,
-    every_s: float,
-    stop: asyncio.Event,
-    skip: Callable[[], Collection[str]] = tuple,
-) -> None:
-    """:func:`trim_topics` (the application's groups, ``stats.keep`` records, the topics ``skip()``
-    names left whole) every ``every_s`` until ``stop`` is set, counted in ``stats``. A failed round
-    is logged and counted, never raised: a busy broker must not end what runs beside it."""
-    while True:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
-        if stop.is_set():
-            return
-        t = time.perf_counter()
-        try:
-            deleted = await trim_topics(settings, bootstrap, keep=stats.keep, skip=skip())
-        except Exception as exc:  # noqa: BLE001 - logged and counted; the next round tries again
-            log.warning("trimming the broker failed (tried again in %.0f s): %r", every_s, exc)
-            stats.failed += 1
-            continue
-        stats.rounds += 1
-        stats.deleted += sum(deleted.values())
-        stats.seconds += time.perf_counter() - t

@@ -2,7 +2,7 @@
 
 Every command reads the same :class:`~stream.settings.Settings` (environment variables; see
 ``intentstream config``). Without ``KAFKA_BOOTSTRAP_SERVERS`` the commands that need Kafka start
-the embedded broker themselves.
+a local Apache Kafka broker themselves (stream/broker.py).
 """
 
 from __future__ import annotations
@@ -40,20 +40,30 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- broker
 def cmd_broker(settings: Settings, args: argparse.Namespace) -> int:
-    """Run the embedded broker in the foreground with all topics created."""
-    from stream.broker import EmbeddedBroker, create_topics
+    """``broker install``: fetch Kafka's jars; ``broker``: run the local broker in the foreground
+    with all topics created, until SIGTERM or Ctrl-C."""
+    from stream.broker import KAFKA_VERSION, EmbeddedBroker, create_topics, default_kafka_home, install_kafka
 
-    with EmbeddedBroker(settings.data_dir / "broker", port=args.port) as broker:
+    if args.action == "install":
+        libs = install_kafka(settings.kafka_home or default_kafka_home(), java_home=settings.java_home)
+        print(f"Kafka {KAFKA_VERSION}: {len(list(libs.glob('*.jar')))} jars in {libs}")
+        return 0
+    broker = EmbeddedBroker.for_settings(settings, port=args.port)
+    with broker:
         counts = asyncio.run(create_topics(settings, broker.bootstrap))
+        print(f"Kafka {KAFKA_VERSION} ready in {broker.start_s:.1f} s, data in {broker.data_dir}", flush=True)
         print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}", flush=True)
         for topic, n in sorted(counts.items()):
             print(f"  {topic}: {n} partitions", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
-            _wait_for_signal()
+            _wait_for_signal(broker)
     return 0
 
 
-def _wait_for_signal() -> None:
+def _wait_for_signal(broker: object = None) -> None:
+    """Until SIGTERM or SIGINT; or until ``broker`` exits by itself, which is an error."""
+    from stream.broker import BrokerError
+
     stop = {"flag": False}
 
     def handler(signum: int, frame: object) -> None:
@@ -62,6 +72,8 @@ def _wait_for_signal() -> None:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     while not stop["flag"]:
+        if broker is not None and not broker.alive():  # type: ignore[attr-defined]
+            raise BrokerError(f"the broker exited on its own; see {broker.log_path}")  # type: ignore[attr-defined]
         time.sleep(0.2)
 
 
@@ -88,9 +100,7 @@ def run_worker(settings: Settings, bootstrap: str) -> int:
     import faust
 
     from stream.app import create_app
-    from stream.broker import install_fetch_min_interval
 
-    install_fetch_min_interval(settings.fetch_min_interval_ms)
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings, bootstrap)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, override_logging=False)
@@ -203,16 +213,11 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from stream.bench import BenchConfig, check_config, main
+    from stream.bench import BenchConfig, main
 
     config = BenchConfig(events=args.events, users=args.users, partitions=args.partitions or settings.events_partitions,
                          repeats=args.repeats, seed=args.seed, rate=args.rate, restart=args.restart,
-                         sequence=not args.no_sequence, scaling=_counts(args.scaling),
-                         trim_broker=args.trim_broker)  # fmt: skip
-    try:
-        check_config(settings, config)
-    except ValueError as exc:
-        raise SystemExit(f"intentstream bench: {exc}") from None
+                         sequence=not args.no_sequence, scaling=_counts(args.scaling))  # fmt: skip
     return main(settings, args.scenario, config, Path(args.json) if args.json else None)
 
 
@@ -316,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("config", help="show every setting, its value and the variable that sets it").set_defaults(fn=cmd_config)
 
-    b = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (noida-db) with all topics")
+    b = sub.add_parser("broker", help="run a local Apache Kafka broker with all topics; `broker install` fetches it")
+    b.add_argument("action", nargs="?", default="run", choices=["run", "install"],
+                   help="run (default) or install: fetch Kafka's jars from Maven Central (INTENTSTREAM_KAFKA_HOME)")
     b.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     b.set_defaults(fn=cmd_broker)
 
@@ -355,16 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(fn=cmd_watch)
 
     bn = sub.add_parser("bench", help="throughput, latency, memory against the pipeline's baselines (docs/BENCHMARKS.md)")
-    bn.add_argument("scenario", nargs="?", default="all", choices=["pipeline", "baselines", "state", "all", "scaling"])
+    bn.add_argument("scenario", nargs="?", default="all", choices=["pipeline", "baselines", "state", "all", "scaling", "guarantees"])
     bn.add_argument("--events", type=int, default=50_000, help="events in each preloaded backlog (default 50000)")
     bn.add_argument("--users", type=int, default=10_000, help="simulated active users (default 10000)")
     bn.add_argument("--partitions", type=int, default=None, help="partitions per topic (default INTENTSTREAM_EVENTS_PARTITIONS)")
     bn.add_argument("--repeats", type=int, default=3, help="repeats per measurement; medians are reported (default 3)")
     bn.add_argument("--seed", type=int, default=0)
     bn.add_argument("--rate", type=float, default=None, help="offered load for the latency run (default: half the sustained max)")
-    bn.add_argument("--trim-broker", type=int, default=None, metavar="N",
-                    help="during the latency phase keep only the last N records of each partition (every 2 s; the "
-                    "embedded broker has no retention and rewrites all it holds every few seconds). Embedded broker only")
     bn.add_argument("--restart", action="store_true", help="also time a restart with 100k users of rocksdb state (slow)")
     bn.add_argument("--no-sequence", action="store_true", help="pipeline workers without a sequence model (online models only)")
     bn.add_argument("--scaling", default="1,2,4", help="the scaling scenario's partition and worker counts (default 1,2,4)")
@@ -401,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stream.broker import BrokerError
+
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
@@ -413,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(settings, args) or 0)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    except BrokerError as exc:
+        print(f"intentstream {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,4 +1,4 @@
-"""``intentstream demo``: embedded broker + one worker + the simulator + a live terminal view.
+"""``intentstream demo``: a local Kafka broker + one worker + the simulator + a live terminal view.
 
 After ``TRAIN_AFTER_S`` seconds of simulated traffic the demo runs ``intentstream refresh
 --from-topic`` once in the background (a short CPU training run on the events the worker has
@@ -23,16 +23,8 @@ import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 
-from stream.broker import (
-    EmbeddedBroker,
-    TrimStats,
-    client_config,
-    create_plain_topics,
-    create_topics,
-    free_port,
-    trim_periodically,
-)
-from stream.procs import stop_process_group
+from stream.broker import EmbeddedBroker, client_config, create_topics, free_port
+from stream.procs import die_with_parent, stop_process_group
 from stream.settings import Settings
 
 HOUR_MS = 3_600_000
@@ -48,16 +40,6 @@ DEMO_ENV = {
 }
 BAD_EVERY = 400  # one malformed event in this many shows the dead-letter path at work
 TRAIN_AFTER_S = 40.0  # simulated traffic before the background training run starts
-# The embedded broker keeps every record and rewrites all of them every few seconds (noida-db has no
-# retention): untrimmed, the demo's broker grew by ~4.5 MB/s (827 MB after 3 minutes, 1.6 GB RSS,
-# most of a core; docs/BENCHMARKS.md). So the demo keeps the last KEEP_RECORDS of each partition,
-# never trimming what the worker has yet to commit, nor the history while the training run reads it.
-# Kafka refuses DeleteRecords on a compacted topic (and noida-db never compacts), so the demo creates
-# the tables' changelogs itself with cleanup.policy=delete before the worker starts: its store is
-# memory:// and a worker exit ends the demo, so no recovery ever reads them. Elsewhere they stay
-# Faust's compacted topics.
-KEEP_RECORDS = 1_000
-TRIM_EVERY_S = 5.0
 # A short run: its churn head is trained for the demo's churn horizon so that it is blended too.
 # One torch thread: the broker, the worker and the simulator keep both cores busy, and two
 # threads then trained at 618 events/s against 5,522 with one (`make demo`, 2026-11-23).
@@ -75,8 +57,8 @@ class ViewState:
     signals: dict[str, int] = field(default_factory=lambda: {"purchase_intent": 0, "churn_risk": 0, "latent_needs": 0})
     model: str = f"online only; sequence model training starts after {TRAIN_AFTER_S:.0f} s"
     latest: deque = field(default_factory=lambda: deque(maxlen=12))
-    trim: TrimStats | None = None  # the demo's trimming of its embedded broker (None: not trimming)
     rates: deque = field(default_factory=lambda: deque(maxlen=10))  # (t, sent, processed)
+    failure: str | None = None  # why the demo stopped early (its worker or its broker exited)
 
 
 def _fmt_signal(sig: dict) -> str:
@@ -104,8 +86,6 @@ def render(v: ViewState, header: str) -> str:
         f"({rate_p:,.0f}/s)   dead-lettered {v.dead:,}   users in state {v.users:,.0f}",
         "signals  " + "   ".join(f"{k} {n:,}" for k, n in v.signals.items()),
         f"models   {v.model}",
-        *([f"broker   embedded, keeps the last {v.trim.keep:,} records per partition ({v.trim.deleted:,} deleted so far)"]
-          if v.trim is not None else []),
         "latest signals (event time, task, pseudonymous user, why):",
         *v.latest,
     ]
@@ -187,7 +167,7 @@ def _bad_event(n: int) -> bytes:
 def run_demo(settings: Settings, *, seconds: float | None, rate: float, users: int) -> int:
     demo_dir = settings.data_dir / "demo"
     shutil.rmtree(demo_dir, ignore_errors=True)
-    broker = EmbeddedBroker(demo_dir / "broker")
+    broker = EmbeddedBroker.for_settings(settings, demo_dir / "broker")
     worker: subprocess.Popen | None = None
     try:
         if settings.kafka_bootstrap_servers:
@@ -195,31 +175,32 @@ def run_demo(settings: Settings, *, seconds: float | None, rate: float, users: i
         else:
             bootstrap = broker.start().bootstrap
         asyncio.run(create_topics(settings, bootstrap))
-        if not settings.kafka_bootstrap_servers:
-            asyncio.run(create_plain_topics(settings, bootstrap, list(settings.changelog_topics().values()),
-                                            settings.events_partitions, {"cleanup.policy": "delete"}))  # fmt: skip
         web_port = free_port()
         env = {**os.environ, **DEMO_ENV, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                "INTENTSTREAM_DATA_DIR": str(demo_dir), "INTENTSTREAM_WEB_PORT": str(web_port)}  # fmt: skip
         worker = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker"], env=env, start_new_session=True,
+            [sys.executable, "-m", "stream.cli", "worker"], env=env, start_new_session=True, preexec_fn=die_with_parent,
             stdout=open(demo_dir / "worker.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )  # fmt: skip
         header = (f"intentstream demo  broker {bootstrap}  metrics http://127.0.0.1:{web_port}/metrics  "
                   f"(Ctrl-C to stop; worker log {demo_dir / 'worker.log'})")  # fmt: skip
+        view = ViewState()
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_demo_loop(settings, bootstrap, web_port, header, seconds, rate, users, worker, env,
-                                   trim=not settings.kafka_bootstrap_servers))
+                                   broker if broker.alive() else None, view))
+        if view.failure:
+            print(f"intentstream demo: {view.failure}", file=sys.stderr)
+            return 1
         return 0
     finally:
         if worker is not None:
-            stop_process_group(worker, 15)
+            stop_process_group(worker, 10)
         broker.stop()
 
 
 async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: str, seconds: float | None,
                      rate: float, users: int, worker: subprocess.Popen, worker_env: dict[str, str],
-                     trim: bool = False) -> None:
+                     broker: EmbeddedBroker | None = None, view: ViewState | None = None) -> None:
     from aiokafka import AIOKafkaProducer
 
     from stream.cli import simulate
@@ -228,8 +209,7 @@ async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    view = ViewState(trim=TrimStats(KEEP_RECORDS) if trim else None)
-    reading: set[str] = set()  # topics the training run is reading: not trimmed meanwhile
+    view = view if view is not None else ViewState()
     bad = AIOKafkaProducer(**client_config(settings, bootstrap))
     await bad.start()
 
@@ -240,8 +220,12 @@ async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: 
 
     async def guard() -> None:
         while not stop.is_set():
-            if worker.poll() is not None:
-                print(f"worker exited with code {worker.returncode}; see its log", file=sys.stderr)
+            if broker is not None and not broker.alive():
+                view.failure = f"the Kafka broker exited (see {broker.log_path}); run the demo again to restart it"
+                stop.set()
+            elif worker.poll() is not None:
+                view.failure = (f"the worker exited with code {worker.returncode} (see "
+                                f"{settings.data_dir / 'demo' / 'worker.log'})")  # fmt: skip
                 stop.set()
             await asyncio.sleep(0.5)
 
@@ -253,9 +237,9 @@ async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: 
             return
         view.model = "online only; training the sequence model on the events so far (background, CPU)"
         log = open(settings.data_dir / "demo" / "train.log", "ab")  # noqa: SIM115
-        reading.add(settings.repartition_topic)
         proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "refresh", *TRAIN_ARGS], env=worker_env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent)  # fmt: skip
         try:
             while proc.poll() is None and not stop.is_set():
                 await asyncio.sleep(0.5)
@@ -263,13 +247,10 @@ async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: 
             if proc.poll() is None:
                 stop_process_group(proc, 10)
             log.close()
-            reading.discard(settings.repartition_topic)
         if proc.returncode not in (0, None) and not stop.is_set():
             view.model = f"online only; the training run failed (exit {proc.returncode}), see {log.name}"
 
     tasks = [
-        *([asyncio.create_task(trim_periodically(settings, bootstrap, view.trim, every_s=TRIM_EVERY_S, stop=stop,
-                                                 skip=lambda: set(reading)))] if view.trim else []),
         asyncio.create_task(train_later()),
         asyncio.create_task(simulate(settings, bootstrap, rate=rate, users=users, stop=stop, on_sent=on_sent,
                                      history_ms=DEMO_HISTORY_MS)),
@@ -284,6 +265,10 @@ async def _demo_loop(settings: Settings, bootstrap: str, web_port: int, header: 
             await stop.wait()
     finally:
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await bad.stop()
+        # Without a broker the clients' last flushes would wait for their request timeouts.
+        grace = 5.0 if view.failure else 30.0
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), grace)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(bad.stop(), grace)
         print(render(view, header))

@@ -133,7 +133,7 @@ async def read_topic_events(
     a partition stops advancing for ``stall_timeout_s``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from stream.broker import client_config
+    from stream.broker import client_config, topic_partitions
 
     consumer = AIOKafkaConsumer(
         **client_config(settings, bootstrap),
@@ -150,9 +150,9 @@ async def read_topic_events(
     events: list[Event] = []
     records = duplicates = outside = 0
     try:
-        if topic not in await consumer.topics():  # an all-topics metadata request: creates nothing
+        partitions = await topic_partitions(consumer, topic)  # an all-topics metadata request: creates nothing
+        if not partitions:
             raise TopicReadError(f"topic {topic!r} does not exist on {bootstrap}")
-        partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
             raise TopicReadError(f"no partitions found for topic {topic!r} on {bootstrap}")

@@ -37,14 +37,22 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str | None = Field(
         None,
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "INTENTSTREAM_KAFKA_BOOTSTRAP_SERVERS"),
-        description="host:port[,host:port]; unset = start the embedded broker",
+        description="host:port[,host:port]; unset = start a local Kafka broker",
     )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
-    data_dir: Path = Field(Path(".intentstream"), description="state, embedded broker data, keys")
+    data_dir: Path = Field(Path(".intentstream"), description="state, local broker data, keys")
+    kafka_home: Path | None = Field(
+        None, description="where `make kafka` puts the local broker's jars (default ~/.cache/intentstream/kafka-<version>)"
+    )
+    java_home: Path | None = Field(
+        None, validation_alias=AliasChoices("JAVA_HOME", "INTENTSTREAM_JAVA_HOME"),
+        description="the Java 17+ that runs the local broker (default: java on PATH)",
+    )
+    broker_heap_mb: int = Field(1024, ge=256, le=65_536, description="heap of the local broker's JVM")
     model_dir: Path | None = Field(None, description="model registry directory (default: DATA_DIR/models)")
     store: Literal["memory://", "rocksdb://"] = Field("rocksdb://", description="Faust table store")
     web_port: int = Field(6066, ge=1, le=65535, description="/metrics, /healthz, /readyz")
@@ -83,11 +91,25 @@ class Settings(BaseSettings):
         "batches grow at moderate load instead of each paying the fixed costs; older records go at once; 0: off "
         "(stream/logic/batching.py, docs/BENCHMARKS.md)",
     )  # fmt: skip
-    fetch_min_interval_ms: int = Field(
-        10, ge=0, le=1_000,
-        description="least time between two fetches to one broker, for brokers that answer fetches at once "
-        "instead of holding them (noida-db: ~3,600 empty fetches/s per idle consumer); 0: off (docs/BENCHMARKS.md)",
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once: outputs may repeat after a crash (same signal_id); exactly_once: each "
+        "worker's outputs and input offsets commit in Kafka transactions, so read_committed consumers see each "
+        "signal once (stream/agents/outputs.py)",
+    )
+    transaction_commit_ms: int = Field(
+        100, ge=1, le=60_000,
+        description="exactly_once: longest time between two commits of the raw ingest's transaction (outputs "
+        "become visible to read_committed consumers at each commit)",
     )  # fmt: skip
+    transaction_timeout_ms: int = Field(
+        15_000, ge=1_000, le=900_000,
+        description="exactly_once: the broker aborts a transaction left open this long (a worker that died and "
+        "did not come back under the same worker id)",
+    )  # fmt: skip
+    worker_id: str | None = Field(
+        None, description="stable name of this worker (its transactional id); default: host name + data directory"
+    )
     local_processing: bool = Field(
         True,
         description="process an event on the worker that ingests it when that worker owns the event's internal "
@@ -139,6 +161,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"{hp!r} is not host:port")
         return v.strip()
 
+    @field_validator("kafka_home", "java_home", mode="before")
+    @classmethod
+    def _unset_path(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("pseudonym_key")
     @classmethod
     def _key(cls, v: SecretStr | None) -> SecretStr | None:
@@ -184,9 +211,28 @@ class Settings(BaseSettings):
 
     @property
     def ingest_group(self) -> str:
-        """The consumer group that commits the input topic's offsets: the raw ingest's own
-        (``<app_id>-ingest``) or, with ``ingest=faust``, the application's."""
-        return f"{self.app_id}-ingest" if self.ingest == "raw" else self.app_id
+        """The consumer group under which the input topic's offsets are committed: the raw
+        ingest's own (``<app_id>-ingest``) or, with ``ingest=faust``, the application's. With
+        exactly-once also the application's: aiokafka 0.14 commits the offsets of one consumer
+        group per transaction, and a transactional offset commit needs no group membership."""
+        if self.ingest == "raw" and self.processing_guarantee == "at_least_once":
+            return f"{self.app_id}-ingest"
+        return self.app_id
+
+    def worker_identity(self) -> str:
+        """This worker's stable name: ``INTENTSTREAM_WORKER_ID``, or the host name and a digest of the
+        data directory (a StatefulSet pod's name and volume; a local worker's directory), so that a
+        restarted worker has the same name and two workers on one host differ.
+
+        >>> Settings(worker_id="worker-0").worker_identity()
+        'worker-0'
+        """
+        if self.worker_id:
+            return self.worker_id
+        import hashlib
+        import socket
+
+        return f"{socket.gethostname()}-{hashlib.sha1(str(self.data_dir.resolve()).encode()).hexdigest()[:8]}"
 
     def changelog_topics(self) -> dict[str, str]:
         """Each Faust table's changelog topic, named as Faust names it (``<app_id>-<table>-changelog``)."""
@@ -213,6 +259,8 @@ def env_var(field: str) -> str:
     """The environment variable that sets ``field``."""
     if field == "kafka_bootstrap_servers":
         return "KAFKA_BOOTSTRAP_SERVERS"
+    if field == "java_home":
+        return "JAVA_HOME"
     return PREFIX + field.upper()
 
 

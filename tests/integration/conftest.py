@@ -1,4 +1,4 @@
-"""Fixtures that start real things: the embedded Kafka-protocol broker and worker processes.
+"""Fixtures that start real things: a local Apache Kafka broker and worker processes.
 
 Clients on the test side are confluent-kafka (librdkafka), independent of the aiokafka client
 inside the worker, so a test passing here says something about Kafka, not about one client.
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from stream.broker import EmbeddedBroker, create_topics, free_port
-from stream.procs import stop_process_group
+from stream.procs import die_with_parent, stop_process_group
 from stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ KEY = "integration-key-0123456789abcdef"
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory) -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(tmp_path_factory.mktemp("broker")) as b:
+    with EmbeddedBroker.for_settings(Settings(), tmp_path_factory.mktemp("broker")) as b:
         yield b
 
 
@@ -47,7 +47,7 @@ class Worker:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "stream.cli", "worker"], env=self.env, cwd=ROOT,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
             )  # fmt: skip
         while time.monotonic() - t0 < ready_timeout:
             if self.proc.poll() is not None:
@@ -140,53 +140,90 @@ def jsonl(msgs) -> list[dict]:
 
 
 def read_all(bootstrap: str, topics: list[str], timeout: float = 60.0) -> list:
-    """Every message of ``topics`` from offset 0 up to each partition's end offset as of the call.
+    """Every committed message of ``topics``, from the start to each partition's end as of the call.
 
-    Unlike :func:`consume` it knows when it is done (the end offsets), so it needs no guessed count.
+    Unlike :func:`consume` it knows when it is done (the end of each partition), so it needs no
+    guessed count. ``read_committed`` (librdkafka's default): records of aborted transactions are
+    skipped, and a partition whose last records are transaction markers still ends.
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "enable.partition.eof": False})  # fmt: skip
+                  "enable.auto.commit": False, "enable.partition.eof": True,
+                  "isolation.level": "read_committed"})  # fmt: skip
     try:
-        todo: dict[tuple[str, int], int] = {}
+        todo: set[tuple[str, int]] = set()
         for t in topics:
             for p in c.list_topics(t, timeout=10).topics[t].partitions:
                 lo, hi = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)
                 if hi > lo:
-                    todo[(t, p)] = hi
+                    todo.add((t, p))
         c.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in todo])
         out: list = []
         deadline = time.monotonic() + timeout
         while todo:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topics} to their end offsets: {todo} left")
+                raise TimeoutError(f"could not read {topics} to their ends: {sorted(todo)} left")
             msg = c.poll(0.5)
-            if msg is None or msg.error():
+            if msg is None:
                 continue
-            tp = (msg.topic(), msg.partition())
-            if tp not in todo:
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    todo.discard((msg.topic(), msg.partition()))
                 continue
-            if msg.offset() < todo[tp]:
+            if (msg.topic(), msg.partition()) in todo:
                 out.append(msg)
-            if msg.offset() + 1 >= todo[tp]:
-                del todo[tp]
         return out
     finally:
         c.close()
 
 
-def group_lag(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
+def pending_after(bootstrap: str, tps_from: dict[tuple[str, int], int], timeout: float = 30.0) -> dict[tuple[str, int], int]:
+    """Committed (``read_committed``) records at or after the given offset of each partition, up to
+    its end: what a consumer that resumes there will still get. Transaction markers and aborted
+    records take offsets but are not records, so with transactions this differs from the offsets'
+    difference."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "enable.partition.eof": True,
+                  "isolation.level": "read_committed"})  # fmt: skip
+    try:
+        found = dict.fromkeys(tps_from, 0)
+        todo = set(tps_from)
+        c.assign([TopicPartition(t, p, o) for (t, p), o in tps_from.items()])
+        deadline = time.monotonic() + timeout
+        while todo and time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is None:
+                continue
+            tp = (msg.topic(), msg.partition())
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    todo.discard(tp)
+                continue
+            found[tp] += 1
+        if todo:
+            raise TimeoutError(f"could not read to the end of {sorted(todo)}")
+        return found
+    finally:
+        c.close()
+
+
+def group_lag(bootstrap: str, group: str, topics: list[str], *, exact: bool = False) -> dict[str, int]:
     """Messages of each topic not yet covered by ``group``'s committed offsets (end - committed).
 
     A partition with nothing committed counts all its messages. The application commits only after
     it has handled a batch and flushed its producer, so a lag of 0 means every output is written.
+    ``exact``: count the committed records left instead of offsets (:func:`pending_after`), for
+    topics written in transactions, whose markers and aborted records never get consumed.
     """
     from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
         lag: dict[str, int] = {}
+        behind: dict[tuple[str, int], int] = {}
         for t in topics:
             tps = [TopicPartition(t, p) for p in c.list_topics(t, timeout=10).topics[t].partitions]
             committed = {tp.partition: tp.offset for tp in c.committed(tps, timeout=10)}
@@ -194,11 +231,18 @@ def group_lag(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
             for tp in tps:
                 lo, hi = c.get_watermark_offsets(tp, timeout=10)
                 done = committed.get(tp.partition, -1)
-                total += hi - (done if done >= 0 else lo)
+                start = done if done >= 0 else lo
+                total += hi - start
+                if exact and hi > start:
+                    behind[(t, tp.partition)] = start
             lag[t] = total
-        return lag
     finally:
         c.close()
+    if exact:
+        lag = dict.fromkeys(topics, 0)
+        for (t, _p), n in pending_after(bootstrap, behind).items():
+            lag[t] += n
+    return lag
 
 
 def produce_events(bootstrap: str, topic: str, events: list[dict]) -> None:

@@ -141,26 +141,3 @@ def test_bench_scaling_runs_k_workers_on_k_partitions(broker, tmp_path):
         assert run["complete"] and run["handled"] >= 600, run.get("worker_log_tail")
         assert run["online_models_warm"] is True
         assert _number_or_none(run["events_per_s"]) and _number_or_none(run["cpu_us_per_event"])
-
-
-def test_bench_trim_broker_runs_on_its_own_broker_only(tmp_path):
-    """``--trim-broker N``: the latency phase trims the bench's own embedded broker as it runs; with
-    a broker the bench did not start it refuses before anything runs (it deletes records)."""
-    env = {**os.environ, "INTENTSTREAM_DATA_DIR": str(tmp_path / "data"), "INTENTSTREAM_STORE": "memory://",
-           "INTENTSTREAM_PSEUDONYM_KEY": "bench-smoke-key-0123456789"}  # fmt: skip
-    refused = subprocess.run([sys.executable, "-m", "stream.cli", "bench", "pipeline", "--trim-broker", "10"],
-                             env={**env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, cwd=ROOT, capture_output=True,
-                             text=True, timeout=60)  # fmt: skip
-    assert refused.returncode != 0 and "--trim-broker" in refused.stderr and "embedded broker" in refused.stderr
-
-    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "stream.cli", "bench", "pipeline", "--events", "3000", "--users", "200",
-                           "--repeats", "1", "--partitions", "2", "--rate", "300", "--trim-broker", "20",
-                           "--json", str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=540)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    latency = json.loads(out.read_text())["latency"]
-    trim = latency["broker_trim"]
-    assert trim["keep"] == 20 and trim["rounds"] >= 1 and trim["failed"] == 0 and trim["deleted"] > 0, trim
-    assert _number_or_none(latency["broker_cores"]) and latency["broker_cores"] is not None, "our own broker: measured"
-    assert latency["caught_up"] is True and latency["signals_matched"] > 0, "trimming lost no input the worker needed"
