@@ -1,7 +1,7 @@
 """The Faust application: settings wiring, topics, the user-state table and the agents.
 
 Built by :func:`create_app` from a :class:`~stream.settings.Settings` and a bootstrap address
-(the embedded broker or ``KAFKA_BOOTSTRAP_SERVERS``), so tests can build as many as they like.
+(a local Kafka broker or ``KAFKA_BOOTSTRAP_SERVERS``), so tests can build as many as they like.
 
 Flow (each arrow is a batched agent, see stream/agents/):
 
@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import faust
 from prometheus_client import CollectorRegistry
 
-from stream.broker import install_uncommitted_seek_to_beginning, topic_specs
+from stream import local_state, patches
+from stream.broker import topic_specs
 from stream.settings import Settings
+
+if TYPE_CHECKING:
+    from stream.agents.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +56,30 @@ def _credentials(settings: Settings) -> object | None:
     )
 
 
-def create_app(settings: Settings, bootstrap: str, *, registry: CollectorRegistry | None = None) -> faust.App:
+class App(faust.App):
+    """faust.App, with the runtime's own steps at the start and the end of a stop."""
+
+    runtime: Runtime | None = None
+
+    async def on_start(self) -> None:
+        if self.runtime is not None:
+            await self.runtime.outputs.start()
+        await super().on_start()
+
+    async def on_stop(self) -> None:
+        if self.runtime is not None:
+            await self.runtime.before_stop()
+        await super().on_stop()
+        if self.runtime is not None:
+            await self.runtime.after_stop()
+
+
+def create_app(settings: Settings, bootstrap: str, *, registry: CollectorRegistry | None = None) -> App:
     """A ready-to-run Faust app with its topics, table, agents and web views registered."""
-    install_uncommitted_seek_to_beginning()  # or a new group can lose records (stream.broker)
+    patches.install()
     specs = topic_specs(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = App(
         settings.app_id,
         broker=[f"kafka://{hp}" for hp in bootstrap.split(",")],
         broker_credentials=_credentials(settings),
@@ -83,6 +106,10 @@ def create_app(settings: Settings, bootstrap: str, *, registry: CollectorRegistr
         broker_rebalance_timeout=20.0,
         table_standby_replicas=settings.standby_replicas,
         logging_config=None,
+        # exactly_once: Faust's consumers read committed records only and its table recovery
+        # steps over transaction markers; the transactions themselves are the runtime's own
+        # (stream/agents/outputs.py), since Faust's assume co-partitioned outputs.
+        processing_guarantee=settings.processing_guarantee,
     )
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     topics = Topics(
@@ -115,6 +142,11 @@ def create_app(settings: Settings, bootstrap: str, *, registry: CollectorRegistr
     from stream.agents.runtime import Runtime
 
     runtime = Runtime(app, settings, topics, table, models, bootstrap=bootstrap, registry=registry)
+    if runtime.tabledir is not None:
+        reason = local_state.claim(runtime.tabledir)
+        if reason:
+            log.warning("local table store discarded (%s): rebuilding it from the changelog", reason)
+            runtime.metrics.count_state_rebuild(reason)
     runtime.register()
-    app.runtime = runtime  # type: ignore[attr-defined]
+    app.runtime = runtime
     return app

@@ -15,6 +15,7 @@ The only labels are:
 ``reason``  a validation failure code (:data:`INVALID_REASONS`), anything else is ``other``
 ``task``    a signal task (:data:`TASKS`); an unknown task is a programming error
 ``result``  ``success`` or ``failure``
+``cause``   why the local table store was rebuilt (:data:`REBUILD_CAUSES`)
 ``topic``   a topic the worker consumes, ``partition`` its partition number
 ``version`` the sequence model version, one series at a time (an ``Info`` metric)
 =========== ================================================================================
@@ -67,7 +68,10 @@ REFRESH_RESULTS: tuple[str, ...] = ("success", "failure")
 
 #: Every label name any metric may carry. Tests assert the exposition uses nothing else, so a
 #: new label (and its cardinality) is a reviewed decision rather than an accident.
-LABEL_NAMES: frozenset[str] = frozenset({"type", "reason", "task", "result", "topic", "partition", "version", "path"})
+LABEL_NAMES: frozenset[str] = frozenset({"type", "reason", "task", "result", "topic", "partition", "version", "path",
+                                         "cause"})  # fmt: skip
+#: Why a worker discarded its local table store at start-up (stream/local_state.py).
+REBUILD_CAUSES: tuple[str, ...] = ("unclean_shutdown",)
 
 # Per-batch processing time: a 1,000-event batch takes roughly 0.2-1 s on the 2-core machines.
 PROCESSING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -173,6 +177,16 @@ class Metrics:
         self.local_partitions = Gauge(
             "local_partitions",
             "Internal partitions whose events this worker processes where it ingests them.",
+            namespace=ns,
+            registry=registry,
+        )
+
+        self.state_rebuilds = Counter(
+            "state_rebuilds",
+            "Times this worker discarded its local table store at start-up and rebuilt it from the changelog, by "
+            "reason ('unclean_shutdown': the last run did not stop cleanly, so the store could hold writes the "
+            "changelog lacks).",
+            ["cause"],
             namespace=ns,
             registry=registry,
         )
@@ -309,6 +323,9 @@ class Metrics:
     def count_event(self, event_type: str, n: int = 1) -> None:
         """Count ``n`` records of ``event_type`` read from the events topic."""
         self.events_consumed.labels(type=_fold(event_type, EVENT_TYPE_LABELS)).inc(n)
+
+    def count_state_rebuild(self, cause: str) -> None:
+        self.state_rebuilds.labels(cause=_check(cause, REBUILD_CAUSES, "cause")).inc()
 
     def count_invalid(self, reason: str, n: int = 1) -> None:
         """Count ``n`` invalid records; also counts them under ``events_consumed{type="invalid"}``."""

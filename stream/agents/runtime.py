@@ -48,6 +48,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import faust
@@ -60,7 +61,8 @@ from models.features.recent import RecentEvent
 from models.features.state import StateConfig
 from models.online.learner import IncompatibleCheckpoint, PartitionLearners
 from models.sequence import explain
-from stream import lag
+from stream import lag, local_state
+from stream.agents.outputs import FaustOutputs, OutputsFailed, TransactionalOutputs
 from stream.health import Health, register_views
 from stream.logic import packing
 from stream.logic.batching import Linger
@@ -273,6 +275,29 @@ class Runtime:
         self._processing = asyncio.Lock()  # one batch at a time, whichever stage started it
         self._admin = None  # reads the group's committed offsets for the gates (started when needed)
         self._gates_checked = 0.0
+        self._ingest_task: asyncio.Task | None = None
+        self.outputs = self._outputs()
+        # The local store's directory when it outlives the process (rocksdb://): see stream.local_state.
+        self.tabledir: Path | None = Path(app.conf.tabledir) if settings.store == "rocksdb://" else None
+
+    def _outputs(self) -> FaustOutputs | TransactionalOutputs:
+        s, t = self.settings, self.topics
+        if s.processing_guarantee == "exactly_once":
+            from stream.broker import client_config
+
+            def fatal(exc: BaseException) -> None:
+                asyncio.ensure_future(self.app.crash(exc))
+
+            return TransactionalOutputs(
+                {**client_config(s, self.bootstrap or ""), "linger_ms": 5, "max_batch_size": 262_144,
+                 "transaction_timeout_ms": s.transaction_timeout_ms},
+                f"{s.app_id}-{s.worker_identity()}",
+                [s.dlq_topic, s.repartition_topic, *s.signal_topics().values(), *s.changelog_topics().values()],
+                on_fatal=fatal,
+            )  # fmt: skip
+        by_name = {t.dlq.get_topic_name(): t.dlq, t.by_user.get_topic_name(): t.by_user}
+        by_name.update({topic.get_topic_name(): topic for topic in t.signals.values()})
+        return FaustOutputs(self.app, by_name)
 
     # ------------------------------------------------------------------ wiring
     def register(self) -> None:
@@ -284,6 +309,7 @@ class Runtime:
 
             @app.task
             async def ingest_loop() -> None:
+                self._ingest_task = asyncio.current_task()
                 await self.run_raw_ingest()
 
         else:
@@ -307,6 +333,15 @@ class Runtime:
             @app.task
             async def first_model_poll() -> None:
                 await self.poll_models()
+
+        if self.outputs.exactly_once:
+
+            @app.on_partitions_revoked.connect
+            async def on_revoked(sender: object, revoked: set, **kwargs: object) -> None:
+                # What this worker did for the partitions it gives up is committed before their
+                # next owner reads the changelogs and the input.
+                async with self._processing:
+                    await self.outputs.commit()
 
         @app.on_partitions_assigned.connect
         async def on_assigned(sender: object, assigned: set, **kwargs: object) -> None:
@@ -348,11 +383,15 @@ class Runtime:
         try:
             handle(batch)
             return
+        except OutputsFailed:
+            raise
         except Exception as exc:  # noqa: BLE001 - the point is to survive anything
             log.error("batch of %d failed (%s: %s); retrying message by message", len(batch), type(exc).__name__, exc)
         for msg in batch:
             try:
                 handle([msg])
+            except OutputsFailed:
+                raise
             except Exception as exc:  # noqa: BLE001
                 log.error("message at %s[%d]@%d dead-lettered: %s", msg.topic, msg.partition, msg.offset, type(exc).__name__)
                 self._dead_letter(
@@ -383,12 +422,14 @@ class Runtime:
         from aiokafka import AIOKafkaConsumer, TopicPartition
         from aiokafka.errors import KafkaError
 
-        from stream.broker import client_config
+        from stream.broker import client_config, topic_partitions
 
         s = self.settings
+        eos = self.outputs.exactly_once
         consumer = AIOKafkaConsumer(
             group_id=s.ingest_group, enable_auto_commit=False, auto_offset_reset="earliest",
             max_poll_records=s.batch_size, fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=4 * 1024 * 1024,
+            isolation_level="read_committed" if eos else "read_uncommitted",
             **client_config(s, self.bootstrap),  # type: ignore[arg-type]
         )  # fmt: skip
         await consumer.start()
@@ -397,14 +438,18 @@ class Runtime:
         mine: set[int] = set()
         done: dict[TopicPartition, int] = {}  # next offset per partition, forwarded but not committed yet
         committed = time.monotonic()
-        interval = float(self.app.conf.broker_commit_interval)
+        interval = s.transaction_commit_ms / 1000 if eos else float(self.app.conf.broker_commit_interval)
 
         async def commit() -> None:
             nonlocal done, committed
             committed = time.monotonic()
+            if eos:  # the open transaction, with every offset tracked since the last
+                async with self._processing:
+                    await self.outputs.commit()
+                return
             if not done:
                 return
-            if not await self._flush_producer():  # packs, dead letters and local outputs first
+            if not await self.outputs.flush():  # packs, dead letters and local outputs first
                 log.warning("ingest commit postponed: the producer's send buffer did not empty")
                 return
             offsets, done = done, {}
@@ -421,19 +466,30 @@ class Runtime:
             records = held.take()
             if not records:
                 return
+            offsets = {TopicPartition(m.topic, m.partition): m.offset + 1 for m in records}
+            if eos:
+                # A batch's outputs and its offsets enter the transaction together: no commit
+                # (another stage's, or a rebalance's) may fall between them.
+                async with self._processing:
+                    self.guarded(self.ingest_batch, [_raw(m, ms=True) for m in records])
+                    if self._ingested_here:
+                        await self._process_here(locked=True)
+                    await self.outputs.flush()
+                    self.outputs.track(s.ingest_group, offsets)
+                await asyncio.sleep(0)
+                return
             self.guarded(self.ingest_batch, [_raw(m, ms=True) for m in records])
             if self._ingested_here:
                 await self._process_here()
                 # getmany returns at once while records are buffered: without a turn of the loop
                 # here, the producer's sender would not run between local batches.
                 await asyncio.sleep(0)
-            done.update({TopicPartition(m.topic, m.partition): m.offset + 1 for m in records})
+            done.update(offsets)
 
         try:
             while True:
                 if n_input is None:
-                    await consumer.topics()  # metadata: the input topic's partition count
-                    n_input = len(consumer.partitions_for_topic(s.events_topic) or ())
+                    n_input = len(await topic_partitions(consumer, s.events_topic))
                 wanted = ingest_partitions(self._assigned, n_input, s.events_partitions)
                 if wanted != mine:
                     await ingest_held()  # what was read goes on (forwarded, if the routing closed)
@@ -639,18 +695,15 @@ class Runtime:
     def _send_packs(self, packs: Packs, key: bytes) -> None:
         """Send events to the internal topic, packed per partition under ``key``; follow the packs
         to be processed that a closed partition's gate waits for (:class:`LocalRouting`)."""
-        out, route = self.topics.by_user, self.routing
+        topic, route = self.topics.by_user.get_topic_name(), self.routing
         for partition, (evs, kts) in packs.items():
             for i in range(0, len(evs), packing.MAX_EVENTS):
-                callback = None
+                on_ack = None
                 if key == PACK_KEY and route.tracks(partition):
                     route.sent(partition)
-                    callback = functools.partial(self._forward_acked, route.generation, partition)
-                out.send_soon(key=key, value=packing.pack(evs[i : i + packing.MAX_EVENTS], kts[i : i + packing.MAX_EVENTS]),
-                              partition=partition, callback=callback)  # fmt: skip
-
-    def _forward_acked(self, generation: int, partition: int, fut: faust.types.FutureMessage) -> None:
-        self.routing.acked(generation, partition, fut.result().offset)
+                    on_ack = functools.partial(self.routing.acked, route.generation, partition)
+                self.outputs.send_soon(topic, key, packing.pack(evs[i : i + packing.MAX_EVENTS], kts[i : i + packing.MAX_EVENTS]),
+                                       partition, on_ack)  # fmt: skip
 
     def _partition_event(self, partition: int) -> _PartitionEvent:
         pe = self._partition_events.get(partition)
@@ -667,19 +720,25 @@ class Runtime:
             self.metrics.local_partitions.set(0)
         return route.enabled and not app.rebalancing
 
-    async def _process_here(self) -> None:
-        """Process what the last ingest batch kept for local processing (see ``ingest_batch``)."""
-        items, self._ingested_here = self._ingested_here, []
-        generation = self.routing.generation
+    async def _process_here(self, locked: bool = False) -> None:
+        """Process what the last ingest batch kept for local processing (see ``ingest_batch``);
+        ``locked``: the caller holds the processing lock."""
+        if locked:
+            await self._process_here_locked()
+            return
         async with self._processing:
-            if not self._routing_current() or self.routing.generation != generation:
-                # The assignment began to change while the agent held the lock: the usual way then.
-                packs: Packs = {}
-                for it in items:  # items ingested here always carry their input record
-                    _add_to_pack(packs, it.partition, it.event.to_dict(), it.source.timestamp_ms if it.source else None)
-                self._forward(packs)
-                return
-            await self.process_items(items)
+            await self._process_here_locked()
+
+    async def _process_here_locked(self) -> None:
+        items, self._ingested_here = self._ingested_here, []
+        if not self._routing_current():
+            # The assignment began to change while the agent held the lock: the usual way then.
+            packs: Packs = {}
+            for it in items:  # items ingested here always carry their input record
+                _add_to_pack(packs, it.partition, it.event.to_dict(), it.source.timestamp_ms if it.source else None)
+            self._forward(packs)
+            return
+        await self.process_items(items)
         self.metrics.events_routed.labels(path="local").inc(len(items))
 
     async def _update_routing(self, consumer: object) -> None:
@@ -696,7 +755,7 @@ class Runtime:
             # forwarded from below those offsets, so it is below the end offsets read next.
             for tp in consumer.assignment():  # type: ignore[attr-defined]
                 await consumer.position(tp)  # type: ignore[attr-defined]
-            if not await self._flush_producer():  # and so is everything this worker forwarded
+            if not await self.outputs.flush():  # and so is everything this worker forwarded
                 return
             internal = self.topics.by_user.get_topic_name()
             ends = await consumer.end_offsets([TopicPartition(internal, p) for p in sorted(self._assigned)])  # type: ignore[attr-defined]
@@ -729,23 +788,40 @@ class Runtime:
         )
         return {tp.partition: meta.offset for tp, meta in found.items()}
 
-    async def _flush_producer(self, within: float = 5.0) -> bool:
-        """Flush until Faust's send buffer is empty (its own flush gives up when no message has
-        left the buffer for 0.1 s, which a busy loop can cause); False if it is still not empty
-        after ``within`` seconds, and then nothing may be committed on its strength."""
-        producer = self.app.producer
-        deadline = time.monotonic() + within
-        await producer.flush()
-        while producer.buffer.size:
-            if time.monotonic() > deadline:
-                return False
-            await producer.flush()
-        return True
+    # ------------------------------------------------------------------ stopping
+    async def before_stop(self) -> None:
+        """First step of a stop: end the raw ingest (its last commit follows a producer flush), so
+        that nothing writes to a table once Faust stops them."""
+        task, self._ingest_task = self._ingest_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(task, timeout=10.0)
+
+    async def after_stop(self) -> None:
+        """Last step of a stop, once Faust has stopped the tables: flush (at-least-once) or commit
+        (exactly-once) what is left, and if that worked, mark the local store clean
+        (:mod:`stream.local_state`) so that the next start reopens it instead of rebuilding it."""
+        clean = False
+        try:
+            if self.outputs.exactly_once:
+                async with self._processing:
+                    clean = await asyncio.wait_for(self.outputs.commit(), timeout=10.0)
+            else:
+                clean = await asyncio.wait_for(self.outputs.flush(), timeout=10.0)
+        except Exception as exc:  # noqa: BLE001 - not clean, whatever the cause
+            log.warning("stop: outputs not flushed (%s); the local store will be rebuilt at the next start",
+                        type(exc).__name__)  # fmt: skip
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.outputs.stop(), timeout=10.0)
+        if clean and self.tabledir is not None:
+            local_state.mark_clean(self.tabledir)
 
     def _dead_letter(self, dl: DeadLetter, key: bytes | None) -> None:
         self.metrics.count_invalid(dl.reason)
         self.metrics.dead_letters.inc()
-        self.topics.dlq.send_soon(key=key, value=json.dumps(dl.to_dict(), separators=(",", ":")).encode())
+        self.outputs.send_soon(self.settings.dlq_topic, key, json.dumps(dl.to_dict(), separators=(",", ":")).encode())
 
     # ------------------------------------------------------------------ process
     async def process_packs(self, batch: list[faust.EventT]) -> None:
@@ -761,6 +837,21 @@ class Runtime:
             except (ValueError, TypeError) as exc:
                 self._dead_letter(DeadLetter("processing_error", f"unreadable internal record: {exc}"[:200], msg.value,
                                              msg.topic, msg.partition, msg.offset), msg.key)  # fmt: skip
+        if self.outputs.exactly_once:
+            # Commit this batch's outputs with its offsets before Faust acknowledges it, so that
+            # Faust's own commits (of acknowledged offsets) never run ahead of the transaction's.
+            from aiokafka import TopicPartition
+
+            offsets: dict[TopicPartition, int] = {}
+            for fe in batch:
+                tp = TopicPartition(fe.message.topic, fe.message.partition)
+                offsets[tp] = max(offsets.get(tp, 0), fe.message.offset + 1)
+            async with self._processing:
+                if items:
+                    await self.process_items(items)
+                self.outputs.track(self.settings.app_id, offsets)
+                await self.outputs.commit()
+            return
         if not items:
             return
         async with self._processing:
@@ -772,11 +863,15 @@ class Runtime:
         try:
             await self.process_batch(items)
             return
+        except OutputsFailed:
+            raise
         except Exception as exc:  # noqa: BLE001 - the point is to survive anything
             log.error("batch of %d events failed (%s: %s); retrying event by event", len(items), type(exc).__name__, exc)
         for it in items:
             try:
                 await self.process_batch([it])
+            except OutputsFailed:
+                raise
             except Exception as exc:  # noqa: BLE001
                 msg = it.source or it.fe.message
                 log.error("event at %s[%d]@%d dead-lettered: %s", msg.topic, msg.partition, msg.offset, type(exc).__name__)
@@ -885,7 +980,7 @@ class Runtime:
                 continue
             self._checkpointed[partition] = now
             with _as_current(fe):
-                self.models[str(partition).encode()] = pl.to_bytes()
+                self.outputs.write(self.models, str(partition).encode(), pl.to_bytes(), partition)
 
     def _publish_online_quality(self) -> None:
         """Progressive-validation quality per task, pooled over this worker's partitions
@@ -917,27 +1012,23 @@ class Runtime:
         return {u: UserRecord.from_bytes(r) if r is not None else None for u, r in raw.items()}
 
     def _write(self, result: BatchResult, context: dict[str, faust.EventT]) -> None:
-        table = self.table
+        table, write = self.table, self.outputs.write
         data = records_to_bytes(result.records)
         self.metrics.observe_records(map(len, data.values()))
         deleted = set(result.deleted)
         for event, users in _by_partition(context, [*data, *(u for u in result.deleted if u not in data)]):
+            partition = event.message.partition
             with _as_current(event):
                 for user in users:
-                    if user in deleted:
-                        table.pop(user.encode(), None)
-                    else:
-                        table[user.encode()] = data[user]
+                    write(table, user.encode(), None if user in deleted else data[user], partition)
 
     async def _emit(self, result: BatchResult, kafka_ts: dict[str, float]) -> None:
-        """Hand the signals to the producer now (``force``: not attached to the current event), not
-        to Faust's send buffer: that buffer is drained one message per turn of the event loop, so
-        while batches keep the loop busy, signals waited in it for up to a few hundred ms
-        (docs/BENCHMARKS.md). Faust still flushes the producer before any commit."""
-        m, topics = self.metrics, self.topics.signals
+        """Hand the signals to the producer now (:class:`~stream.agents.outputs.FaustOutputs` says
+        why not later); with exactly-once, into the open transaction."""
+        m, topics, send = self.metrics, self.settings.signal_topics(), self.outputs.send
         now = time.time()
         for sig in result.signals:
-            await topics[sig.task].send(key=sig.user.encode(), value=json.dumps(sig.value, separators=(",", ":")).encode(), force=True)
+            await send(topics[sig.task], sig.user.encode(), json.dumps(sig.value, separators=(",", ":")).encode())
             m.count_signal(sig.task)
             produced = kafka_ts.get(sig.value["event_id"])
             if produced:

@@ -1,14 +1,11 @@
-"""Broker restart: the embedded broker goes down mid-replay and comes back on the same port with
-the same data directory; the workers reconnect and resume, and the outcome equals a clean run.
+"""Broker restart: the Kafka broker goes down mid-replay and comes back on the same port with the
+same data directory; the workers reconnect and resume, and the outcome equals a clean run.
 
-This module has its own ``broker`` fixture (it overrides the session one for the tests here, and
-the ``system`` fixture picks it up): restarting the shared broker would break the other tests.
-The checks are the ones of ``test_reliability.py`` (see its docstring).
-
-Status (2026-11-22, noida-db 0.2.3): the group either stalls (the coordinator defect) or recovers
-and the check finds signals lost across the restart while the state is exact: the broker dropped
-acknowledged records. Both are the broker's defects (docs/RELIABILITY.md, "Losses found"), so the
-test is an expected failure on this broker; it stays as the proof to run against a real Kafka.
+Twice: the broker stopped with SIGTERM (a clean shutdown) and killed with SIGKILL (no shutdown at
+all: what it acknowledged is in the operating system's page cache and must survive). This module
+has its own ``broker`` fixture (it overrides the session one for the tests here, and the
+``system`` fixture picks it up): restarting the shared broker would break the other tests. The
+checks are the ones of ``test_reliability.py`` (see its docstring).
 """
 
 from __future__ import annotations
@@ -18,6 +15,7 @@ import time
 import pytest
 
 from stream.broker import EmbeddedBroker, free_port
+from stream.settings import Settings
 
 from . import test_reliability as rel  # a module import, so that its tests are not collected twice
 
@@ -30,18 +28,13 @@ OUTAGE_S = 8.0  # seconds with no broker: every client connection fails, the cli
 @pytest.fixture
 def broker(tmp_path):
     """A broker of this test's own, on a fixed port so that it can come back at the same address."""
-    with EmbeddedBroker(tmp_path / "broker", port=free_port()) as b:
+    with EmbeddedBroker.for_settings(Settings(), tmp_path / "broker", port=free_port()) as b:
         yield b
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="noida-db 0.2.3 defects, reproduced outside the project (docs/RELIABILITY.md): its consumer group "
-    "stalls after a restart, and it loses acknowledged records across a restart. The check itself is "
-    "unchanged: against a broker without these defects the test must pass.",
-)
-def test_broker_restart_during_replay_loses_nothing(broker, system):
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_broker_restart_during_replay_loses_nothing(broker, system, how):
     settings, new_worker = system
     events = rel.simulated(N_EVENTS)
     w1, w2 = new_worker(), new_worker()
@@ -52,7 +45,10 @@ def test_broker_restart_during_replay_loses_nothing(broker, system):
         lambda: (n := rel.processed(settings)) >= N_EVENTS // 3 and n, "a third processed", [w1, w2], 240
     )
 
-    broker.stop()  # SIGTERM to the broker process group
+    if how == "sigterm":
+        broker.stop()  # SIGTERM: Kafka's controlled shutdown
+    else:
+        broker.kill()  # SIGKILL: no shutdown, no flush
     time.sleep(OUTAGE_S)  # the outage (not an assertion: the workers must ride it out)
     assert w1.proc.poll() is None and w2.proc.poll() is None, "a worker died while the broker was down"
     broker.start()
@@ -62,8 +58,49 @@ def test_broker_restart_during_replay_loses_nothing(broker, system):
     rel.check_run(
         settings,
         events,
-        "broker-restart",
-        faults={"broker_restart": 1},
+        f"broker-{how}",
+        faults={f"broker_{how}": 1},
         committed_at_stop=at_stop,
         outage_s=OUTAGE_S,
     )
+
+
+@pytest.mark.slow
+def test_store_ahead_of_changelog_is_rebuilt_after_a_crash(broker, system):
+    """The window between a table write and its changelog record, made wide on purpose.
+
+    Faust writes RocksDB at once and the changelog through the producer. The broker is frozen
+    (SIGSTOP) while the worker still has fetched events to process: it applies them to its store,
+    but none of their changelog records, signals or offset commits can leave. Then the worker is
+    SIGKILLed, the broker thawed, and the worker restarted on the same data directory. Its input
+    is replayed from the last commit; if it reopened its store, those events would be dropped as
+    duplicates of what the store holds, their signals never sent and the changelog left behind
+    (``stream/local_state.py``). The outcome must equal a clean run.
+    """
+    import os
+    import signal
+
+    settings, new_worker = system
+    events = rel.simulated(20_000, seed=rel.SEED + 3)
+    store = {"INTENTSTREAM_STORE": "rocksdb://"}
+    w = new_worker(**store)
+    w.start()
+    rel.produce_events(settings.kafka_bootstrap_servers, settings.events_topic, events)
+    rel.wait_until(lambda: rel.consumed(w) >= 3_000, "3,000 applied", [w], 240)
+
+    os.killpg(broker.process.pid, signal.SIGSTOP)
+    try:
+        at_freeze = rel.consumed(w)
+        time.sleep(3.0)  # the worker works through what it had fetched; nothing reaches the broker
+        applied_while_frozen = rel.consumed(w) - at_freeze
+        w.stop(signal.SIGKILL)
+    finally:
+        os.killpg(broker.process.pid, signal.SIGCONT)
+    assert applied_while_frozen > 0, "the premise: the worker applied events the broker never heard of"
+
+    w2 = rel.restart(new_worker, **store, INTENTSTREAM_DATA_DIR=w.env["INTENTSTREAM_DATA_DIR"])
+    rebuilt = rel.metric_total(w2, 'intentstream_state_rebuilds_total{cause="unclean_shutdown"}')
+    rel.wait_drained(settings, [w2])
+    rel.check_run(settings, events, "store-ahead-of-changelog", faults={"broker_frozen_then_worker_sigkill": 1},
+                  applied_while_frozen=applied_while_frozen, rebuilt=rebuilt)  # fmt: skip
+    assert rebuilt == 1

@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from stream.broker import install_uncommitted_seek_to_beginning
+from stream.patches import install_uncommitted_seek_to_beginning
 
 pytestmark = pytest.mark.integration
 
