@@ -1,8 +1,7 @@
 """The thin Faust shell: batched agents that decode, call the pure pipeline, write state, emit.
 
 Two stages, each working on whole batches so that per-record costs are paid once per batch where
-they can be (PLATFORM.md: a table write and an awaited send per event top out near 1k events/s on
-these machines):
+they can be (a table write and an awaited send per event cost far more than the work itself):
 
 * ``ingest`` reads ``shop.events`` (raw bytes, any key), validates and pseudonymises each message
   (:mod:`stream.logic.ingest`), dead-letters the bad ones with their reason, and forwards the good
@@ -272,6 +271,7 @@ class Runtime:
         )  # fmt: skip
         self._partition_events: dict[int, _PartitionEvent] = {}
         self._ingested_here: list[Item] = []  # what the last ingest batch left to process locally
+        self._ingested_generation: int | None = None  # the routing generation that decided so
         self._processing = asyncio.Lock()  # one batch at a time, whichever stage started it
         self._admin = None  # reads the group's committed offsets for the gates (started when needed)
         self._gates_checked = 0.0
@@ -413,9 +413,8 @@ class Runtime:
 
         The consumer joins no group. It reads the input partitions that go with the internal
         partitions Faust assigned this worker (:func:`ingest_partitions`), follows every
-        rebalance of Faust's group, and commits its offsets under ``<app_id>-ingest``. (A group
-        of its own stalled on the embedded broker when a second worker joined: after the
-        rebalance every commit failed with ``IllegalGenerationError``.) While a partition moves,
+        rebalance of Faust's group, and commits its offsets under ``Settings.ingest_group``, so
+        that the input is split exactly as the internal topic is. While a partition moves,
         its old and new owner may both read its uncommitted tail: duplicates, never a loss, since
         every commit follows the flush of what it covers.
         """
@@ -684,6 +683,7 @@ class Runtime:
         self._forward(packs)
         self._send_packs(done, DONE_KEY)
         self._ingested_here.extend(here)
+        self._ingested_generation = self.routing.generation
         m.observe_batch(len(batch), time.perf_counter() - t0)
 
     def _forward(self, packs: Packs) -> None:
@@ -731,8 +731,9 @@ class Runtime:
 
     async def _process_here_locked(self) -> None:
         items, self._ingested_here = self._ingested_here, []
-        if not self._routing_current():
-            # The assignment began to change while the agent held the lock: the usual way then.
+        if not self._routing_current() or self.routing.generation != self._ingested_generation:
+            # The assignment changed since the ingest decided (while the agent held the lock, say):
+            # those partitions may not be this worker's any more, so the usual way then.
             packs: Packs = {}
             for it in items:  # items ingested here always carry their input record
                 _add_to_pack(packs, it.partition, it.event.to_dict(), it.source.timestamp_ms if it.source else None)
