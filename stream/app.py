@@ -63,6 +63,7 @@ class App(faust.App):
 
     async def on_start(self) -> None:
         if self.runtime is not None:
+            await self.runtime.check_local_store()
             await self.runtime.outputs.start()
         await super().on_start()
 

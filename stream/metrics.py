@@ -71,13 +71,13 @@ REFRESH_RESULTS: tuple[str, ...] = ("success", "failure")
 LABEL_NAMES: frozenset[str] = frozenset({"type", "reason", "task", "result", "topic", "partition", "version", "path",
                                          "cause"})  # fmt: skip
 #: Why a worker discarded its local table store at start-up (stream/local_state.py).
-REBUILD_CAUSES: tuple[str, ...] = ("unclean_shutdown",)
+REBUILD_CAUSES: tuple[str, ...] = ("unclean_shutdown", "ahead_of_changelog")
 
 # Per-batch processing time: a 1,000-event batch takes roughly 0.2-1 s on the 2-core machines.
 PROCESSING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Event-to-signal: includes broker hops and batching waits, and spikes after a restart or a rebalance.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-# Model scoring: 1 sequence is ~1 ms on CPU, a batch of 256 ~85 ms (PLATFORM.md).
+# Model scoring: from one window (about a millisecond on CPU) to a batch of hundreds.
 SCORING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 # Bytes of one user's table record (state, signal-policy memory, pending labels); the state budget is 1 KiB.
@@ -187,6 +187,14 @@ class Metrics:
             "reason ('unclean_shutdown': the last run did not stop cleanly, so the store could hold writes the "
             "changelog lacks).",
             ["cause"],
+            namespace=ns,
+            registry=registry,
+        )
+
+        self.records_refetched = Counter(
+            "records_refetched",
+            "Internal-topic records the consumer skipped and the process stage read back and handled itself "
+            "(stream/agents/gaps.py).",
             namespace=ns,
             registry=registry,
         )

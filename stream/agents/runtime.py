@@ -61,6 +61,7 @@ from models.features.state import StateConfig
 from models.online.learner import IncompatibleCheckpoint, PartitionLearners
 from models.sequence import explain
 from stream import lag, local_state
+from stream.agents.gaps import GapFiller
 from stream.agents.outputs import FaustOutputs, OutputsFailed, TransactionalOutputs
 from stream.health import Health, register_views
 from stream.logic import packing
@@ -161,6 +162,16 @@ class _PartitionEvent:
 
     def __init__(self, topic: str, partition: int) -> None:
         self.message = _PartitionMessage(topic, partition)
+
+
+class _Refetched(NamedTuple):
+    """An internal-topic record read back by :class:`~stream.agents.gaps.GapFiller`."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
 
 
 class _PartitionMessage(NamedTuple):
@@ -277,8 +288,50 @@ class Runtime:
         self._gates_checked = 0.0
         self._ingest_task: asyncio.Task | None = None
         self.outputs = self._outputs()
+        self.gaps = GapFiller(topics.by_user.get_topic_name(), self._committed, self._gap_reader)
         # The local store's directory when it outlives the process (rocksdb://): see stream.local_state.
         self.tabledir: Path | None = Path(app.conf.tabledir) if settings.store == "rocksdb://" else None
+
+    async def check_local_store(self) -> None:
+        """Before the tables open: discard a local store that is ahead of its changelog
+        (:func:`stream.local_state.ahead_of_changelog`), which Faust would refuse to start with."""
+        if self.tabledir is None or not self.tabledir.is_dir():
+            return
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from stream.broker import client_config
+
+        persisted = {t: local_state.persisted_offsets(self.tabledir, t) for t in self.settings.changelog_topics()}
+        if not any(persisted.values()):
+            return
+        consumer = AIOKafkaConsumer(**client_config(self.settings, self.bootstrap or ""), group_id=None,
+                                    enable_auto_commit=False)  # fmt: skip
+        await consumer.start()
+        try:
+            ahead: dict[str, list[int]] = {}
+            for table, topic in self.settings.changelog_topics().items():
+                tps = [TopicPartition(topic, p) for p in persisted[table]]
+                ends = {tp.partition: n for tp, n in (await consumer.end_offsets(tps)).items()} if tps else {}
+                if late := local_state.ahead_of_changelog(persisted[table], ends):
+                    ahead[table] = late
+        finally:
+            await consumer.stop()
+        if ahead:
+            log.warning("local table store ahead of its changelog (%s): discarded, rebuilding it from the changelog",
+                        "; ".join(f"{t} partitions {ps}" for t, ps in ahead.items()))  # fmt: skip
+            local_state.discard(self.tabledir)
+            self.metrics.count_state_rebuild("ahead_of_changelog")
+
+    def _gap_reader(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        from stream.broker import client_config
+
+        return AIOKafkaConsumer(
+            **client_config(self.settings, self.bootstrap or ""), group_id=None, enable_auto_commit=False,
+            isolation_level="read_committed" if self.outputs.exactly_once else "read_uncommitted",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )  # fmt: skip
 
     def _outputs(self) -> FaustOutputs | TransactionalOutputs:
         s, t = self.settings, self.topics
@@ -349,6 +402,7 @@ class Runtime:
             self._assigned = mine
             self.pipeline.forget_partitions(mine)
             self._index_stale = True
+            self.gaps.reset()
 
         # Consumer lag, rebalance count and assigned partitions (stream.lag keeps them current).
         # Faust's consumer reads the internal topic, and shop.events unless the raw ingest does
@@ -816,20 +870,32 @@ class Runtime:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.outputs.stop(), timeout=10.0)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.gaps.close(), timeout=5.0)
         if clean and self.tabledir is not None:
             local_state.mark_clean(self.tabledir)
 
     def _dead_letter(self, dl: DeadLetter, key: bytes | None) -> None:
         self.metrics.count_invalid(dl.reason)
         self.metrics.dead_letters.inc()
-        self.outputs.send_soon(self.settings.dlq_topic, key, json.dumps(dl.to_dict(), separators=(",", ":")).encode())
+        value = json.dumps(dl.to_dict(self.settings.dead_letter_max_bytes), separators=(",", ":")).encode()
+        self.outputs.send_soon(self.settings.dlq_topic, key, value)
 
     # ------------------------------------------------------------------ process
     async def process_packs(self, batch: list[faust.EventT]) -> None:
-        """Unpack the internal topic's records and process their events (:meth:`process_items`)."""
-        items: list[Item] = []
+        """Unpack the internal topic's records and process their events (:meth:`process_items`),
+        after any records the consumer skipped before them (:mod:`stream.agents.gaps`)."""
+        first: dict[int, faust.EventT] = {}
         for fe in batch:
-            msg = fe.message
+            first.setdefault(fe.message.partition, fe)
+        records: list[tuple[faust.EventT, _PartitionMessage | Any]] = []
+        for partition, fe in first.items():
+            missing = await self.gaps.before(partition, fe.message.offset)
+            self.metrics.records_refetched.inc(len(missing))
+            records.extend((fe, _Refetched(fe.message.topic, r.partition, r.offset, r.key, r.value)) for r in missing)
+        records.extend((fe, fe.message) for fe in batch)
+        items: list[Item] = []
+        for fe, msg in records:
             if msg.key == DONE_KEY:  # processed where it was ingested; kept only as history
                 continue
             try:
@@ -838,6 +904,8 @@ class Runtime:
             except (ValueError, TypeError) as exc:
                 self._dead_letter(DeadLetter("processing_error", f"unreadable internal record: {exc}"[:200], msg.value,
                                              msg.topic, msg.partition, msg.offset), msg.key)  # fmt: skip
+        for fe in batch:
+            self.gaps.advance(fe.message.partition, fe.message.offset + 1)
         if self.outputs.exactly_once:
             # Commit this batch's outputs with its offsets before Faust acknowledges it, so that
             # Faust's own commits (of acknowledged offsets) never run ahead of the transaction's.

@@ -34,6 +34,7 @@ EXPECTED = {
     "intentstream_late_events_total": "counter",
     "intentstream_duplicate_events_total": "counter",
     "intentstream_state_rebuilds_total": "counter",
+    "intentstream_records_refetched_total": "counter",
     "intentstream_processing_seconds": "histogram",
     "intentstream_processing_batch_size": "histogram",
     "intentstream_event_to_signal_seconds": "histogram",
@@ -67,6 +68,7 @@ def exercised(m: Metrics) -> Metrics:
     m.late_events.inc()
     m.duplicate_events.inc()
     m.count_state_rebuild("unclean_shutdown")
+    m.records_refetched.inc(2)
     m.observe_batch(1000, 0.4)
     m.observe_event_to_signal(1_700_000_000.0, sent_at_s=1_700_000_000.25)
     m.count_signal("purchase_intent")
