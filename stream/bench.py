@@ -460,6 +460,10 @@ class Bench:
         env.update({env_var(f): str(getattr(s, f)) for f in fields})
         if s.model_dir is not None:
             env[env_var("model_dir")] = str(s.model_dir)
+        # One key for all workers of a measurement (each has its own data dir, where a worker
+        # without a key would make its own): a user must have one pseudonym whoever ingests it.
+        key = s.pseudonym_key.get_secret_value() if s.pseudonym_key else f"bench-{self.run_id}-pseudonym-key"
+        env[env_var("pseudonym_key")] = key
         env[env_var("web_port")] = str(web_port)
         return Child([sys.executable, "-m", "stream.cli", "worker"], env, s.data_dir / "worker.log")
 

@@ -403,7 +403,10 @@ def committed_events(bootstrap: str, group: str, topic: str) -> int:
 
     from stream.logic.packing import unpack
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    # read_uncommitted: a read_committed consumer asks for stable offsets, which the broker refuses
+    # while a killed worker's transaction is open (until it times out); the committed ones are wanted.
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                  "isolation.level": "read_uncommitted"})  # fmt: skip
     try:
         tps = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=10).topics[topic].partitions]
         committed = {tp.partition: tp.offset for tp in c.committed(tps, timeout=10)}
