@@ -1,7 +1,7 @@
 """Profile one full-pipeline worker while it works through a preloaded backlog (py-spy).
 
 ``python -m benchmarks.profile_worker --events 60000 --seconds 30 --out /tmp/prof`` starts the
-embedded broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``), preloads simulated events, starts a worker
+local Kafka broker (or uses ``KAFKA_BOOTSTRAP_SERVERS``), preloads simulated events, starts a worker
 (``intentstream worker``), waits until it has handled its first events (so start-up is not in the
 profile; ``--include-stall`` starts at the first batch of either agent instead), then samples it with ``py-spy record`` for ``--seconds``. It writes:
 

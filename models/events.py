@@ -9,7 +9,7 @@ This module is pure (no Kafka, no Faust) so that the stream, the importers, trai
 evaluation all validate events with the same code.
 
 >>> ev = parse_event({"event_id": "e1", "user_id": "u1", "type": "view", "ts": 1700000000000,
-...                   "item_id": 42, "category_id": "c7", "price": "9.5"})
+...                   "item_id": 42, "category_id": "c7", "price": 9.5})
 >>> ev.type, ev.item_id, ev.price, ev.ts
 ('click', '42', 9.5, 1700000000000)
 >>> parse_event({"event_id": "e2", "user_id": "u1", "type": "refund", "ts": 1700000000000})
@@ -88,6 +88,16 @@ class Event:
 _FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Event))
 
 
+def _text(s: str, name: str) -> str:
+    """``s`` if it is Unicode text: JSON's escapes can spell a lone UTF-16 surrogate
+    (``"\\ud800"``), which no UTF-8 byte string can hold, so nothing downstream could write it."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent("invalid_utf8", f"{name} holds a lone surrogate at character {exc.start}") from None
+    return s
+
+
 def _id(obj: dict[str, Any], name: str, required: bool) -> str | None:
     v = obj.get(name)
     if v is None or v == "":
@@ -99,7 +109,7 @@ def _id(obj: dict[str, Any], name: str, required: bool) -> str | None:
     s = str(v)
     if len(s) > MAX_ID_LEN:
         raise InvalidEvent("field_too_long", f"{name} longer than {MAX_ID_LEN} characters")
-    return s
+    return _text(s, name)
 
 
 def parse_ts(v: Any) -> int:
@@ -115,6 +125,8 @@ def parse_ts(v: Any) -> int:
     if isinstance(v, (int, float)):
         if not math.isfinite(v):
             raise InvalidEvent("bad_timestamp", "ts is not finite")
+        if isinstance(v, float) and not v.is_integer():
+            raise InvalidEvent("wrong_type", "ts must be whole epoch milliseconds")
         ms = int(v)
     elif isinstance(v, str):
         try:
@@ -169,11 +181,6 @@ def parse_event(
 
     price = obj.get("price")
     if price is not None:
-        if isinstance(price, str):
-            try:
-                price = float(price)
-            except ValueError:
-                raise InvalidEvent("wrong_type", "price must be a number") from None
         if isinstance(price, bool) or not isinstance(price, (int, float)):
             raise InvalidEvent("wrong_type", "price must be a number")
         price = float(price)
@@ -192,7 +199,11 @@ def parse_event(
     if query is not None:
         if not isinstance(query, str):
             raise InvalidEvent("wrong_type", "query must be a string")
-        query = query.strip()[:MAX_QUERY_LEN] or None
+        if len(query) > MAX_QUERY_LEN:
+            raise InvalidEvent("field_too_long", f"query longer than {MAX_QUERY_LEN} characters")
+        query = _text(query, "query").strip()
+        if not query:
+            raise InvalidEvent("missing_field", "query is blank")
     if "query" in required and query is None:
         raise InvalidEvent("missing_field", "query")
 

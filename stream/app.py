@@ -97,11 +97,12 @@ def create_app(settings: Settings, bootstrap: str, *, registry: CollectorRegistr
         # Batching: let the producer coalesce sends and the consumer fetch in big chunks.
         producer_linger=0.005,
         producer_max_batch_size=262_144,
+        producer_max_request_size=settings.max_record_bytes,
         consumer_max_fetch_size=4 * 1024 * 1024,
         stream_buffer_maxsize=max(4096, 4 * settings.batch_size),
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
-        # Faster group joins than the defaults (PLATFORM.md); still tolerant of short GC pauses.
+        # Faster group joins than the defaults; still tolerant of short GC pauses.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=20.0,

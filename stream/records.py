@@ -44,7 +44,9 @@ class Signal(faust.Record, serializer="json"):
 class DeadLetterRecord(faust.Record, serializer="json"):
     reason: str
     detail: str
-    original_b64: str | None  # the original message value, base64
+    original_b64: str | None  # the original message value, base64, cut to INTENTSTREAM_DEAD_LETTER_MAX_BYTES
+    original_bytes: int | None  # the size of the whole original value
+    original_truncated: bool
     topic: str
     partition: int
     offset: int

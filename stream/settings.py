@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     broker_heap_mb: int = Field(1024, ge=256, le=65_536, description="heap of the local broker's JVM")
     model_dir: Path | None = Field(None, description="model registry directory (default: DATA_DIR/models)")
     store: Literal["memory://", "rocksdb://"] = Field("rocksdb://", description="Faust table store")
+    stop_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a worker's stop that takes longer (a broker gone) ends the process at once; "
+        "keep it below the orchestrator's grace period"
+    )  # fmt: skip
     web_port: int = Field(6066, ge=1, le=65535, description="/metrics, /healthz, /readyz")
     web_host: str = Field("127.0.0.1", description="address the web server binds (0.0.0.0 in containers)")
     standby_replicas: int = Field(0, ge=0, le=3, description="warm copies of each table partition on other workers")
@@ -73,7 +77,7 @@ class Settings(BaseSettings):
     signal_partitions: int = Field(4, ge=1, le=1024)
     replication_factor: int = Field(1, ge=1, le=10)
 
-    # --- batching (PLATFORM.md: per-event table writes and awaited sends top out near 1k events/s)
+    # --- batching: per-event table writes and awaited sends cost far more than the work itself
     ingest: Literal["faust", "raw"] = Field(
         "raw",
         description="ingest stage: 'raw', a batched aiokafka consumer reading the input partitions that go with "
@@ -115,7 +119,15 @@ class Settings(BaseSettings):
         description="process an event on the worker that ingests it when that worker owns the event's internal "
         "partition, instead of through the internal topic (raw ingest, inline scoring; stream/logic/routing.py)",
     )
-    max_event_bytes: int = Field(16_384, ge=256, le=1_048_576)
+    max_event_bytes: int = Field(16_384, ge=256, le=1_048_576, description="larger input records are dead-lettered as oversized")
+    max_record_bytes: int = Field(
+        1_000_000, ge=65_536, le=100 * 2**20,
+        description="the largest record a worker produces (its producers' max request size; the brokers' and topics' "
+        "message.max.bytes must allow it): internal packs are split to fit",
+    )  # fmt: skip
+    dead_letter_max_bytes: int = Field(
+        65_536, ge=0, le=16 * 2**20, description="a dead letter keeps at most this many bytes of the original record"
+    )
     max_future_skew_ms: int = Field(3_600_000, ge=0, description="events further ahead of the wall clock are rejected")
 
     # --- state and signals
@@ -136,6 +148,9 @@ class Settings(BaseSettings):
     archive_flush_s: float = Field(60.0, gt=0, description="seconds between archive files (at most this much is lost in a crash)")
     online_learning: bool = Field(True, description="River models learn from delayed labels and serve once warm")
     model_checkpoint_s: float = Field(30.0, gt=0, description="seconds between online-model checkpoints per partition")
+    model_checkpoint_labels: int = Field(
+        2_000, ge=1, description="labels learned by a partition's online models that also make a checkpoint due"
+    )
     sequence_serving: bool = Field(True, description="serve the registry's current sequence model (blended with the online model)")
     model_poll_s: float = Field(10.0, gt=0, description="seconds between looks at the model registry for a newly promoted version")
     sequence_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the sequence model scores (auto: cuda if present)")
@@ -189,6 +204,11 @@ class Settings(BaseSettings):
                 raise ValueError("INTENTSTREAM_SEQUENCE_DEVICE=cuda but no CUDA device is available (use auto or cpu)")
         if self.allowed_lateness_ms >= self.session_gap_ms:
             raise ValueError("INTENTSTREAM_ALLOWED_LATENESS_MS must be smaller than INTENTSTREAM_SESSION_GAP_MS")
+        if self.dead_letter_max_bytes * 4 // 3 + 4096 > self.max_record_bytes:
+            raise ValueError("INTENTSTREAM_DEAD_LETTER_MAX_BYTES, base64-encoded, must fit in INTENTSTREAM_MAX_RECORD_BYTES")
+        if self.max_event_bytes * 6 + 4096 > self.max_record_bytes:
+            # An accepted event, re-encoded with its text escaped (up to 6 bytes a character), must fit in a pack.
+            raise ValueError("INTENTSTREAM_MAX_EVENT_BYTES must be at most a sixth of INTENTSTREAM_MAX_RECORD_BYTES")
         names = [self.events_topic, self.dlq_topic, self.intent_topic, self.churn_topic, self.latent_topic]
         if len(set(names)) != len(names):
             raise ValueError("topic names must be distinct")

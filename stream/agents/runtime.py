@@ -82,6 +82,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_SCAN_PER_BATCH = 5_000  # bounds the latency a churn scan can add to one batch
+RECORD_OVERHEAD = 1024  # room for a record's key, headers and batch framing under the producer's limit
+IDLE_WAIT_MS = 500  # the raw ingest's longest wait for input when it holds none
 GATE_CHECK_S = 0.5  # least time between two reads of the committed offsets a closed partition waits for
 
 
@@ -213,6 +215,32 @@ def _by_partition(
     return groups.values()
 
 
+class Checkpoint(NamedTuple):
+    """A partition's online models as of a checkpoint: when, labels learned, warm per task."""
+
+    at: float
+    learned: int
+    warm: tuple[bool, ...]
+
+
+def checkpoint_due(last: Checkpoint | None, now: Checkpoint, every_s: float, every_labels: int) -> bool:
+    """Whether to checkpoint a partition's online models: at its first batch, when a model has
+    just become warm (a crash must never bring back the cold rule), after ``every_labels`` labels,
+    and after ``every_s`` seconds if anything was learned.
+
+    >>> c = Checkpoint(0.0, 100, (False, False))
+    >>> [checkpoint_due(c, Checkpoint(t, n, w), 30.0, 1000) for t, n, w in
+    ...  [(5.0, 150, (False, False)), (5.0, 150, (True, False)), (5.0, 1100, (False, False)),
+    ...   (31.0, 101, (False, False)), (31.0, 100, (False, False))]]
+    [False, True, True, True, False]
+    """
+    if last is None:
+        return True
+    if now.warm != last.warm or now.learned - last.learned >= every_labels:
+        return True
+    return now.at - last.at >= every_s and now.learned != last.learned
+
+
 def pipeline_config(s: Settings) -> PipelineConfig:
     return PipelineConfig(
         state=StateConfig(allowed_lateness_ms=s.allowed_lateness_ms, session_gap_ms=s.session_gap_ms),
@@ -263,7 +291,7 @@ class Runtime:
         self.pipeline = Pipeline(
             pipeline_config(settings), self.scorer, learners=self._restore_learners if settings.online_learning else None
         )
-        self._checkpointed: dict[int, float] = {}
+        self._checkpointed: dict[int, Checkpoint] = {}
         # Validated, pseudonymised events also go to the Parquet archive that training reads, so
         # training is not limited by the topic's retention. Files are written by one background
         # thread, every archive_flush_s: a crash loses at most that much of the archive (never
@@ -343,7 +371,7 @@ class Runtime:
 
             return TransactionalOutputs(
                 {**client_config(s, self.bootstrap or ""), "linger_ms": 5, "max_batch_size": 262_144,
-                 "transaction_timeout_ms": s.transaction_timeout_ms},
+                 "max_request_size": s.max_record_bytes, "transaction_timeout_ms": s.transaction_timeout_ms},
                 f"{s.app_id}-{s.worker_identity()}",
                 [s.dlq_topic, s.repartition_topic, *s.signal_topics().values(), *s.changelog_topics().values()],
                 on_fatal=fatal,
@@ -414,7 +442,7 @@ class Runtime:
             await app.tables.wait_until_recovery_completed()
             freeze_heap()
             self.health.set_condition("tables_recovered", True)
-            log.info("worker ready")
+            log.info("worker ready: %s", self._describe())
 
         @app.timer(interval=5.0)
         async def refresh_gauges() -> None:
@@ -568,7 +596,9 @@ class Runtime:
                         await self._update_routing(consumer)
                     except KafkaError as exc:  # the partitions stay closed: events take the internal topic
                         log.warning("local processing: reading offsets failed (%s); trying again", exc)
-                wait_ms = held.wait_ms(_now_ms()) if len(held) else s.batch_wait_ms
+                # With nothing held, getmany returns as soon as records arrive: a long wait costs no
+                # latency, and an idle worker does not wake up every batch_wait_ms.
+                wait_ms = held.wait_ms(_now_ms()) if len(held) else IDLE_WAIT_MS
                 batches = await consumer.getmany(timeout_ms=max(1, wait_ms), max_records=held.room())
                 now_ms = _now_ms()
                 held.add(((m, m.timestamp) for records in batches.values() for m in records), now_ms)
@@ -614,6 +644,15 @@ class Runtime:
         for _version, ok in attempts:
             self.metrics.count_model_refresh(ok)
         self.health.set_condition("model_loaded", True)
+
+    def _describe(self) -> str:
+        """What an operator checks first: where the worker reads, answers and what it serves."""
+        s = self.settings
+        active = self.serving.active if self.serving is not None else None
+        sequence = active.name if active is not None else ("none yet" if self.serving is not None else "off")
+        return (f"bootstrap servers {self.bootstrap}, web port {s.web_port}, {s.processing_guarantee}, "
+                f"sequence model {sequence}, online models {'on' if s.online_learning else 'off'} "
+                f"(rule until warm), ingest {s.ingest}")  # fmt: skip
 
     def _swap_model(self) -> Served | None:
         """Between batches: switch to a newly loaded version; the one to score this batch with."""
@@ -709,7 +748,10 @@ class Runtime:
     def ingest_batch(self, batch: list[RawMessage]) -> None:
         """Validate and pseudonymise a batch; dead-letter the bad messages; forward the good events
         to the internal topic, packed per partition, except those of partitions this worker
-        processes locally, which are left in ``_ingested_here`` for :meth:`_process_here`."""
+        processes locally, which are left in ``_ingested_here`` for :meth:`_process_here`.
+
+        Nothing is sent until the whole batch has gone through: if it raises, :meth:`guarded`
+        retries message by message, and each message's outcome is sent once."""
         s, m = self.settings, self.metrics
         t0 = time.perf_counter()
         now_ms = time.time_ns() // 1_000_000
@@ -717,6 +759,7 @@ class Runtime:
         done: Packs = {}
         local = self.routing.local if self._routing_current() else ()
         here: list[Item] = []
+        dead: list[tuple[DeadLetter, bytes | None]] = []
         for msg in batch:
             try:
                 ev = ingest_one(
@@ -724,7 +767,7 @@ class Runtime:
                     max_future_ms=s.max_future_skew_ms,
                 )  # fmt: skip
             except InvalidEvent as exc:
-                self._dead_letter(DeadLetter(exc.reason, exc.detail, msg.value, msg.topic, msg.partition, msg.offset), msg.key)
+                dead.append((DeadLetter(exc.reason, exc.detail, msg.value, msg.topic, msg.partition, msg.offset), msg.key))
                 continue
             partition = partition_for(ev.user, s.events_partitions)
             if partition in local:
@@ -734,30 +777,40 @@ class Runtime:
                 continue
             # Keep the producer's timestamp so event-to-signal latency spans both hops.
             _add_to_pack(packs, partition, ev.to_dict(), msg.timestamp_ms)
-        self._forward(packs)
-        self._send_packs(done, DONE_KEY)
+        forward, history = self._packed(packs, PACK_KEY), self._packed(done, DONE_KEY)
+        for dl, key in dead:
+            self._dead_letter(dl, key)
+        self._send_packed(forward, PACK_KEY)
+        self._count_forwarded(packs)
+        self._send_packed(history, DONE_KEY)
         self._ingested_here.extend(here)
         self._ingested_generation = self.routing.generation
         m.observe_batch(len(batch), time.perf_counter() - t0)
 
     def _forward(self, packs: Packs) -> None:
         """Send events to the internal topic for their partition's owner to process."""
-        self._send_packs(packs, PACK_KEY)
+        self._send_packed(self._packed(packs, PACK_KEY), PACK_KEY)
+        self._count_forwarded(packs)
+
+    def _count_forwarded(self, packs: Packs) -> None:
         for evs, _kts in packs.values():
             self.metrics.events_routed.labels(path="forwarded").inc(len(evs))
 
-    def _send_packs(self, packs: Packs, key: bytes) -> None:
-        """Send events to the internal topic, packed per partition under ``key``; follow the packs
-        to be processed that a closed partition's gate waits for (:class:`LocalRouting`)."""
+    def _packed(self, packs: Packs, key: bytes) -> list[tuple[int, bytes]]:
+        """The internal topic's records for ``packs``: each small enough for the producer."""
+        limit = self.settings.max_record_bytes - RECORD_OVERHEAD
+        return [(p, value) for p, (evs, kts) in packs.items() for value in packing.pack_all(evs, kts, limit)]
+
+    def _send_packed(self, records: list[tuple[int, bytes]], key: bytes) -> None:
+        """Send packed records to the internal topic under ``key``; follow the packs to be
+        processed that a closed partition's gate waits for (:class:`LocalRouting`)."""
         topic, route = self.topics.by_user.get_topic_name(), self.routing
-        for partition, (evs, kts) in packs.items():
-            for i in range(0, len(evs), packing.MAX_EVENTS):
-                on_ack = None
-                if key == PACK_KEY and route.tracks(partition):
-                    route.sent(partition)
-                    on_ack = functools.partial(self.routing.acked, route.generation, partition)
-                self.outputs.send_soon(topic, key, packing.pack(evs[i : i + packing.MAX_EVENTS], kts[i : i + packing.MAX_EVENTS]),
-                                       partition, on_ack)  # fmt: skip
+        for partition, value in records:
+            on_ack = None
+            if key == PACK_KEY and route.tracks(partition):
+                route.sent(partition)
+                on_ack = functools.partial(self.routing.acked, route.generation, partition)
+            self.outputs.send_soon(topic, key, value, partition, on_ack)
 
     def _partition_event(self, partition: int) -> _PartitionEvent:
         pe = self._partition_events.get(partition)
@@ -974,7 +1027,33 @@ class Runtime:
         )
         self.pipeline.decide(result, records, views)  # type: ignore[arg-type]
         await self._explain(served, result)
+
+        # Churn risk and expiry for silent users, at each partition's event-time watermark.
+        scans: list[tuple[BatchResult, faust.EventT]] = []
+        for partition, fe in last_of_partition.items():
+            due = self.pipeline.due_for_scan(partition, MAX_SCAN_PER_BATCH)
+            if due:
+                recs = self._load(dict.fromkeys(due, fe))
+                for u in due:  # this batch's own records, not yet written
+                    if u in result.records:
+                        recs[u] = result.records[u]
+                    elif u in result.deleted:
+                        recs[u] = None
+                scan = self.pipeline.scan_apply(partition, recs)
+                silent = list(scan.silent)
+                views = await self._sequence_views(
+                    served, [recs[u].state.recent_window() for u in silent], [False] * len(silent)  # type: ignore[union-attr]
+                )  # churn risk only: no next categories
+                by_user = dict(zip(silent, views, strict=True)) if views else None
+                self.pipeline.decide_silent(scan, recs, by_user)  # type: ignore[arg-type]
+                await self._explain(served, scan)
+                scans.append((scan, fe))
+
+        # Outputs only now: a batch that raised above wrote and sent nothing, so the event-by-event
+        # retry (process_items) leaves each event's outcome written once.
         self._write(result, last_of_user)
+        for scan, fe in scans:
+            self._write(scan, {u: fe for u in scan.records.keys() | set(scan.deleted)})
         for ev in result.rejected:
             (m.duplicate_events if ev.reason == "duplicate_event_id" else m.late_events).inc()
             self._dead_letter(
@@ -984,23 +1063,7 @@ class Runtime:
             )  # fmt: skip
         for typ, n in result.counts_by_type.items():
             m.count_event(typ, n)
-        outputs = [(result, kafka_ts)]
-
-        # Churn risk and expiry for silent users, at each partition's event-time watermark.
-        for partition, fe in last_of_partition.items():
-            due = self.pipeline.due_for_scan(partition, MAX_SCAN_PER_BATCH)
-            if due:
-                recs = self._load(dict.fromkeys(due, fe))
-                scan = self.pipeline.scan_apply(partition, recs)
-                silent = list(scan.silent)
-                views = await self._sequence_views(
-                    served, [recs[u].state.recent_window() for u in silent], [False] * len(silent)  # type: ignore[union-attr]
-                )  # churn risk only: no next categories
-                by_user = dict(zip(silent, views, strict=True)) if views else None
-                self.pipeline.decide_silent(scan, recs, by_user)  # type: ignore[arg-type]
-                await self._explain(served, scan)
-                self._write(scan, {u: fe for u in scan.records.keys() | set(scan.deleted)})
-                outputs.append((scan, {}))
+        outputs = [(result, kafka_ts), *((scan, {}) for scan, _fe in scans)]
         self._checkpoint(last_of_partition)
         # Signals go out after every table write of the batch: sending may wait (a full producer
         # batch), and a locally processed batch must not wait before its writes (routing.py).
@@ -1040,14 +1103,17 @@ class Runtime:
         )
 
     def _checkpoint(self, last_of_partition: dict[int, faust.EventT]) -> None:
-        """Write each partition's models to the models table every ``model_checkpoint_s``: a
-        restart or rebalance loses at most the learning done since (docs/ONLINE.md)."""
-        now = time.monotonic()
+        """Write a partition's models to the models table when :func:`checkpoint_due` says so: a
+        restart or rebalance loses a bounded amount of learning, and never a warm-up (docs/ONLINE.md)."""
+        now, s = time.monotonic(), self.settings
         for partition, fe in last_of_partition.items():
             pl = self.pipeline.learners.get(partition)
-            if pl is None or now - self._checkpointed.get(partition, 0.0) < self.settings.model_checkpoint_s:
+            if pl is None:
                 continue
-            self._checkpointed[partition] = now
+            mark = Checkpoint(now, pl.intent.n_learned + pl.churn.n_learned, (pl.intent.warm(), pl.churn.warm()))
+            if not checkpoint_due(self._checkpointed.get(partition), mark, s.model_checkpoint_s, s.model_checkpoint_labels):
+                continue
+            self._checkpointed[partition] = mark
             with _as_current(fe):
                 self.outputs.write(self.models, str(partition).encode(), pl.to_bytes(), partition)
 

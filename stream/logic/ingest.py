@@ -27,7 +27,7 @@ from models.events import Event, InvalidEvent, parse_event
 REASONS = (
     "oversized", "invalid_utf8", "malformed_json", "not_an_object", "missing_field", "wrong_type",
     "unknown_type", "field_too_long", "out_of_range", "bad_timestamp", "timestamp_too_old",
-    "timestamp_in_future", "duplicate_event_id", "late_event", "processing_error",
+    "timestamp_in_future", "duplicate_event_id", "late_event", "processing_error", "too_deeply_nested",
 )  # fmt: skip
 
 
@@ -69,6 +69,8 @@ def decode(raw: bytes | None, *, max_bytes: int = 16_384) -> object:
         return json.loads(text)
     except ValueError as exc:
         raise InvalidEvent("malformed_json", str(exc)[:120]) from None
+    except RecursionError:  # the decoder recurses per nesting level
+        raise InvalidEvent("too_deeply_nested", "JSON nested deeper than the decoder's recursion limit") from None
 
 
 def ingest_one(
@@ -94,14 +96,26 @@ class DeadLetter:
     partition: int
     offset: int
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self, max_original: int | None = None) -> dict[str, object]:
+        """The record's JSON object; the original bytes cut to ``max_original`` (a dead letter
+        must stay under the producer's record limit whatever the size of what it reports).
+
+        >>> d = DeadLetter("oversized", "2000000 bytes > 16384", b"x" * 2_000_000, "shop.events", 0, 7).to_dict(10)
+        >>> d["original_b64"], d["original_bytes"], d["original_truncated"]
+        ('eHh4eHh4eHh4eA==', 2000000, True)
+        """
         import base64
 
+        original = self.original
+        truncated = original is not None and max_original is not None and len(original) > max_original
         return {
             "reason": self.reason,
-            "detail": self.detail,
-            "original_b64": base64.b64encode(self.original).decode() if self.original is not None else None,
+            "detail": self.detail[:500],
+            "original_b64": base64.b64encode(original[:max_original] if truncated else original).decode()  # type: ignore[index]
+            if original is not None else None,
+            "original_bytes": len(original) if original is not None else None,
+            "original_truncated": truncated,
             "topic": self.topic,
             "partition": self.partition,
             "offset": self.offset,
-        }
+        }  # fmt: skip

@@ -24,11 +24,48 @@ import json
 from typing import Any
 
 PACK_VERSION = 1
-MAX_EVENTS = 500  # per record: ~120 KB of JSON, well under Kafka's default 1 MB message limit
+MAX_EVENTS = 500  # per record, so that the process stage's batches stay small enough to interleave
+_HEAD, _MID, _TAIL = b'{"pack":%d,"events":[' % PACK_VERSION, b'],"kts":[', b"]}"
 
 
 def pack(events: list[dict[str, Any]], kafka_ts: list[int | None]) -> bytes:
     return json.dumps({"pack": PACK_VERSION, "events": events, "kts": kafka_ts}, separators=(",", ":")).encode()
+
+
+def pack_all(events: list[dict[str, Any]], kafka_ts: list[int | None], max_bytes: int,
+             max_events: int = MAX_EVENTS) -> list[bytes]:  # fmt: skip
+    """``events`` in as few packs as fit: each at most ``max_events`` events and ``max_bytes``
+    bytes (the producer refuses a larger record, and a worker that cannot write its output
+    cannot go on), in input order. The bytes are those of :func:`pack`.
+
+    >>> evs = [{"event_id": str(i), "user": "u" * 40} for i in range(10)]
+    >>> out = pack_all(evs, [None] * 10, max_bytes=250)
+    >>> [len(unpack(p)) for p in out], max(map(len, out)) <= 250
+    ([3, 3, 3, 1], True)
+    >>> out == [pack(evs[i:i + 3], [None] * len(evs[i:i + 3])) for i in range(0, 10, 3)]
+    True
+    """
+    fixed = len(_HEAD) + len(_MID) + len(_TAIL)
+    out: list[bytes] = []
+    evs: list[bytes] = []
+    kts: list[bytes] = []
+    size = fixed
+    for ev, ts in zip(events, kafka_ts, strict=True):
+        e = json.dumps(ev, separators=(",", ":")).encode()
+        t = b"null" if ts is None else str(ts).encode()
+        grow = len(e) + len(t) + (2 if evs else 0)  # the two commas
+        if evs and (size + grow > max_bytes or len(evs) >= max_events):
+            out.append(_HEAD + b",".join(evs) + _MID + b",".join(kts) + _TAIL)
+            evs, kts, size = [], [], fixed
+            grow = len(e) + len(t)
+        if size + grow > max_bytes:
+            raise ValueError(f"one event takes {size + grow} bytes in a pack, more than {max_bytes}")
+        evs.append(e)
+        kts.append(t)
+        size += grow
+    if evs:
+        out.append(_HEAD + b",".join(evs) + _MID + b",".join(kts) + _TAIL)
+    return out
 
 
 def unpack(value: bytes) -> list[tuple[dict[str, Any], int | None]]:

@@ -56,23 +56,27 @@ class PolicyState:
     latent_emit_ts: int = NEVER
 
     _HEAD = struct.Struct("<B?q?qqB")
+    _LEN = {1: struct.Struct("<B"), 2: struct.Struct("<H")}  # a category's length: version 1 cut names at 255 bytes
 
     def to_bytes(self) -> bytes:
-        cats = [c.encode()[:255] for c in self.latent[:16]]
+        cats = [c.encode() for c in self.latent[:16]]
         head = self._HEAD.pack(
-            1, self.intent.active, self.intent.last_emit_ts, self.churn.active, self.churn.last_emit_ts,
+            2, self.intent.active, self.intent.last_emit_ts, self.churn.active, self.churn.last_emit_ts,
             self.latent_emit_ts, len(cats),
         )  # fmt: skip
-        return head + b"".join(bytes([len(c)]) + c for c in cats)
+        return head + b"".join(self._LEN[2].pack(len(c)) + c for c in cats)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PolicyState:
-        _v, ia, it, ca, ct, lt, n = cls._HEAD.unpack_from(data)
+        """Versions 1 and 2 (a version 1 name cut inside a character is decoded with a replacement)."""
+        v, ia, it, ca, ct, lt, n = cls._HEAD.unpack_from(data)
+        length = cls._LEN[v]
         pos, cats = cls._HEAD.size, []
         for _ in range(n):
-            ln = data[pos]
-            cats.append(data[pos + 1 : pos + 1 + ln].decode())
-            pos += 1 + ln
+            (ln,) = length.unpack_from(data, pos)
+            pos += length.size
+            cats.append(data[pos : pos + ln].decode(errors="replace"))
+            pos += ln
         return cls(TaskPolicy(ia, it), TaskPolicy(ca, ct), tuple(cats), lt)
 
 

@@ -10,6 +10,8 @@ checks are the ones of ``test_reliability.py`` (see its docstring).
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import time
 
 import pytest
@@ -104,3 +106,63 @@ def test_store_ahead_of_changelog_is_rebuilt_after_a_crash(broker, system):
     rel.check_run(settings, events, "store-ahead-of-changelog", faults={"broker_frozen_then_worker_sigkill": 1},
                   applied_while_frozen=applied_while_frozen, rebuilt=rebuilt)  # fmt: skip
     assert rebuilt == 1
+
+
+@pytest.mark.slow
+def test_store_ahead_of_a_changelog_that_lost_records_is_rebuilt_not_crash_looped(broker, system):
+    """A cleanly stopped worker's store, then its changelog loses records (here: deleted and made
+    again with three records a partition, as after a broker that lost unflushed data). Faust
+    would refuse to start on every try (``ConsistencyError``: the store's offset is past the
+    changelog's end); the worker must discard the store, say so once and rebuild from the changelog."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+
+    from stream.broker import create_topics
+
+    settings, new_worker = system
+    bootstrap = settings.kafka_bootstrap_servers
+    events = rel.simulated(3_000, seed=rel.SEED + 4)
+    store = {"INTENTSTREAM_STORE": "rocksdb://"}
+    w = new_worker(**store)
+    w.start()
+    rel.produce_events(bootstrap, settings.events_topic, events)
+    rel.wait_drained(settings, [w])
+    w.stop()  # clean: the store is marked for reopening
+
+    changelog = settings.changelog_topics()["user-state"]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.delete_topics([changelog])[changelog].result(30)
+    deadline = time.monotonic() + 30
+    while changelog in admin.list_topics(timeout=10).topics and time.monotonic() < deadline:
+        time.sleep(0.2)
+    asyncio.run(create_topics(settings, bootstrap))
+    p = Producer({"bootstrap.servers": bootstrap})
+    for partition in range(settings.events_partitions):
+        for i in range(3):
+            p.produce(changelog, key=f"ghost-{i}".encode(), value=None, partition=partition)
+    assert p.flush(30) == 0
+
+    w2 = rel.restart(new_worker, **store, INTENTSTREAM_DATA_DIR=w.env["INTENTSTREAM_DATA_DIR"])
+    assert rel.metric_total(w2, 'intentstream_state_rebuilds_total{cause="ahead_of_changelog"}') == 1
+    assert w2.log.read_text().count("ahead of its changelog") == 1
+    time.sleep(3.0)
+    assert w2.proc.poll() is None, f"the worker stopped:\n{w2.log.read_text()[-3000:]}"
+
+
+def test_sigterm_stops_a_worker_in_time_with_the_broker_gone(broker, system):
+    """With the broker killed, every flush and commit of a stop waits for client timeouts; the
+    worker must still be gone within its configured stop timeout (``INTENTSTREAM_STOP_TIMEOUT_S``)."""
+    import signal
+
+    settings, new_worker = system
+    w = new_worker(INTENTSTREAM_STOP_TIMEOUT_S="5")
+    w.start()
+    rel.produce_events(settings.kafka_bootstrap_servers, settings.events_topic, rel.simulated(2_000))
+    rel.wait_until(lambda: rel.consumed(w) >= 500, "500 applied", [w], 120)
+    broker.kill()
+    time.sleep(1.0)
+    w.proc.send_signal(signal.SIGTERM)
+    try:
+        w.proc.wait(timeout=5 + 15)  # the timeout, and room for a loaded machine
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the worker ignored SIGTERM with the broker gone:\n{w.log.read_text()[-2000:]}")

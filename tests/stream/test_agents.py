@@ -117,7 +117,7 @@ def test_sequence_scoring_runs_where_the_setting_says(tmp_path, where):
 
 
 def test_changelog_topic_names_are_faust_s(app):
-    """The demo creates the tables' changelogs itself (trimmable: stream/demo.py): under Faust's names."""
+    """create_topics creates the tables' changelogs itself (stream/broker.py): under Faust's names."""
     settings = app.runtime.settings
     names = {name: t.changelog_topic.get_topic_name() for name, t in app.tables.items()}
     assert names == settings.changelog_topics()

@@ -33,6 +33,16 @@ def test_policy_state_round_trips():
     s = PolicyState(TaskPolicy(True, 123), TaskPolicy(False, -5), ("shoes", "bags", "é"), 99)
     assert PolicyState.from_bytes(s.to_bytes()) == s
     assert PolicyState.from_bytes(PolicyState().to_bytes()) == PolicyState()
+    longest = PolicyState(latent=("😀" * 128, "é" * 128))  # ids up to 128 characters: 512 bytes of UTF-8
+    assert PolicyState.from_bytes(longest.to_bytes()) == longest
+
+
+def test_policy_state_version_1_still_reads():
+    import struct
+
+    v1 = PolicyState._HEAD.pack(1, True, 5, False, 7, 9, 2) + b"\x05shoes" + b"\x04bags"
+    assert PolicyState.from_bytes(v1) == PolicyState(TaskPolicy(True, 5), TaskPolicy(False, 7), ("shoes", "bags"), 9)
+    assert struct.unpack_from("<B", PolicyState().to_bytes())[0] == 2
 
 
 def test_latent_change_is_about_the_leading_set():
