@@ -15,8 +15,9 @@ Scenarios (``intentstream bench [pipeline|baselines|state|all|scaling|guarantees
     **Sustained throughput.** ``--events`` simulated events are preloaded into a fresh events
     topic, then one worker (``intentstream worker`` as a child process, in its own process group)
     is started on it. ``/metrics`` is polled every 0.1 s; "handled" is the sum of
-    ``intentstream_events_consumed_total`` over the real event types plus late and duplicate
-    events: events that went through the whole pipeline (ingest, repartition, process).
+    ``intentstream_events_consumed_total`` over the real event types plus late events: events
+    that went through the whole pipeline (ingest, repartition, process). Events delivered again
+    after a rebalance (dropped as duplicates) are reported apart, as ``redelivered``.
 
     * ``events_per_s`` (the headline): the backlog divided by the time from the first processed
       batch of either agent to the last event handled. Start-up (process start, group join,
@@ -114,7 +115,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stream.broker import EmbeddedBroker, client_config, create_plain_topics, create_topics, free_port
-from stream.procs import stop_process_group
+from stream.procs import die_with_parent, stop_process_group
 from stream.settings import Settings, env_var
 
 if TYPE_CHECKING:
@@ -296,7 +297,7 @@ def parse_metrics(text: str) -> dict[str, float]:
     ...               'intentstream_late_events_total 2.0\\n')["handled"]
     5.0
     """
-    out = {"handled": 0.0, "batches": 0.0, "signals": 0.0, "users_in_state": 0.0}
+    out = {"handled": 0.0, "redelivered": 0.0, "batches": 0.0, "signals": 0.0, "users_in_state": 0.0}
     for line in text.splitlines():
         if not line or line[0] == "#":
             continue
@@ -305,8 +306,12 @@ def parse_metrics(text: str) -> dict[str, float]:
         if base == "intentstream_events_consumed_total":
             if not any(f'type="{t}"' in labels for t in NOT_HANDLED_TYPES):
                 out["handled"] += float(value)
-        elif base in ("intentstream_late_events_total", "intentstream_duplicate_events_total"):
+        elif base == "intentstream_late_events_total":
             out["handled"] += float(value)
+        elif base == "intentstream_duplicate_events_total":  # none in the benchmark's events: redeliveries
+            out["redelivered"] += float(value)
+        elif base == "intentstream_records_refetched_total":
+            out["refetched"] = out.get("refetched", 0.0) + float(value)
         elif base == "intentstream_processing_seconds_count":
             out["batches"] += float(value)
         elif base == "intentstream_processing_seconds_bucket" and labels.startswith('le="0.1"'):
@@ -359,7 +364,7 @@ class Child:
             self.started = time.time()
             self.proc = subprocess.Popen(
                 self.cmd, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
             )  # fmt: skip
         return self
 
@@ -498,34 +503,36 @@ class Bench:
             def alive() -> bool:
                 return all(w.alive() for w in ws)
 
-            def scrape() -> dict | None:
+            def scrape() -> tuple[dict, bool]:
+                """The workers' summed metrics, and whether every worker answered."""
                 found = [_scrape(port, "/metrics") for port in ports]
-                if any(status != 200 for status, _ in found):
-                    return None
-                per = [parse_metrics(text) for _, text in found]
-                return {k: sum(m.get(k) or 0.0 for m in per) for k in dict.fromkeys(k for m in per for k in m)}
+                per = [parse_metrics(text) for status, text in found if status == 200]
+                total = {k: sum(m.get(k) or 0.0 for m in per) for k in dict.fromkeys(k for m in per for k in m)}
+                return total, len(per) == len(found)
 
             while time.time() < deadline and alive():
                 time.sleep(POLL_S)
                 now = time.time()
                 if t_ready is None and all(_scrape(port, "/readyz")[0] == 200 for port in ports):
                     t_ready = now
-                m = scrape()
-                if m is None:
-                    continue
-                if t_first_batch is None and m["batches"] > 0:
+                m, everyone = scrape()
+                # The first batch of any worker starts the clock, even while a later one is still
+                # starting: the others may work through much of the backlog meanwhile.
+                if t_first_batch is None and m.get("batches", 0.0) > 0:
                     t_first_batch, cpu_first, broker_first = now, cpu(), self.broker_cpu()
+                if not everyone:
+                    continue
                 timeline.append((now, m["handled"]))
                 if m["handled"] >= n:
                     t_cpu_done, cpu_done, broker_done = now, cpu(), self.broker_cpu()
                     break
             rss = sum(w.rss_bytes() or 0 for w in ws)
-            last = scrape() or {}
+            last = scrape()[0]
             signals = last.get("signals")
             warm_by = time.time() + 12.0  # the online-model gauges are refreshed every 5 s
             while self.online_models and not last.get("online_models_learned") and time.time() < warm_by and alive():
                 time.sleep(0.5)
-                last = scrape() or {}
+                last = scrape()[0]
             log_tail = "" if timeline and timeline[-1][1] >= n else "\n".join(w.tail() for w in ws)
             started = min(w.started for w in ws)
         handled = timeline[-1][1] if timeline else 0.0
@@ -536,6 +543,8 @@ class Bench:
             "events": n,
             "handled": handled,
             "complete": handled >= n,
+            "redelivered": last.get("redelivered", 0.0),
+            "refetched_records": last.get("refetched", 0.0),
             # None when the whole backlog went through between two scrapes (POLL_S): too fast to time.
             "events_per_s": n / (t_done - t_first_batch) if t_done and t_first_batch and t_done > t_first_batch else None,
             "steady_events_per_s": 0.8 * n / (t90 - t10) if t10 and t90 and t90 > t10 else None,
@@ -1121,6 +1130,11 @@ def table(result: dict) -> str:
     for k, sc in (result.get("scaling") or {}).items():
         rows.append((f"scaling: {k} partition(s) and worker(s), events/s", _fmt(sc.get("events_per_s"))))
         rows.append((f"scaling: {k} partition(s) and worker(s), CPU per event", _fmt(sc.get("cpu_us_per_event"), " us")))
+        runs = sc.get("runs", [])
+        rows.append((f"scaling: {k} partition(s) and worker(s), complete runs",
+                     f"{sum(bool(r.get('complete')) for r in runs)} of {len(runs)}"))  # fmt: skip
+        rows.append((f"scaling: {k} partition(s) and worker(s), events redelivered (per run)",
+                     " / ".join(_fmt(r.get("redelivered")) for r in runs)))  # fmt: skip
     g = result.get("guarantees")
     if g:
         for name in ("at_least_once", "exactly_once"):
