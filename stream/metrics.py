@@ -71,7 +71,7 @@ REFRESH_RESULTS: tuple[str, ...] = ("success", "failure")
 LABEL_NAMES: frozenset[str] = frozenset({"type", "reason", "task", "result", "topic", "partition", "version", "path",
                                          "cause"})  # fmt: skip
 #: Why a worker discarded its local table store at start-up (stream/local_state.py).
-REBUILD_CAUSES: tuple[str, ...] = ("unclean_shutdown", "ahead_of_changelog")
+REBUILD_CAUSES: tuple[str, ...] = ("unclean_shutdown", "ahead_of_changelog", "unreadable")
 
 # Per-batch processing time: a 1,000-event batch takes roughly 0.2-1 s on the 2-core machines.
 PROCESSING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -266,6 +266,21 @@ class Metrics:
             registry=registry,
         )
 
+        self.online_labels_learned = Gauge(
+            "online_labels_learned",
+            "Labels the online models of this worker's input partitions have learned, by task.",
+            ["task"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.online_models_warm = Gauge(
+            "online_models_warm",
+            "Input partitions of this worker whose online model is warm (serves instead of the rule), by task.",
+            ["task"],
+            namespace=ns,
+            registry=registry,
+        )
+
         # --- sequence model
         self.sequence_model = Info(
             "sequence_model", "The sequence model being served.", namespace=ns, registry=registry
@@ -320,6 +335,9 @@ class Metrics:
         for task in self.tasks:
             self.signals_emitted.labels(task=task)
             self.pending_labels.labels(task=task)
+        for task in ("purchase_intent", "churn_risk"):  # the tasks with an online model
+            self.online_models_warm.labels(task=task)
+            self.online_labels_learned.labels(task=task)
         for r in REFRESH_RESULTS:
             self.model_refresh.labels(result=r)
         for path in ("local", "forwarded"):

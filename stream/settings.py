@@ -149,7 +149,8 @@ class Settings(BaseSettings):
     online_learning: bool = Field(True, description="River models learn from delayed labels and serve once warm")
     model_checkpoint_s: float = Field(30.0, gt=0, description="seconds between online-model checkpoints per partition")
     model_checkpoint_labels: int = Field(
-        2_000, ge=1, description="labels learned by a partition's online models that also make a checkpoint due"
+        2_000, ge=1, description="most labels a partition's online models learn between two checkpoints (fewer "
+        "while they are young: a tenth of what they had learned)"
     )
     sequence_serving: bool = Field(True, description="serve the registry's current sequence model (blended with the online model)")
     model_poll_s: float = Field(10.0, gt=0, description="seconds between looks at the model registry for a newly promoted version")

@@ -215,6 +215,9 @@ def _by_partition(
     return groups.values()
 
 
+MIN_CHECKPOINT_LABELS = 20  # the least learning between two label-count checkpoints
+
+
 class Checkpoint(NamedTuple):
     """A partition's online models as of a checkpoint: when, labels learned, warm per task."""
 
@@ -224,19 +227,24 @@ class Checkpoint(NamedTuple):
 
 
 def checkpoint_due(last: Checkpoint | None, now: Checkpoint, every_s: float, every_labels: int) -> bool:
-    """Whether to checkpoint a partition's online models: at its first batch, when a model has
-    just become warm (a crash must never bring back the cold rule), after ``every_labels`` labels,
-    and after ``every_s`` seconds if anything was learned.
+    """Whether to checkpoint a partition's online models: at its first batch; when a model has
+    just become warm (a crash must never bring back the cold rule); once the labels learned since
+    the last checkpoint reach a tenth of those learned before it (at least
+    :data:`MIN_CHECKPOINT_LABELS`, at most ``every_labels``), so that a crash loses a bounded share
+    of the learning; and after ``every_s`` seconds if anything was learned.
 
-    >>> c = Checkpoint(0.0, 100, (False, False))
-    >>> [checkpoint_due(c, Checkpoint(t, n, w), 30.0, 1000) for t, n, w in
-    ...  [(5.0, 150, (False, False)), (5.0, 150, (True, False)), (5.0, 1100, (False, False)),
-    ...   (31.0, 101, (False, False)), (31.0, 100, (False, False))]]
+    >>> c = Checkpoint(0.0, 1_000, (False, False))
+    >>> [checkpoint_due(c, Checkpoint(t, n, w), 30.0, 2_000) for t, n, w in
+    ...  [(5.0, 1_099, (False, False)), (5.0, 1_050, (True, False)), (5.0, 1_100, (False, False)),
+    ...   (31.0, 1_001, (False, False)), (31.0, 1_000, (False, False))]]
     [False, True, True, True, False]
+    >>> checkpoint_due(Checkpoint(0.0, 100_000, (True, True)), Checkpoint(1.0, 102_000, (True, True)), 30.0, 2_000)
+    True
     """
     if last is None:
         return True
-    if now.warm != last.warm or now.learned - last.learned >= every_labels:
+    step = min(every_labels, max(MIN_CHECKPOINT_LABELS, last.learned // 10))
+    if now.warm != last.warm or now.learned - last.learned >= step:
         return True
     return now.at - last.at >= every_s and now.learned != last.learned
 
@@ -321,15 +329,23 @@ class Runtime:
         self.tabledir: Path | None = Path(app.conf.tabledir) if settings.store == "rocksdb://" else None
 
     async def check_local_store(self) -> None:
-        """Before the tables open: discard a local store that is ahead of its changelog
-        (:func:`stream.local_state.ahead_of_changelog`), which Faust would refuse to start with."""
+        """Before the tables open: discard a local store that RocksDB cannot read or that is ahead of
+        its changelog (:func:`stream.local_state.ahead_of_changelog`): Faust would fail to start
+        with either, at every restart."""
         if self.tabledir is None or not self.tabledir.is_dir():
             return
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         from stream.broker import client_config
 
-        persisted = {t: local_state.persisted_offsets(self.tabledir, t) for t in self.settings.changelog_topics()}
+        try:
+            persisted = {t: local_state.persisted_offsets(self.tabledir, t) for t in self.settings.changelog_topics()}
+        except Exception as exc:  # noqa: BLE001 - RocksDB could not open or read it: it cannot be trusted
+            log.warning("local table store unreadable (%s: %s): discarded, rebuilding it from the changelog",
+                        type(exc).__name__, str(exc)[:200])  # fmt: skip
+            local_state.discard(self.tabledir)
+            self.metrics.count_state_rebuild("unreadable")
+            return
         if not any(persisted.values()):
             return
         consumer = AIOKafkaConsumer(**client_config(self.settings, self.bootstrap or ""), group_id=None,
@@ -1121,6 +1137,9 @@ class Runtime:
         """Progressive-validation quality per task, pooled over this worker's partitions
         (each partition's figure weighted by its number of learned labels)."""
         for task, label in (("intent", "purchase_intent"), ("churn", "churn_risk")):
+            learners = [getattr(pl, task) for pl in self.pipeline.learners.values()]
+            self.metrics.online_models_warm.labels(task=label).set(sum(lr.warm() for lr in learners))
+            self.metrics.online_labels_learned.labels(task=label).set(sum(lr.n_learned for lr in learners))
             rows = [m for pl in self.pipeline.learners.values() if (m := pl.metrics()[task]).get("n")]
 
             def pooled(key: str, rows: list[dict] = rows) -> float | None:

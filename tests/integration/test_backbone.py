@@ -73,7 +73,11 @@ def test_events_in_signals_and_dead_letters_out(system):
     assert 'intentstream_invalid_events_total{reason="malformed_json"} 1.0' in text
     assert 'intentstream_signals_emitted_total{task="purchase_intent"} 1.0' in text
     worker.stop()
-    assert RAW_USER not in worker.log.read_text()
+    log = worker.log.read_text()
+    assert RAW_USER not in log
+    # An operator's first look: where it reads and answers, and no terminal escapes in a log file.
+    assert f"bootstrap servers {bootstrap}, web port {worker.web_port}" in log
+    assert "\x1b" not in log
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed: run `make tools`")

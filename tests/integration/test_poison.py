@@ -68,3 +68,60 @@ def test_records_over_a_megabyte_and_long_ids_are_accounted_for(system):
     assert internal, "the events went through the internal topic"
     assert max(len(m.value()) for m in internal) <= settings.max_record_bytes
     assert worker.proc.poll() is None
+
+
+def test_the_fuzz_corpus_on_kafka_each_record_in_exactly_one_place(system):
+    """tests/fuzz_corpus.py through Kafka and one worker: each bad record dead-lettered once, at its
+    own offset, with its expected reason; each good one applied; nothing else."""
+    from collections import Counter
+
+    from tests.fuzz_corpus import corpus
+
+    settings, new_worker = system
+    bootstrap = settings.kafka_bootstrap_servers
+    cases = corpus(seed=23, events=3_000, now_ms=int(time.time() * 1000))
+    worker = new_worker()
+    worker.start()
+    where: dict[tuple[int, int], str] = {}
+
+    def delivered(outcome: str):
+        def report(err, msg) -> None:
+            assert err is None, err
+            where[(msg.partition(), msg.offset())] = outcome
+
+        return report
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    for c in cases:
+        p.produce(settings.events_topic, key=c.key, value=c.value, on_delivery=delivered(c.outcome))
+        p.poll(0)
+    assert p.flush(60) == 0 and len(where) == len(cases)
+
+    applied_types = ("click", "search", "add_to_cart", "purchase")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        text = worker.metrics()
+        applied = sum(metric(text, f'intentstream_events_consumed_total{{type="{t}"}}') for t in applied_types)
+        if applied + metric(text, "intentstream_dead_letters_total") >= len(cases):
+            break
+        assert worker.proc.poll() is None, f"worker died:\n{worker.log.read_text()[-3000:]}"
+        time.sleep(1.0)
+
+    dead = [json.loads(m.value()) for m in read_all(bootstrap, [settings.dlq_topic])]
+    at_ingest = [d for d in dead if d["topic"] == settings.events_topic]
+    offsets = [(d["partition"], d["offset"]) for d in at_ingest]
+    assert len(offsets) == len(set(offsets)), "a record dead-lettered twice"
+    wrong = [(where.get(o), d["reason"]) for o, d in zip(offsets, at_ingest, strict=True) if where.get(o) != d["reason"]]
+    assert not wrong, f"{len(wrong)} records dead-lettered with another reason than expected: {Counter(wrong).most_common(5)}"
+    expected = Counter(where.values())
+    later = Counter(d["reason"] for d in dead if d["topic"] != settings.events_topic)
+    assert set(later) <= {"duplicate_event_id", "late_event"}, later
+    assert later["duplicate_event_id"] == expected["duplicate_event_id"]
+    assert later["late_event"] <= expected["late_or_applied"]
+    at_ingest_expected = sum(n for o, n in expected.items() if o not in ("good", "duplicate_event_id", "late_or_applied"))
+    assert len(at_ingest) == at_ingest_expected
+    text = worker.metrics()
+    applied = sum(metric(text, f'intentstream_events_consumed_total{{type="{t}"}}') for t in applied_types)
+    assert applied == expected["good"] + expected["late_or_applied"] - later["late_event"]
+    assert applied + len(dead) == len(cases)
+    assert worker.proc.poll() is None

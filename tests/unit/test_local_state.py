@@ -14,3 +14,19 @@ def test_persisted_offsets_are_read_as_faust_writes_them(tmp_path):
     (tmp_path / "online-models-0.db").mkdir()
     assert persisted_offsets(tmp_path, "user-state") == {0: 41, 3: 1200}
     assert ahead_of_changelog(persisted_offsets(tmp_path, "user-state"), {0: 42, 3: 900}) == [3]
+
+
+def test_a_damaged_database_is_an_error_not_a_silent_skip(tmp_path):
+    import pytest
+    from rocksdict import Options, Rdict
+
+    from stream.local_state import persisted_offsets
+
+    db = Rdict(str(tmp_path / "user-state-0.db"), options=Options(raw_mode=True))
+    db.put(b"k", b"v")
+    db.close()
+    for f in (tmp_path / "user-state-0.db").iterdir():
+        if f.name.startswith("MANIFEST"):
+            f.write_bytes(b"\x00garbage")
+    with pytest.raises(Exception):  # noqa: B017 - rocksdict raises its own exception types
+        persisted_offsets(tmp_path, "user-state")

@@ -50,6 +50,8 @@ EXPECTED = {
     "intentstream_online_roc_auc": "gauge",
     "intentstream_online_log_loss": "gauge",
     "intentstream_online_calibration_error": "gauge",
+    "intentstream_online_models_warm": "gauge",
+    "intentstream_online_labels_learned": "gauge",
     "intentstream_sequence_model_info": "gauge",
     "intentstream_scoring_batch_size": "histogram",
     "intentstream_scoring_seconds": "histogram",
