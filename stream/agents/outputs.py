@@ -104,6 +104,7 @@ class TransactionalOutputs:
         self._sent: list[tuple[asyncio.Future, OnAck | None]] = []
         self._offsets: dict[str, dict[Any, int]] = {}
         self._changelog: dict[tuple[Any, int], int] = {}  # (table, partition) -> newest offset written
+        self._beginning = asyncio.Lock()  # begin_transaction awaits: two callers must not both begin
         self.commits = 0
 
     async def start(self) -> None:
@@ -149,9 +150,12 @@ class TransactionalOutputs:
     async def _begin(self) -> None:
         if self._failed is not None:
             raise OutputsFailed(f"an earlier transaction failed: {self._failed!r}")
-        if not self._open:
-            await self.producer.begin_transaction()
-            self._open = True
+        if self._open:
+            return
+        async with self._beginning:
+            if not self._open:
+                await self.producer.begin_transaction()
+                self._open = True
 
     async def _drain(self) -> None:
         if not self._queued:

@@ -865,6 +865,14 @@ class Runtime:
         await self.process_items(items)
         self.metrics.events_routed.labels(path="local").inc(len(items))
 
+    async def _flush_outputs(self) -> bool:
+        """Flush the outputs from outside a batch: with transactions, under the processing lock,
+        so that the flush never begins or feeds a transaction while a batch or a commit runs."""
+        if not self.outputs.exactly_once:
+            return await self.outputs.flush()
+        async with self._processing:
+            return await self.outputs.flush()
+
     async def _update_routing(self, consumer: object) -> None:
         """Arm and open the gates of :class:`LocalRouting`. Called by the raw ingest between
         batches, once its input partitions follow Faust's current assignment."""
@@ -879,7 +887,7 @@ class Runtime:
             # forwarded from below those offsets, so it is below the end offsets read next.
             for tp in consumer.assignment():  # type: ignore[attr-defined]
                 await consumer.position(tp)  # type: ignore[attr-defined]
-            if not await self.outputs.flush():  # and so is everything this worker forwarded
+            if not await self._flush_outputs():  # and so is everything this worker forwarded
                 return
             internal = self.topics.by_user.get_topic_name()
             ends = await consumer.end_offsets([TopicPartition(internal, p) for p in sorted(self._assigned)])  # type: ignore[attr-defined]
