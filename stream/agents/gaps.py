@@ -45,7 +45,6 @@ class GapFiller:
         self.make_consumer = make_consumer
         self.timeout_s = timeout_s
         self.expected: dict[int, int] = {}
-        self.filled = 0  # records read back so far
         self._consumer: Any = None
 
     def reset(self) -> None:
@@ -74,7 +73,6 @@ class GapFiller:
             return []
         records = await self._read(partition, start, first_offset)
         if records:
-            self.filled += len(records)
             log.warning("internal partition %d: %d records at offsets %d-%d were skipped by the consumer; "
                         "read back and handled first", partition, len(records), start, first_offset - 1)  # fmt: skip
         return records
