@@ -54,8 +54,19 @@ class FaustOutputs:
         callback = None if on_ack is None else (lambda fut: on_ack(fut.result().offset))
         self.topics[topic].send_soon(key=key, value=value, partition=partition, callback=callback)
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
-        await self.topics[topic].send(key=key, value=value, partition=partition, force=True)
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> Any:
+        """Hand a record to the producer at once; returns its delivery future."""
+        return await self.topics[topic].send(key=key, value=value, partition=partition, force=True)
+
+    async def delivered(self, futures: list[Any]) -> None:
+        """Wait until the records of :meth:`send` are acknowledged. A record that cannot be
+        delivered stops the worker (:class:`OutputsFailed`): a restart replays its input."""
+        if not futures:
+            return
+        try:
+            await asyncio.gather(*futures)
+        except Exception as exc:  # noqa: BLE001
+            raise OutputsFailed(f"a signal was not delivered: {type(exc).__name__}: {exc}") from exc
 
     def write(self, table: Any, key: bytes, value: bytes | None, partition: int) -> None:
         """A table update (``None`` deletes), under the Faust event of ``partition`` (``_as_current``)."""
@@ -133,6 +144,9 @@ class TransactionalOutputs:
     async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
         self._queued.append((topic, key, value, partition, None))
         await self._drain()
+
+    async def delivered(self, futures: list[Any]) -> None:
+        """Nothing to wait for: the transaction's commit delivers everything or nothing."""
 
     def write(self, table: Any, key: bytes, value: bytes | None, partition: int) -> None:
         """The local store now; the changelog record with the transaction."""

@@ -311,7 +311,7 @@ class Runtime:
         self._index_stale = True
         self._assigned: set[int] = set()
         # Local processing (stream.logic.routing): only beside the raw ingest, and only with inline
-        # scoring, whose batches have no suspension point before their table writes.
+        # scoring, whose batches wait for nothing but their signals' acknowledgement.
         self.routing = LocalRouting(
             enabled=settings.local_processing and settings.ingest == "raw" and bootstrap is not None
             and settings.sequence_scoring == "inline"
@@ -431,14 +431,16 @@ class Runtime:
             async def first_model_poll() -> None:
                 await self.poll_models()
 
-        if self.outputs.exactly_once:
-
-            @app.on_partitions_revoked.connect
-            async def on_revoked(sender: object, revoked: set, **kwargs: object) -> None:
-                # What this worker did for the partitions it gives up is committed before their
-                # next owner reads the changelogs and the input.
-                async with self._processing:
+        @app.on_partitions_revoked.connect
+        async def on_revoked(sender: object, revoked: set, **kwargs: object) -> None:
+            # A batch in progress ends (its signals acknowledged, its state written) and, with
+            # exactly-once, is committed before the partitions' next owner reads the changelogs
+            # and the input.
+            async with self._processing:
+                if self.outputs.exactly_once:
                     await self.outputs.commit()
+                else:
+                    await self.outputs.flush()
 
         @app.on_partitions_assigned.connect
         async def on_assigned(sender: object, assigned: set, **kwargs: object) -> None:
@@ -1074,7 +1076,12 @@ class Runtime:
                 scans.append((scan, fe))
 
         # Outputs only now: a batch that raised above wrote and sent nothing, so the event-by-event
-        # retry (process_items) leaves each event's outcome written once.
+        # retry (process_items) leaves each event's outcome written once. Signals go first and,
+        # at least once, are acknowledged before the state that remembers them is written: a
+        # crash or a cancelled stop in between replays the events, which re-emit the same
+        # signals; state written first would reject the replay as duplicates and lose them.
+        outputs = [(result, kafka_ts), *((scan, {}) for scan, _fe in scans)]
+        await self._emit(outputs)
         self._write(result, last_of_user)
         for scan, fe in scans:
             self._write(scan, {u: fe for u in scan.records.keys() | set(scan.deleted)})
@@ -1087,12 +1094,7 @@ class Runtime:
             )  # fmt: skip
         for typ, n in result.counts_by_type.items():
             m.count_event(typ, n)
-        outputs = [(result, kafka_ts), *((scan, {}) for scan, _fe in scans)]
         self._checkpoint(last_of_partition)
-        # Signals go out after every table write of the batch: sending may wait (a full producer
-        # batch), and a locally processed batch must not wait before its writes (routing.py).
-        for out, ts in outputs:
-            await self._emit(out, ts)
         self._archive([ev for _p, ev in pairs], result.rejected)
         m.observe_batch(len(items), time.perf_counter() - t0)
 
@@ -1184,17 +1186,22 @@ class Runtime:
                 for user in users:
                     write(table, user.encode(), None if user in deleted else data[user], partition)
 
-    async def _emit(self, result: BatchResult, kafka_ts: dict[str, float]) -> None:
-        """Hand the signals to the producer now (:class:`~stream.agents.outputs.FaustOutputs` says
-        why not later); with exactly-once, into the open transaction."""
+    async def _emit(self, outputs: list[tuple[BatchResult, dict[str, float]]]) -> None:
+        """Send the signals of a batch and wait until they are acknowledged (at-least-once; see
+        :meth:`~stream.agents.outputs.FaustOutputs.delivered`); with exactly-once, into the open
+        transaction."""
         m, topics, send = self.metrics, self.settings.signal_topics(), self.outputs.send
         now = time.time()
-        for sig in result.signals:
-            await send(topics[sig.task], sig.user.encode(), json.dumps(sig.value, separators=(",", ":")).encode())
-            m.count_signal(sig.task)
-            produced = kafka_ts.get(sig.value["event_id"])
-            if produced:
-                m.observe_event_to_signal(produced, now)
+        pending = []
+        for result, kafka_ts in outputs:
+            for sig in result.signals:
+                value = json.dumps(sig.value, separators=(",", ":")).encode()
+                pending.append(await send(topics[sig.task], sig.user.encode(), value))
+                m.count_signal(sig.task)
+                produced = kafka_ts.get(sig.value["event_id"])
+                if produced:
+                    m.observe_event_to_signal(produced, now)
+        await self.outputs.delivered(pending)
 
     def _rebuild_index(self) -> None:
         """After a rebalance, index the users of our partitions for the churn scan."""

@@ -18,8 +18,9 @@ change any user's outcome:
   offset only after the agent handled the record. The partition then stays local until the next
   change of assignment.
 * **Ownership.** A change of assignment closes everything as soon as it starts (the caller compares
-  Faust's rebalance count, which Faust bumps before it revokes anything), and the caller processes
-  a local batch with no suspension point between this decision and its table writes.
+  Faust's rebalance count, which Faust bumps before it revokes anything), and a revocation waits
+  for a batch in progress to write its state and flush it (the worker's processing lock), so
+  that the partition's next owner reads a changelog that holds it.
 
 An earlier owner of an input partition may still forward the tail it read (both owners read an
 uncommitted tail while a partition moves). Those packs carry the same events, in the same order,

@@ -35,6 +35,9 @@ def app(tmp_path):
 
         async def send(*, key=None, value=None, partition=None, **kw):  # signals are sent at once
             send_soon(key=key, value=value, partition=partition)
+            acked = asyncio.get_running_loop().create_future()  # the delivery future, acknowledged
+            acked.set_result(None)
+            return acked
 
         topic.send_soon = send_soon
         topic.send = send

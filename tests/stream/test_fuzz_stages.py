@@ -97,6 +97,9 @@ def worker(tmp_path_factory):
         async def send(self, topic, key, value, partition=None):
             sent.append((topic, key, value))
 
+        async def delivered(self, futures):
+            return None
+
         def write(self, table, key, value, partition):
             sent.append(("changelog", key, value or b""))
             if value is None:
