@@ -14,23 +14,19 @@ from models.events import Event, parse_event
 from models.features.online import online_features
 from models.features.recent import RecentEvent, as_float32
 from models.features.state import (
-    _REC,
-    _REC_V3,
     APPLIED,
     DUPLICATE,
     LATE,
     MINUTE_MS,
     StateConfig,
     UserState,
-    _encode_v1,
-    _encode_v2,
-    _encode_v3,
-    _ring_span,
     apply_event,
     event_id_hash,
     is_expired,
     top_categories,
 )
+from models.features.state.layout import _REC, _REC_V3
+from tests.state_records import encode_v1, encode_v2, encode_v3, ring_span
 
 T0 = 1_700_000_000_000
 CFG = StateConfig()
@@ -401,7 +397,7 @@ def test_config_rejects_a_lateness_as_long_as_the_session_gap():
 
 
 def test_version_1_records_migrate():
-    old = _encode_v1(T0, T0 + 5_000, [7, 2, 1, 1])
+    old = encode_v1(T0, T0 + 5_000, [7, 2, 1, 1])
     state = UserState.from_bytes(old)
     assert (state.first_seen, state.last_ts, state.totals, state.n_sessions) == (
         T0,
@@ -441,7 +437,7 @@ def test_version_2_records_migrate_with_an_estimated_purchase_rhythm():
     fresh, _ = build(events, dataclasses.replace(CFG, category_half_life_ms=3 * day))
     # The test helper writes the old layout: byte for byte the old code's record until its updates
     # rounded decayed values to float32 once per event instead of once per store (2026-11-24).
-    written = _encode_v2(fresh)
+    written = encode_v2(fresh)
     assert len(written) == len(V2_RECORD)
     assert_same_state(UserState.from_bytes(written), UserState.from_bytes(V2_RECORD))
     migrated = UserState.from_bytes(V2_RECORD)
@@ -461,7 +457,7 @@ def test_version_2_records_migrate_with_an_estimated_purchase_rhythm():
 @given(event_lists())
 def test_every_version_2_record_loads_and_keeps_all_it_had(events):
     state, _ = build(events)
-    migrated = UserState.from_bytes(_encode_v2(state))
+    migrated = UserState.from_bytes(encode_v2(state))
     purchases = state.totals[3]
     assert migrated.to_bytes()[0] == 4
     assert migrated.purchase_occasions == (0 if not purchases else 1 if purchases == 1 else purchases)
@@ -500,11 +496,11 @@ def _v3_events() -> list[Event]:
 def test_version_3_records_migrate_with_float32_recent_prices():
     fresh, _ = build(_v3_events())
     # The test helper writes the old layout: the old bytes, but for the prices it no longer has.
-    start, end = _ring_span(fresh.to_bytes())
+    start, end = ring_span(fresh.to_bytes())
     end = start + (end - start) * _REC_V3.size // _REC.size
     old_ring = [(*r[:3], as_float32(r[3]), r[4]) for r in _REC_V3.iter_unpack(V3_RECORD[start:end])]
     old = V3_RECORD[:start] + b"".join(_REC_V3.pack(*r) for r in old_ring) + V3_RECORD[end:]
-    written = _encode_v3(fresh)  # the old layout, up to the float32 rounding per event (see the v2 test)
+    written = encode_v3(fresh)  # the old layout, up to the float32 rounding per event (see the v2 test)
     assert len(written) == len(old) and written[start:] == old[start:]  # rings, names: exact
     assert_same_state(UserState.from_bytes(written), UserState.from_bytes(old))
     migrated = UserState.from_bytes(V3_RECORD)
@@ -520,7 +516,7 @@ def test_version_3_records_migrate_with_float32_recent_prices():
 @given(event_lists())
 def test_every_version_3_record_loads_and_keeps_all_it_had(events):
     state, _ = build(events)
-    migrated = UserState.from_bytes(_encode_v3(state))
+    migrated = UserState.from_bytes(encode_v3(state))
     assert migrated.to_bytes()[0] == 4
     assert_same_state(migrated, state)
     assert migrated.to_bytes() == state.to_bytes()
