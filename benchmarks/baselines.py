@@ -1,8 +1,8 @@
 """Baseline consumers that the full pipeline's throughput is compared with (issue 8).
 
 Each baseline reads the same preloaded backlog of simulated events as the pipeline and writes one
-record per event to a sink topic; ``stream.bench`` runs it as a child process and reads the JSON
-it writes to ``--result`` once ``--count`` events have been handled:
+record per event to a sink topic; ``benchmarks.harness`` runs it as a child process and reads the
+JSON it writes to ``--result`` once ``--count`` events have been handled:
 
 * ``raw``: aiokafka only. ``getmany`` -> ``json.loads`` of each value -> ``producer.send`` of the
   value to the sink (not awaited per record; one ``flush`` at the end). The most a Python process

@@ -26,9 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=6, help="replays of each way, alternating")
     a = p.parse_args(argv)
 
+    from benchmarks.harness.load import make_events
+    from benchmarks.harness.warm import warm_online_models
     from models.online.learner import PartitionLearners
-    from stream.agents.runtime import freeze_heap, partition_for, pipeline_config
-    from stream.bench import make_events, warm_online_models
+    from stream.agents.records import partition_for
+    from stream.agents.runtime import pipeline_config
+    from stream.agents.upkeep import freeze_heap
     from stream.logic.ingest import Pseudonymizer, ingest_one
     from stream.logic.pipeline import Pipeline, UserRecord, records_to_bytes
     from stream.logic.scoring import RuleScorer

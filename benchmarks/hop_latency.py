@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks import print_json
-from stream.bench import percentile
+from benchmarks.harness.stats import percentile
 from stream.broker import create_plain_topics
 
 

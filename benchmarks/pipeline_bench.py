@@ -1,10 +1,10 @@
 """Full-pipeline benchmark: ``python -m benchmarks.pipeline_bench`` is ``intentstream bench pipeline``.
 
 Kept beside the other benchmarks so that ``benchmarks/`` lists every benchmark there is; the
-harness itself lives in :mod:`stream.bench` (the CLI needs it, and ``benchmarks/`` is not an
-installed package). Options are those of ``intentstream bench`` (``--events``, ``--users``,
-``--partitions``, ``--repeats``, ``--rate``, ``--restart``, ``--json``); add ``baselines`` or
-``all`` as the first argument to get the baselines and the ratios too.
+harness itself is :mod:`benchmarks.harness`, which ``intentstream bench`` imports. Options are
+those of ``intentstream bench`` (``--events``, ``--users``, ``--partitions``, ``--repeats``,
+``--rate``, ``--restart``, ``--json``); add ``baselines`` or ``all`` as the first argument to get
+the baselines and the ratios too.
 """
 
 from __future__ import annotations

@@ -32,18 +32,11 @@ import threading
 import time
 from pathlib import Path
 
-from stream.bench import (
-    Bench,
-    BenchConfig,
-    Events,
-    _scrape,
-    make_events,
-    parse_metrics,
-    produce,
-    publish_sequence_model,
-    send_paced,
-    warm_online_models,
-)
+from benchmarks.harness.bench import Bench
+from benchmarks.harness.config import BenchConfig
+from benchmarks.harness.load import Events, make_events, produce, send_paced
+from benchmarks.harness.stats import _scrape, parse_metrics
+from benchmarks.harness.warm import publish_sequence_model, warm_online_models
 from stream.broker import client_config, free_port, kafka_for
 from stream.settings import load_settings
 
@@ -151,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _paced(settings, bootstrap: str, events: Events, rate: float) -> None:
-    """Produce ``events`` at ``rate`` events/s (:func:`stream.bench.send_paced`)."""
+    """Produce ``events`` at ``rate`` events/s (:func:`benchmarks.harness.load.send_paced`)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(**client_config(settings, bootstrap), linger_ms=5, max_batch_size=262_144)

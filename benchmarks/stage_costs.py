@@ -11,7 +11,7 @@ prints the process CPU time per event of each step:
 
 What is left of a worker's CPU per event (``intentstream bench pipeline``) beyond these is Faust,
 aiokafka and the threads' hand-offs. ``--gc`` chooses the cyclic garbage collector: ``on``
-(Python's default), ``freeze`` (what a worker does once ready, ``stream.agents.runtime.freeze_heap``:
+(Python's default), ``freeze`` (what a worker does once ready, ``stream.agents.upkeep.freeze_heap``:
 ``gc.freeze()`` after start-up and higher thresholds) or ``off``. The collector's passes land on
 whichever step allocates when they run, so compare totals across ``--gc`` settings, not single
 steps. The last line is the ceiling this cost sets on one core (a worker's Python runs on one
@@ -45,11 +45,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from benchmarks.harness.load import make_events
+    from benchmarks.harness.warm import publish_sequence_model, warm_online_models
     from models.events import Event
     from models.online.learner import PartitionLearners
     from models.sequence import explain
-    from stream.agents.runtime import freeze_heap, partition_for, pipeline_config
-    from stream.bench import make_events, publish_sequence_model, warm_online_models
+    from stream.agents.records import partition_for
+    from stream.agents.runtime import pipeline_config
+    from stream.agents.upkeep import freeze_heap
     from stream.logic import packing
     from stream.logic.ingest import Pseudonymizer, ingest_one
     from stream.logic.pipeline import Pipeline, SeqView, UserRecord, records_to_bytes

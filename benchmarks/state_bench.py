@@ -106,7 +106,7 @@ def run(
 
 def records(users: int, seed: int, events_per_user: int = EVENTS_PER_USER) -> dict:
     """Sizes of the whole table value per user (see the module docstring)."""
-    from stream.bench import learning_pipeline, replay
+    from benchmarks.harness.warm import learning_pipeline, replay
     from stream.settings import load_settings
 
     s = load_settings()

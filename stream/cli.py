@@ -239,9 +239,19 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- bench
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    """The benchmark harness lives in ``benchmarks/`` beside the product package, which the
+    worker images leave out: it is imported only when this command runs."""
     from pathlib import Path
 
-    from stream.bench import BenchConfig, main
+    try:
+        from benchmarks.harness import BenchConfig, main
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("benchmarks", "benchmarks.harness"):
+            raise
+        raise ConfigError(
+            "intentstream bench: the benchmark harness (benchmarks/) is not installed; run it from a "
+            "source checkout installed with `make venv` (pip install -e .)"
+        ) from None
 
     config = BenchConfig(events=args.events, users=args.users, partitions=args.partitions or settings.events_partitions,
                          repeats=args.repeats, seed=args.seed, rate=args.rate, restart=args.restart,
