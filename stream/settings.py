@@ -157,12 +157,6 @@ class Settings(BaseSettings):
     sequence_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the sequence model scores (auto: cuda if present)")
     sequence_max_batch: int = Field(512, ge=1, le=65_536, description="most windows per sequence-model forward pass")
     sequence_threads: int = Field(1, ge=1, le=64, description="torch CPU threads for sequence scoring")
-    sequence_scoring: Literal["inline", "thread"] = Field(
-        "inline",
-        description="where the sequence model runs: 'inline' on the worker's event-loop thread, or 'thread' on a "
-        "scoring thread, which waits for the GIL after each torch op while the loop runs Python (on this 2-core "
-        "machine inline cost less CPU per event and gave a lower p99 at the same throughput; docs/BENCHMARKS.md)",
-    )  # fmt: skip
     sequence_shadow: bool = Field(False, description="also score with the newest unpromoted version; its scores feed metrics only")
     explain_events: int = Field(8, ge=0, le=64, description="newest events tried by the occlusion explanation of a signal (0: none)")
 

@@ -1,24 +1,22 @@
 """The processing core: a batch of events in, new per-user records and outputs out.
 
-``(records, events) -> (records, outputs)`` with no Faust and no Kafka: the agent loads the
-records of the users in a batch from its table, calls :meth:`Pipeline.process`, writes the
-changed records back (one table write per user per batch, not per event) and sends the outputs.
-The same object runs in tests, in the evaluation replay and in the benchmark.
+:meth:`Pipeline.step` is the whole algorithm for one batch, with no Faust and no Kafka: apply each
+event to its user's record and the online models, score with the sequence model, run the signal
+policy, then the churn scan of every partition the batch advanced. The worker loads the batch's
+records, calls it, sends the signals and writes the changed records back (one table write per user
+per batch, not per event). The same step runs in the tests' expected outcomes and the benchmarks.
 
 Event time drives everything. Each input partition has a watermark, the largest event time seen
 on it minus the allowed lateness; churn risk for silent users and state expiry are decided
-against that watermark (:meth:`Pipeline.scan`), so replaying a month of history takes as long as
-reading it, and a quiet stream never declares anyone churned by wall clock alone.
+against that watermark, so replaying a month of history takes as long as reading it, and a quiet
+stream never declares anyone churned by wall clock alone.
 
-A batch goes through two steps so that the sequence model can score the whole batch in one call,
-off the event loop, in between: :meth:`Pipeline.apply` updates state and the online models event
-by event and leaves one :class:`Candidate` per event (its online score, latent categories and, if
-asked, the user's window as of that event); :meth:`Pipeline.decide` blends in the sequence
-model's score of each event (``models.blend``) and runs the signal policy event by event, in
-order. Every decision depends on the user's events up to the triggering one only, never on where
-a batch happens to end, so a replayed tail gives the same signals with the same ids.
-:meth:`Pipeline.process` is both steps without a sequence model. The churn scan has the same two
-steps (:meth:`scan` = :meth:`scan_apply` + :meth:`decide_silent`).
+Inside the step, :meth:`Pipeline.apply` updates state and the online models event by event and
+leaves one :class:`Candidate` per event, so that the sequence model scores the whole batch in one
+call; :meth:`Pipeline.decide` then blends its scores in (``models.blend``) and runs the policy
+event by event, in order. Every decision depends on the user's events up to the triggering one
+only, never on where a batch happens to end, so a replayed tail gives the same signals with the
+same ids. The churn scan has the same two halves (:meth:`scan_apply`, :meth:`decide_silent`).
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from models.blend import blend_binary, logit, rrf
 from models.events import Event
@@ -73,7 +72,9 @@ def records_to_bytes(records: dict[str, UserRecord]) -> dict[str, bytes]:
     """Each record's :meth:`UserRecord.to_bytes`, with the pending-label snapshots the batch
     queued encoded together first (:func:`models.online.labels.encode_all`: the same bytes,
     a fraction of the cost of encoding them one record at a time)."""
-    encode_all(s for rec in records.values() for q in (rec.pending.intent, rec.pending.churn) for s in q.snapshots)
+    encode_all(
+        s for rec in records.values() for q in (rec.pending.intent, rec.pending.churn) for s in q.snapshots
+    )
     return {user: rec.to_bytes() for user, rec in records.items()}
 
 
@@ -121,7 +122,9 @@ class Candidate:
     # out (a learned model's, see OnlineLearner.predict): the policy calls it only when it fires.
     intent: tuple[float, list[dict] | Callable[[], list[dict]], bool, str] | None
     latent: list[tuple[str, float]]  # the state's category affinity at the event (empty unless latent_due)
-    window: Sequence[RecentEvent] | None = None  # the user's recent events at the event (for the sequence model)
+    window: Sequence[RecentEvent] | None = (
+        None  # the user's recent events at the event (for the sequence model)
+    )
     # Whether a latent-needs signal may still be emitted at this event: false while the user's last
     # one is within the cooldown. Decisions in this batch can only make it false, never true, so
     # the sequence model's next categories are needed only where it is true (they are its
@@ -152,6 +155,36 @@ class BatchResult:
     # Signals whose score includes the sequence model, for explanations: (index in signals, head,
     # the window the model scored).
     explain: list[tuple[int, str, Sequence[RecentEvent]]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What one batch changes: records to write (or delete), signals to send, events rejected."""
+
+    records: dict[str, UserRecord] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+    partitions: dict[str, int] = field(default_factory=dict)  # user -> partition, of every record above
+    signals: list[SignalOut] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    applied: int = 0
+    counts_by_type: dict[str, int] = field(default_factory=dict)
+
+
+class SequenceModel(Protocol):
+    """The sequence model as the step sees it (``stream.agents.serving`` serves one)."""
+
+    def views(
+        self, windows: Sequence[Sequence[RecentEvent] | None], latent: list[bool]
+    ) -> list[SeqView | None] | None:
+        """One view per window (None for a missing or empty one); next categories only where
+        ``latent`` is true. None: no view at all (no model, or scoring failed)."""
+
+    def explain(self, result: BatchResult) -> None:
+        """Add attributions to the signals of ``result.explain``."""
+
+
+# Records of the users a churn scan looks at: (partition, users) -> user -> record (None: none).
+Lookup = Callable[[int, list[str]], dict[str, "UserRecord | None"]]
 
 
 def wall_ms() -> int:
@@ -192,17 +225,67 @@ class Pipeline:
         self._due: dict[int, list[tuple[int, str]]] = {}
         self._live: dict[int, int] = {}  # partition -> users in activity
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ the step
+    def step(
+        self,
+        records: dict[str, UserRecord | None],
+        events: Sequence[tuple[int, Event]],
+        lookup: Lookup,
+        model: SequenceModel | None = None,
+        scan_limit: int | None = None,
+    ) -> StepResult:
+        """One batch of ``(partition, event)`` pairs: the events in order (``records`` holds the
+        record, or None, of every user in them and is updated in place), then the churn scan of
+        each partition the batch came from at its new watermark (at most ``scan_limit`` users per
+        partition; ``lookup`` reads the records of the due users this batch did not touch)."""
+        out = StepResult()
+        result = self.apply(records, events, windows=model is not None)
+        views = (
+            model.views([c.window for c in result.candidates], [c.latent_due for c in result.candidates])
+            if model
+            else None
+        )
+        self.decide(result, records, views)  # type: ignore[arg-type]
+        if model is not None:
+            model.explain(result)
+        partitions = {p: None for p, _ev in events}
+        _merge(out, result, {c.event.user: c.partition for c in result.candidates})
+        out.rejected, out.applied, out.counts_by_type = result.rejected, result.applied, result.counts_by_type
+        for partition in partitions:
+            due = self.due_for_scan(partition, scan_limit)
+            if not due:
+                continue
+            stale = [u for u in due if u not in out.records and u not in out.deleted]
+            read = lookup(partition, stale) if stale else {}
+            # In due order (the order labels are learned in); this batch's own records are not written yet.
+            recs = {u: out.records[u] if u in out.records else None if u in out.deleted else read.get(u) for u in due}
+            scan = self.scan_apply(partition, recs)
+            silent = list(scan.silent)
+            if model is not None and silent:  # churn risk only: no next categories
+                views = model.views([recs[u].state.recent_window() for u in silent], [False] * len(silent))  # type: ignore[union-attr]
+                self.decide_silent(scan, recs, dict(zip(silent, views, strict=True)) if views else None)  # type: ignore[arg-type]
+                model.explain(scan)
+            else:
+                self.decide_silent(scan, recs)  # type: ignore[arg-type]
+            _merge(out, scan, dict.fromkeys([*scan.records, *scan.deleted], partition))
+        return out
+
     def process(
         self, records: dict[str, UserRecord | None], events: Iterable[tuple[int, Event]]
     ) -> BatchResult:
-        """:meth:`apply` then :meth:`decide` with no sequence model."""
+        """:meth:`apply` then :meth:`decide` with no sequence model and no churn scan."""
         out = self.apply(records, events)
         self.decide(out, records)  # type: ignore[arg-type]
         return out
 
+    # ------------------------------------------------------------------ events
+
     def apply(
-        self, records: dict[str, UserRecord | None], events: Iterable[tuple[int, Event]], *, windows: bool = False
+        self,
+        records: dict[str, UserRecord | None],
+        events: Iterable[tuple[int, Event]],
+        *,
+        windows: bool = False,
     ) -> BatchResult:
         """Apply ``(partition, event)`` pairs in order: state, online models (a prediction and
         its pending label per event), watermarks, and each event's online scores. ``records``
@@ -221,7 +304,9 @@ class Pipeline:
                     rec = records[ev.user] = UserRecord(UserState.new())
                 outcome = apply_event(rec.state, ev, cfg.state)
                 if outcome != "applied":
-                    out.rejected.append(Rejected(ev, "duplicate_event_id" if outcome == "duplicate" else "late_event"))
+                    out.rejected.append(
+                        Rejected(ev, "duplicate_event_id" if outcome == "duplicate" else "late_event")
+                    )
                     continue
                 out.applied += 1
                 out.counts_by_type[ev.type] = out.counts_by_type.get(ev.type, 0) + 1
@@ -244,7 +329,12 @@ class Pipeline:
                         if learned.p is None:  # a Later: scored with the batch's others below
                             later.append(len(cands))
                         p = learned if learned.p is None else learned.p
-                        intent = (p, learned.reasons, learned.cold, f"river-{pl.intent.cfg.model}:n{pl.intent.n_learned}")  # type: ignore[assignment]
+                        intent = (
+                            p,
+                            learned.reasons,
+                            learned.cold,
+                            f"river-{pl.intent.cfg.model}:n{pl.intent.n_learned}",
+                        )  # type: ignore[assignment]
                     else:
                         # The rule reads the same features the learners just read (when they did).
                         f = scores.features if scores is not None else None
@@ -252,7 +342,11 @@ class Pipeline:
                 # The affinity's top categories only matter where a latent signal may follow.
                 due = ev.ts - rec.policy.latent_emit_ts >= cfg.intent.cooldown_ms
                 latent = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k) if due else []
-                cands.append(Candidate(partition, ev, intent, latent, rec.state.recent_window() if windows else None, due))
+                cands.append(
+                    Candidate(
+                        partition, ev, intent, latent, rec.state.recent_window() if windows else None, due
+                    )
+                )
         finally:
             # The learners score their waiting predictions in one pass each (the same bits as one at
             # a time), which also sets the scores of the predictions queued for their labels; also
@@ -290,7 +384,9 @@ class Pipeline:
                 reasons = reasons() if callable(reasons) else reasons
                 if blended:
                     reasons = _blend_reasons(reasons, sv.p_intent, sv.version, "purchase intent")  # type: ignore[union-attr]
-                sig = self._signal("purchase_intent", ev.user, score, cfg.intent.threshold, ev.ts, ev.event_id, reasons, cold)
+                sig = self._signal(
+                    "purchase_intent", ev.user, score, cfg.intent.threshold, ev.ts, ev.event_id, reasons, cold
+                )
                 sig.value["model_versions"]["online"] = version
                 if blended:
                     sig.value["model_versions"]["sequence"] = sv.version  # type: ignore[union-attr]
@@ -301,10 +397,18 @@ class Pipeline:
             fused = rrf([list(sv.categories), [cat for cat, _ in top]], cfg.latent_top_k)
             top = [(str(cat), s) for cat, s in fused]
         cats = tuple(cat for cat, _ in top)
-        if cats and latent_changed(policy.latent, cats) and ev.ts - policy.latent_emit_ts >= cfg.intent.cooldown_ms:
+        if (
+            cats
+            and latent_changed(policy.latent, cats)
+            and ev.ts - policy.latent_emit_ts >= cfg.intent.cooldown_ms
+        ):
             policy.latent, policy.latent_emit_ts = cats, ev.ts
             total = sum(s for _, s in top) or 1.0
-            why = "fused rank of the sequence model and the category affinity" if sv is not None and sv.categories else "affinity to category"
+            why = (
+                "fused rank of the sequence model and the category affinity"
+                if sv is not None and sv.categories
+                else "affinity to category"
+            )
             sig = self._signal(
                 "latent_needs", ev.user, top[0][1] / total, 0.0, ev.ts, ev.event_id,
                 [{"feature": f"category:{cat}", "value": s, "contribution": s / total, "text": f"{why} {cat}"} for cat, s in top[:3]],
@@ -441,7 +545,9 @@ class Pipeline:
             self._track(user, partition, self._next_check(rec, partition, wm))
         return out
 
-    def decide_silent(self, out: BatchResult, records: dict[str, UserRecord], seq: dict[str, SeqView] | None = None) -> None:
+    def decide_silent(
+        self, out: BatchResult, records: dict[str, UserRecord], seq: dict[str, SeqView] | None = None
+    ) -> None:
         """Churn risk of the silent users of :meth:`scan_apply`, driven by the watermark."""
         for user, c in out.silent.items():
             rec, wm, pl, learned = records[user], c.watermark, c.learners, c.online
@@ -458,7 +564,9 @@ class Pipeline:
                 reasons = _blend_reasons(reasons, sv.p_churn, sv.version, "churn")  # type: ignore[union-attr]
             if self.cfg.churn.step(rec.policy.churn, score, wm):
                 last_id = f"silence:{rec.state.last_ts}"
-                sig = self._signal("churn_risk", user, score, self.cfg.churn.threshold, wm, last_id, reasons, False)
+                sig = self._signal(
+                    "churn_risk", user, score, self.cfg.churn.threshold, wm, last_id, reasons, False
+                )
                 sig.value["model_versions"]["online"] = version
                 if blended:
                     sig.value["model_versions"]["sequence"] = sv.version  # type: ignore[union-attr]
@@ -485,7 +593,15 @@ class Pipeline:
 
     # ------------------------------------------------------------------ output
     def _signal(
-        self, task: str, user: str, score: float, threshold: float, ts: int, event_id: str, reasons: list[dict], cold: bool
+        self,
+        task: str,
+        user: str,
+        score: float,
+        threshold: float,
+        ts: int,
+        event_id: str,
+        reasons: list[dict],
+        cold: bool,
     ) -> SignalOut:
         return SignalOut(
             task,
@@ -505,6 +621,18 @@ class Pipeline:
                 "categories": None,
             },
         )
+
+
+def _merge(out: StepResult, part: BatchResult, partitions: dict[str, int]) -> None:
+    """Add a half of the step (the events', or one partition's scan) to its result."""
+    for user, rec in part.records.items():
+        out.records[user] = rec
+    for user in part.deleted:
+        out.records.pop(user, None)
+        if user not in out.deleted:
+            out.deleted.append(user)
+    out.partitions.update(partitions)
+    out.signals.extend(part.signals)
 
 
 def _blend_reasons(reasons: list[dict], p_seq: float, version: str, what: str) -> list[dict]:

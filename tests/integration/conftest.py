@@ -261,7 +261,8 @@ def expected_outcome(settings: Settings, events: list[dict]):
     Churn risk depends on the event-time watermark of each partition; a replay that spans less
     than ``churn_risk_after_ms`` of event time (as these do) has none, which the caller asserts.
     """
-    from stream.agents.runtime import partition_for, pipeline_config
+    from stream.agents.records import partition_for
+    from stream.agents.runtime import pipeline_config
     from stream.logic.ingest import Pseudonymizer, ingest_one
     from stream.logic.pipeline import Pipeline, UserRecord
     from stream.logic.scoring import RuleScorer
@@ -271,8 +272,11 @@ def expected_outcome(settings: Settings, events: list[dict]):
     records: dict[str, UserRecord | None] = {}
     signals: dict[str, str] = {}
     evs = [ingest_one(json.dumps(e).encode(), ps) for e in events]
-    out = pipe.process(records, [(partition_for(e.user, settings.events_partitions), e) for e in evs])
+    pairs = [(partition_for(e.user, settings.events_partitions), e) for e in evs]
+    out = pipe.step(records, pairs, lambda _p, users: {u: records.get(u) for u in users})  # the workers' step
     assert not out.rejected, "simulated events are unique and in order"
+    for u in out.deleted:
+        records.pop(u, None)
     for s in out.signals:
         signals[s.value["signal_id"]] = s.task
     # Through the table's codec, as the workers store them (decayed values become float32).

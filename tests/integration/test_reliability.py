@@ -242,7 +242,8 @@ def test_expected_outcome_does_not_depend_on_batching(system):
     settings, _ = system
     events = simulated(8_000)
     records, signals = expected_outcome(settings, events)
-    from stream.agents.runtime import partition_for, pipeline_config
+    from stream.agents.records import partition_for
+    from stream.agents.runtime import pipeline_config
     from stream.logic.ingest import ingest_one
     from stream.logic.scoring import RuleScorer
 
@@ -256,10 +257,16 @@ def test_expected_outcome_does_not_depend_on_batching(system):
     while i < len(evs):
         batch = evs[i : i + rng.randint(1, 1000)]
         i += len(batch)
-        recs = {e.user: UserRecord.from_bytes(store[e.user]) if e.user in store else None for e in batch}
-        out = pipe.process(recs, [(partition_for(e.user, settings.events_partitions), e) for e in batch])
+        def load(users):
+            return {u: UserRecord.from_bytes(store[u]) if u in store else None for u in users}
+
+        recs = load({e.user for e in batch})
+        out = pipe.step(recs, [(partition_for(e.user, settings.events_partitions), e) for e in batch],
+                        lambda _p, users: load(users))  # fmt: skip
         got.update({s.value["signal_id"]: s.task for s in out.signals})
         store.update({u: r.to_bytes() for u, r in out.records.items()})
+        for u in out.deleted:
+            store.pop(u, None)
     assert got == signals
     assert not state_differences(records, {u.encode(): raw for u, raw in store.items()})
 
@@ -478,13 +485,13 @@ def test_a_crash_after_warm_up_does_not_bring_back_the_cold_rule(system):
 
     Checked on what a restart restores (the models' changelog as of the kill): every partition whose
     intent model was warm restores a warm one, and the labels lost are within the checkpoint
-    policy's bound (``runtime.checkpoint_due``: a tenth of what was learned, at least
+    policy's bound (``upkeep.checkpoint_due``: a tenth of what was learned, at least
     ``MIN_CHECKPOINT_LABELS``). The purchase-intent signal volumes of the crashed run and of a clean
     run beside it (a second application on the same input) are printed, not asserted: clean runs of
     the same input already differ by more than 10% (batch timing decides when labels settle).
     """
     from models.online.learner import PartitionLearners
-    from stream.agents.runtime import MIN_CHECKPOINT_LABELS
+    from stream.agents.upkeep import MIN_CHECKPOINT_LABELS
 
     settings, new_worker = system
     bootstrap = settings.kafka_bootstrap_servers

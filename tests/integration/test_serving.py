@@ -13,7 +13,7 @@ from models.sequence import checkpoint
 from models.sequence.checkpoint import CHECKPOINT_NAME
 from models.sequence.config import SeqConfig
 from models.sequence.model import SequenceModel
-from stream.agents.runtime import partition_for
+from stream.agents.records import partition_for
 from stream.logic.ingest import Pseudonymizer
 
 from .conftest import KEY, consume, jsonl, produce

@@ -20,7 +20,7 @@ import pytest
 
 from models.registry import Registry
 from stream import cli
-from stream.agents.runtime import partition_for
+from stream.agents.records import partition_for
 from stream.broker import create_topics
 from stream.history import read_topic_events, read_topic_history
 from stream.logic.ingest import Pseudonymizer, ingest_one

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from stream.agents.runtime import partition_for
+from stream.agents.records import partition_for
 from stream.app import create_app
 from stream.logic.ingest import Pseudonymizer
 from stream.logic.packing import unpack
@@ -105,18 +105,6 @@ def test_process_agent_writes_state_once_per_user_and_emits_intent(app):
     assert json.loads(app.sent["shop.events.dlq"][0][1])["reason"] == "duplicate_event_id"
     latent = json.loads(app.sent["signals.latent_needs"][0][1])
     assert latent["categories"][0]["category_id"] == "shoes"
-
-
-@pytest.mark.parametrize("where", ["inline", "thread"])
-def test_sequence_scoring_runs_where_the_setting_says(tmp_path, where):
-    """INTENTSTREAM_SEQUENCE_SCORING: on the event loop's thread (inline) or on the scoring thread."""
-    import threading
-
-    settings = Settings(data_dir=tmp_path, store="memory://", pseudonym_key=KEY, sequence_scoring=where)
-    app = create_app(settings, "127.0.0.1:1")
-    app.finalize()
-    ran_on = asyncio.run(app.runtime._score_call(threading.get_ident))
-    assert (ran_on == threading.get_ident()) is (where == "inline")
 
 
 def test_changelog_topic_names_are_faust_s(app):

@@ -3,7 +3,7 @@
 Hypothesis makes batches of input records: arbitrary bytes, JSON nested thousands deep, records of
 up to a few MB, valid events with one field replaced by any JSON value or by a Unicode edge case
 (lone surrogates, NUL, non-characters, long multi-byte ids), and plain valid events. Each batch goes
-through ``Runtime.guarded(ingest_batch)`` and the packs it forwards through ``process_items``, with
+through ``Ingest.guarded`` and the packs it forwards through ``process_items``, with
 every output captured. Whatever the batch holds, each record must end in exactly one place, every
 produced record must fit the producer's limit, and nothing may end as ``processing_error`` (that
 reason is for our own bugs).
@@ -17,11 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.events import Event
-from stream.agents.runtime import PACK_KEY, Item, RawMessage
+from stream.agents.records import PACK_KEY, Item, RawMessage
 from stream.app import create_app
 from stream.logic.ingest import REASONS
 from stream.logic.packing import unpack
 from stream.settings import Settings
+
+from .recording import use_outputs
 
 KEY = "fuzz-key-0123456789abcdef"
 T0 = 1_700_000_000_000
@@ -107,7 +109,7 @@ def worker(tmp_path_factory):
             else:
                 table.data[key] = value
 
-    rt.outputs = Recording()
+    use_outputs(rt, Recording())
     return rt, sent
 
 
@@ -125,13 +127,13 @@ def test_every_record_ends_in_exactly_one_place(worker, batch):
     by_user = rt.topics.by_user.get_topic_name()
     sent.clear()
     msgs = [RawMessage(v, b"k", s.events_topic, 0, off, T0) for off, v in enumerate(batch)]
-    rt.guarded(rt.ingest_batch, msgs)
+    rt.ingest.guarded(msgs)
 
     dead = [json.loads(v) for t, _k, v in sent if t == s.dlq_topic]
     packs = [v for t, k, v in sent if t == by_user and k == PACK_KEY]
     forwarded = [(partition_of, d, kts) for v in packs for partition_of in [0] for d, kts in unpack(v)]
-    forwarded += [(it.partition, it.event.to_dict(), None) for it in rt._ingested_here]
-    rt._ingested_here.clear()
+    forwarded += [(it.partition, it.event.to_dict(), None) for it in rt.router.here]
+    rt.router.here.clear()
     offsets = [d["offset"] for d in dead]
     assert len(offsets) == len(set(offsets)), "a record dead-lettered twice"
     assert len(dead) + len(forwarded) == len(batch), "a record lost or forwarded twice"
@@ -144,8 +146,8 @@ def test_every_record_ends_in_exactly_one_place(worker, batch):
     # The process stage, as the process agent calls it (the partition only picks the table's store).
     sent.clear()
     applied_before = count_applied(rt)
-    items = [Item(p, Event.from_dict(d), None, rt._partition_event(p)) for p, d, _kts in forwarded]
-    asyncio.run(rt.process_items(items))
+    items = [Item(p, Event.from_dict(d), None, rt.router.partition_event(p)) for p, d, _kts in forwarded]
+    asyncio.run(rt.processor.process_items(items))
     dead = [json.loads(v) for t, _k, v in sent if t == s.dlq_topic]
     assert all(d["reason"] in ("duplicate_event_id", "late_event") for d in dead), dead
     assert count_applied(rt) - applied_before + len(dead) == len(items)
@@ -161,19 +163,19 @@ def test_a_thousand_long_multibyte_ids_fit_the_producer_limit(worker):
     msgs = [RawMessage(json.dumps({"event_id": f"{long[:-6]}{i:06d}", "user_id": f"{long[:-6]}{i % 7:06d}",
                                    "type": "click", "ts": T0 + i, "item_id": long, "category_id": long}).encode(),
                        None, s.events_topic, 1, i, T0) for i in range(1000)]  # fmt: skip
-    rt.guarded(rt.ingest_batch, msgs)
+    rt.ingest.guarded(msgs)
     packs = [v for t, k, v in sent if t == rt.topics.by_user.get_topic_name() and k == PACK_KEY]
-    assert sum(len(unpack(v)) for v in packs) + len(rt._ingested_here) == 1000
-    rt._ingested_here.clear()
+    assert sum(len(unpack(v)) for v in packs) + len(rt.router.here) == 1000
+    rt.router.here.clear()
     assert max(map(len, packs)) <= s.max_record_bytes
     assert sum(map(len, packs)) > 2 * s.max_record_bytes, "the batch is big enough to need splitting"
 
     # Processed in two halves: the second reads back the records (and the policies' long latent
     # categories) that the first wrote.
-    items = [Item(p, Event.from_dict(d), None, rt._partition_event(p)) for v in packs for p in [0] for d, _ in unpack(v)]
+    items = [Item(p, Event.from_dict(d), None, rt.router.partition_event(p)) for v in packs for p in [0] for d, _ in unpack(v)]
     sent.clear()
     applied_before = count_applied(rt)
     for half in (items[:500], items[500:]):
-        asyncio.run(rt.process_items(half))
+        asyncio.run(rt.processor.process_items(half))
     assert [json.loads(v)["reason"] for t, _k, v in sent if t == s.dlq_topic] == []
     assert count_applied(rt) - applied_before == 1000

@@ -12,9 +12,11 @@ import asyncio
 import json
 
 from models.events import Event
-from stream.agents.runtime import Item
+from stream.agents.records import Item
 from stream.app import create_app
 from stream.settings import Settings
+
+from .recording import use_outputs
 
 KEY = "order-key-0123456789abcdef"
 T0 = 1_700_000_000_000
@@ -58,11 +60,11 @@ def test_a_batch_cancelled_before_its_signals_are_acknowledged_writes_nothing(tm
                                "item_id": f"i{i}", "category_id": "c1"}) for i in range(3)]  # fmt: skip
 
     def items():
-        return [Item(0, ev, None, rt._partition_event(0)) for ev in events]
+        return [Item(0, ev, None, rt.router.partition_event(0)) for ev in events]
 
     async def scenario() -> tuple[list, list, list, bytes | None]:
-        held = rt.outputs = HeldOutputs()
-        batch = asyncio.ensure_future(rt.process_items(items()))
+        held = use_outputs(rt, HeldOutputs())
+        batch = asyncio.ensure_future(rt.processor.process_items(items()))
         while not any(t in settings.signal_topics().values() for t, _k, _v in held.sent):
             await asyncio.sleep(0.01)
         batch.cancel()  # a stop, while the signal waits for the broker
@@ -70,9 +72,9 @@ def test_a_batch_cancelled_before_its_signals_are_acknowledged_writes_nothing(tm
         first = [v for t, _k, v in held.sent if t in settings.signal_topics().values()]
         written_before = list(held.writes)
 
-        replay = rt.outputs = HeldOutputs()  # the replay, with a broker that answers
+        replay = use_outputs(rt, HeldOutputs())  # the replay, with a broker that answers
         replay.ack.set()
-        await rt.process_items(items())
+        await rt.processor.process_items(items())
         second = [v for t, _k, v in replay.sent if t in settings.signal_topics().values()]
         return first, written_before, second, rt.table.data.get(user.encode())
 

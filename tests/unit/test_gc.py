@@ -1,9 +1,9 @@
-"""The worker's garbage-collector settings once it is ready (stream.agents.runtime.freeze_heap)."""
+"""The worker's garbage-collector settings once it is ready (stream.agents.upkeep.freeze_heap)."""
 
 import gc
 import weakref
 
-from stream.agents.runtime import GC_THRESHOLDS, freeze_heap
+from stream.agents.upkeep import GC_THRESHOLDS, freeze_heap
 
 
 class Node:

@@ -106,7 +106,7 @@ def test_each_input_partition_is_ingested_by_exactly_one_worker():
     also when the input topic has more or fewer partitions than the internal one."""
     import random
 
-    from stream.agents.runtime import ingest_partitions
+    from stream.agents.records import ingest_partitions
 
     rng = random.Random(5)
     for _ in range(200):

@@ -240,6 +240,8 @@ def _through_table(how, batched=True):
     def load(users):
         if how == "kept":
             return {u: table.get(u) for u in users}
+        if how == "step":
+            return {u: UserRecord.from_bytes(table[u]) if u in table else None for u in users}
         return {u: UserRecord.from_bytes(table[u]) if u in table else None for u in users}
 
     def store(out):
@@ -251,6 +253,11 @@ def _through_table(how, batched=True):
     signals, scores = [], []
     for i in range(0, len(events), 500):
         batch = events[i : i + 500]
+        if how == "step":
+            step = p.step(load({e.user for e in batch}), [(0, e) for e in batch], lambda _p, users: load(users))
+            store(step)
+            signals += [(s.task, s.user, json.dumps(s.value, sort_keys=True)) for s in step.signals]
+            continue
         out = p.process(load({e.user for e in batch}), [(0, e) for e in batch])
         store(out)
         scan = p.scan(0, load(p.due_for_scan(0)))
@@ -267,6 +274,15 @@ def test_what_a_worker_computes_does_not_depend_on_whether_records_were_stored_b
     # counts and scores, so the replays' figures and a worker's differed slightly.
     stored = _through_table("stored")
     assert stored[0] and _through_table("kept") == stored  # the same signals, records and models
+
+
+def test_the_step_is_the_events_then_each_partition_s_churn_scan():
+    # Pipeline.step is what workers, the reliability tests' expected outcomes and the benchmarks
+    # run: the same signals, records and models as its halves called one after the other.
+    halves, _scores, records, models = _through_table("stored")
+    step = _through_table("step")
+    assert any(task == "churn_risk" for task, _u, _v in halves)  # the scans had work to do
+    assert step[0] == halves and step[2] == records and step[3] == models
 
 
 def test_online_scores_computed_per_batch_equal_those_computed_one_event_at_a_time():
