@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import collections
 import gc
-import json
 import sys
 import tempfile
 import time
@@ -119,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe.decide(result, records, views)  # type: ignore[arg-type]
         step("process: Pipeline.decide")
         if served is not None and s.explain_events:
-            for head in ("intent", "churn"):  # what Runtime._explain runs for the blended signals
+            for head in ("intent", "churn"):  # what BatchModel.explain runs for the blended signals
                 windows = [w for _i, h, w in result.explain if h == head and w]
                 if windows:
                     explain.occlusion(served.scorer, windows, head, s.explain_events)
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         table.update(records_to_bytes(result.records))
         step("process: store (records_to_bytes)")
         for sig in result.signals:
-            json.dumps(sig.value, separators=(",", ":")).encode()
+            sig.to_json()
         step("process: signal JSON")
 
     width = max(len(k) for k in cost)

@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from stream.broker import EmbeddedBroker, client_config, create_topics, free_port
+from stream.logic.signals import Task
 from stream.procs import die_with_parent, stop_process_group
 from stream.settings import Settings
 
@@ -54,7 +55,7 @@ class ViewState:
     processed: float = 0.0
     dead: int = 0
     users: float = 0.0
-    signals: dict[str, int] = field(default_factory=lambda: {"purchase_intent": 0, "churn_risk": 0, "latent_needs": 0})
+    signals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(Task, 0))
     model: str = f"online only; sequence model training starts after {TRAIN_AFTER_S:.0f} s"
     latest: deque = field(default_factory=lambda: deque(maxlen=12))
     rates: deque = field(default_factory=lambda: deque(maxlen=10))  # (t, sent, processed)
@@ -63,7 +64,7 @@ class ViewState:
 
 def _fmt_signal(sig: dict) -> str:
     t = time.strftime("%m-%d %H:%M", time.gmtime(sig["ts"] / 1000))
-    if sig["task"] == "latent_needs":
+    if sig["task"] == Task.LATENT_NEEDS:
         cats = ", ".join(f"{c['category_id']} {c['score']:.2f}" for c in (sig.get("categories") or [])[:3])
         what = f"next categories: {cats}"
     else:

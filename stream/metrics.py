@@ -49,6 +49,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from models.events import EVENT_TYPES
 from stream.logic.ingest import REASONS
+from stream.logic.signals import LEARNED, Task
 
 NAMESPACE = "intentstream"
 
@@ -61,7 +62,7 @@ EVENT_TYPE_LABELS: tuple[str, ...] = (*EVENT_TYPES, "invalid", "other")
 INVALID_REASONS: tuple[str, ...] = (*REASONS, "other")
 
 #: ``task`` label values: one per signal the worker emits (see ``Settings.signal_topics``).
-TASKS: tuple[str, ...] = ("purchase_intent", "churn_risk", "latent_needs")
+TASKS: tuple[str, ...] = tuple(Task)
 
 #: ``result`` label values of ``model_refresh_total``.
 REFRESH_RESULTS: tuple[str, ...] = ("success", "failure")
@@ -335,7 +336,7 @@ class Metrics:
         for task in self.tasks:
             self.signals_emitted.labels(task=task)
             self.pending_labels.labels(task=task)
-        for task in ("purchase_intent", "churn_risk"):  # the tasks with an online model
+        for task in LEARNED:  # the tasks with an online model
             self.online_models_warm.labels(task=task)
             self.online_labels_learned.labels(task=task)
         for r in REFRESH_RESULTS:
@@ -417,7 +418,7 @@ class Metrics:
 
     def observe_shadow(self, task: str, differences) -> None:
         """Record shadow-minus-served score differences of one scoring call."""
-        h = self.shadow_score_difference.labels(task=_check(task, ("purchase_intent", "churn_risk"), "task"))
+        h = self.shadow_score_difference.labels(task=_check(task, LEARNED, "task"))
         for d in differences:
             h.observe(float(d))
 

@@ -19,6 +19,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stream.logic.signals import Task
+
 PREFIX = "INTENTSTREAM_"
 MINUTE_MS = 60_000
 DAY_MS = 24 * 60 * MINUTE_MS
@@ -253,8 +255,8 @@ class Settings(BaseSettings):
         """Each Faust table's changelog topic, named as Faust names it (``<app_id>-<table>-changelog``)."""
         return {table: f"{self.app_id}-{table}-changelog" for table in ("user-state", "online-models")}
 
-    def signal_topics(self) -> dict[str, str]:
-        return {"purchase_intent": self.intent_topic, "churn_risk": self.churn_topic, "latent_needs": self.latent_topic}
+    def signal_topics(self) -> dict[Task, str]:
+        return {Task.PURCHASE_INTENT: self.intent_topic, Task.CHURN_RISK: self.churn_topic, Task.LATENT_NEEDS: self.latent_topic}
 
     def secret_key(self) -> bytes:
         """The pseudonymisation key. Dev: created once at random under DATA_DIR (mode 0600)."""

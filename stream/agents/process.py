@@ -199,10 +199,9 @@ class Processor:
         now = time.time()
         pending = []
         for sig in result.signals:
-            value = json.dumps(sig.value, separators=(",", ":")).encode()
-            pending.append(await send(topics[sig.task], sig.user.encode(), value))
+            pending.append(await send(topics[sig.task], sig.user.encode(), sig.to_json()))
             m.count_signal(sig.task)
-            produced = kafka_ts.get(sig.value["event_id"])
+            produced = kafka_ts.get(sig.event_id)
             if produced:
                 m.observe_event_to_signal(produced, now)
         await self.outputs.delivered(pending)

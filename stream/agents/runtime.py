@@ -46,6 +46,7 @@ from stream.health import Health, register_views
 from stream.logic.pipeline import Pipeline, PipelineConfig
 from stream.logic.policy import PolicyRule
 from stream.logic.scoring import RuleScorer
+from stream.logic.signals import Task
 from stream.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -262,7 +263,7 @@ class Runtime:
         async def refresh_gauges() -> None:
             self.metrics.users_in_state.set(len(self.pipeline.activity))
             for task, n in self.pipeline.pending.items():
-                self.metrics.set_pending_labels("purchase_intent" if task == "intent" else "churn_risk", n)
+                self.metrics.set_pending_labels(Task.of_head(task), n)
             self.online.publish_quality()
             await self.ingest.refresh_lag()
             self.archiver.add([])  # flush a quiet stream's archive buffer too

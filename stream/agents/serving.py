@@ -18,6 +18,7 @@ from models.features.recent import RecentEvent
 from models.sequence import explain
 from stream.logic.pipeline import BatchResult, SeqView
 from stream.logic.serving import SequenceServing, Served, pick_device
+from stream.logic.signals import Task
 
 if TYPE_CHECKING:
     from stream.health import Health
@@ -97,8 +98,8 @@ class BatchModel:
         if shadow is not None:
             try:
                 sh = serving.score(shadow, batch, None, [False] * len(batch))
-                metrics.observe_shadow("purchase_intent", sh.p_intent - sc.p_intent)
-                metrics.observe_shadow("churn_risk", sh.p_churn - sc.p_churn)
+                metrics.observe_shadow(Task.PURCHASE_INTENT, sh.p_intent - sc.p_intent)
+                metrics.observe_shadow(Task.CHURN_RISK, sh.p_churn - sc.p_churn)
             except Exception as exc:  # noqa: BLE001
                 log.error("shadow scoring failed (%s: %s)", type(exc).__name__, exc)
         k = self.server.settings.latent_top_k
@@ -127,12 +128,11 @@ class BatchModel:
             except Exception as exc:  # noqa: BLE001 - a signal without attributions is still a signal
                 log.error("explaining %d signals failed (%s: %s)", len(sigs), type(exc).__name__, exc)
                 continue
-            for sig, lst in zip(sigs, attrs, strict=True):
+            for (i, _w), sig, lst in zip(items, sigs, attrs, strict=True):
                 extra = []
                 for a in lst[:3]:
-                    r = explain.describe(a, sig.value["ts"], scorer.vocab, cfg.category_buckets, head)
+                    r = explain.describe(a, sig.ts, scorer.vocab, cfg.category_buckets, head)
                     r["contribution"] = round(r["contribution"] / 2, 4)  # half: the blend's weight
                     extra.append(r)
-                sig.value["reasons"] = sorted(
-                    sig.value["reasons"] + extra, key=lambda r: -abs(r["contribution"])
-                )[:6]
+                reasons = sorted([*sig.reasons, *extra], key=lambda r: -abs(r["contribution"]))[:6]
+                result.signals[i] = sig.with_reasons(reasons)

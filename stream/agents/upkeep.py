@@ -13,6 +13,7 @@ from models.archive import EventArchive
 from models.events import Event
 from models.online.learner import IncompatibleCheckpoint, PartitionLearners
 from stream.agents.records import PartitionEvent, as_current
+from stream.logic.signals import LEARNED
 
 if TYPE_CHECKING:
     from stream.agents.outputs import FaustOutputs, TransactionalOutputs
@@ -107,7 +108,8 @@ class OnlineModels:
         partition's figure weighted by its number of learned labels)."""
         assert self.pipeline is not None
         learners_by_partition = self.pipeline.learners.values()
-        for task, label in (("intent", "purchase_intent"), ("churn", "churn_risk")):
+        for label in LEARNED:
+            task = label.head
             learners = [getattr(pl, task) for pl in learners_by_partition]
             self.metrics.online_models_warm.labels(task=label).set(sum(lr.warm() for lr in learners))
             self.metrics.online_labels_learned.labels(task=label).set(sum(lr.n_learned for lr in learners))

@@ -36,6 +36,7 @@ from models.online.labels import UserPending, encode_all
 from models.online.learner import PartitionLearners, Prediction
 from stream.logic.policy import PolicyRule, PolicyState, latent_changed, signal_id
 from stream.logic.scoring import Scorer
+from stream.logic.signals import Signal, Task
 
 
 @dataclass(slots=True)
@@ -89,13 +90,6 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class SignalOut:
-    task: str
-    user: str
-    value: dict  # the Signal record as a dict (stream.records.Signal fields)
-
-
-@dataclass(frozen=True, slots=True)
 class Rejected:
     event: Event
     reason: str  # "duplicate_event_id" | "late_event"
@@ -146,7 +140,7 @@ class Silent:
 class BatchResult:
     records: dict[str, UserRecord] = field(default_factory=dict)  # changed records, to write back
     deleted: list[str] = field(default_factory=list)  # expired users, to delete
-    signals: list[SignalOut] = field(default_factory=list)
+    signals: list[Signal] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     applied: int = 0
     counts_by_type: dict[str, int] = field(default_factory=dict)
@@ -164,7 +158,7 @@ class StepResult:
     records: dict[str, UserRecord] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
     partitions: dict[str, int] = field(default_factory=dict)  # user -> partition, of every record above
-    signals: list[SignalOut] = field(default_factory=list)
+    signals: list[Signal] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     applied: int = 0
     counts_by_type: dict[str, int] = field(default_factory=dict)
@@ -384,14 +378,12 @@ class Pipeline:
                 reasons = reasons() if callable(reasons) else reasons
                 if blended:
                     reasons = _blend_reasons(reasons, sv.p_intent, sv.version, "purchase intent")  # type: ignore[union-attr]
-                sig = self._signal(
-                    "purchase_intent", ev.user, score, cfg.intent.threshold, ev.ts, ev.event_id, reasons, cold
-                )
-                sig.value["model_versions"]["online"] = version
                 if blended:
-                    sig.value["model_versions"]["sequence"] = sv.version  # type: ignore[union-attr]
                     out.explain.append((len(out.signals), "intent", c.window or []))
-                out.signals.append(sig)
+                out.signals.append(self._signal(
+                    Task.PURCHASE_INTENT, ev.user, score, cfg.intent.threshold, ev.ts, ev.event_id, reasons, cold,
+                    online=version, sequence=sv.version if blended else None,  # type: ignore[union-attr]
+                ))  # fmt: skip
         top = c.latent
         if sv is not None and sv.categories:
             fused = rrf([list(sv.categories), [cat for cat, _ in top]], cfg.latent_top_k)
@@ -409,15 +401,12 @@ class Pipeline:
                 if sv is not None and sv.categories
                 else "affinity to category"
             )
-            sig = self._signal(
-                "latent_needs", ev.user, top[0][1] / total, 0.0, ev.ts, ev.event_id,
+            out.signals.append(self._signal(
+                Task.LATENT_NEEDS, ev.user, top[0][1] / total, 0.0, ev.ts, ev.event_id,
                 [{"feature": f"category:{cat}", "value": s, "contribution": s / total, "text": f"{why} {cat}"} for cat, s in top[:3]],
-                False,
-            )  # fmt: skip
-            sig.value["categories"] = [{"category_id": cat, "score": s / total} for cat, s in top]
-            if sv is not None and sv.categories:
-                sig.value["model_versions"]["sequence"] = sv.version
-            out.signals.append(sig)
+                False, sequence=sv.version if sv is not None and sv.categories else None,
+                categories=[{"category_id": cat, "score": s / total} for cat, s in top],
+            ))  # fmt: skip
 
     def learners_for(self, partition: int) -> PartitionLearners | None:
         if self._make_learners is None:
@@ -564,14 +553,12 @@ class Pipeline:
                 reasons = _blend_reasons(reasons, sv.p_churn, sv.version, "churn")  # type: ignore[union-attr]
             if self.cfg.churn.step(rec.policy.churn, score, wm):
                 last_id = f"silence:{rec.state.last_ts}"
-                sig = self._signal(
-                    "churn_risk", user, score, self.cfg.churn.threshold, wm, last_id, reasons, False
-                )
-                sig.value["model_versions"]["online"] = version
                 if blended:
-                    sig.value["model_versions"]["sequence"] = sv.version  # type: ignore[union-attr]
                     out.explain.append((len(out.signals), "churn", rec.state.recent_window()))
-                out.signals.append(sig)
+                out.signals.append(self._signal(
+                    Task.CHURN_RISK, user, score, self.cfg.churn.threshold, wm, last_id, reasons, False,
+                    online=version, sequence=sv.version if blended else None,  # type: ignore[union-attr]
+                ))  # fmt: skip
 
     def forget_partitions(self, keep: set[int]) -> None:
         """Drop watermarks, activity and models of partitions this worker no longer owns; the
@@ -593,34 +580,18 @@ class Pipeline:
 
     # ------------------------------------------------------------------ output
     def _signal(
-        self,
-        task: str,
-        user: str,
-        score: float,
-        threshold: float,
-        ts: int,
-        event_id: str,
-        reasons: list[dict],
-        cold: bool,
-    ) -> SignalOut:
-        return SignalOut(
-            task,
-            user,
-            {
-                "signal_id": signal_id(user, task, event_id),
-                "user": user,
-                "task": task,
-                "score": round(float(score), 6),
-                "threshold": threshold,
-                "ts": ts,
-                "emitted_at": self.clock(),
-                "event_id": event_id,
-                "model_versions": dict(self.scorer.versions),
-                "reasons": reasons,
-                "cold": cold,
-                "categories": None,
-            },
-        )
+        self, task: Task, user: str, score: float, threshold: float, ts: int, event_id: str, reasons: list[dict],
+        cold: bool, *, online: str | None = None, sequence: str | None = None, categories: list[dict] | None = None,
+    ) -> Signal:  # fmt: skip
+        versions = dict(self.scorer.versions)
+        if online is not None:
+            versions["online"] = online
+        if sequence is not None:
+            versions["sequence"] = sequence
+        return Signal(
+            signal_id(user, task, event_id), user, task, round(float(score), 6), threshold, ts, self.clock(), event_id,
+            versions, tuple(reasons), cold, None if categories is None else tuple(categories),
+        )  # fmt: skip
 
 
 def _merge(out: StepResult, part: BatchResult, partitions: dict[str, int]) -> None:

@@ -278,7 +278,7 @@ def expected_outcome(settings: Settings, events: list[dict]):
     for u in out.deleted:
         records.pop(u, None)
     for s in out.signals:
-        signals[s.value["signal_id"]] = s.task
+        signals[s.signal_id] = s.task
     # Through the table's codec, as the workers store them (decayed values become float32).
     return {u: UserRecord.from_bytes(r.to_bytes()) for u, r in records.items() if r is not None}, signals
 

@@ -263,7 +263,7 @@ def test_expected_outcome_does_not_depend_on_batching(system):
         recs = load({e.user for e in batch})
         out = pipe.step(recs, [(partition_for(e.user, settings.events_partitions), e) for e in batch],
                         lambda _p, users: load(users))  # fmt: skip
-        got.update({s.value["signal_id"]: s.task for s in out.signals})
+        got.update({s.signal_id: s.task for s in out.signals})
         store.update({u: r.to_bytes() for u, r in out.records.items()})
         for u in out.deleted:
             store.pop(u, None)

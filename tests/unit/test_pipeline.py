@@ -53,8 +53,8 @@ def test_cart_session_raises_one_intent_signal():
     ]
     out = run(p, records, evs)
     intents = [s for s in out.signals if s.task == "purchase_intent"]
-    assert len(intents) == 1 and intents[0].value["event_id"] in {"c1", "c2"}
-    assert intents[0].value["reasons"][0]["contribution"] > 0
+    assert len(intents) == 1 and intents[0].event_id in {"c1", "c2"}
+    assert intents[0].reasons[0]["contribution"] > 0
 
 
 def test_signals_do_not_depend_on_batch_boundaries():
@@ -66,7 +66,7 @@ def test_signals_do_not_depend_on_batch_boundaries():
     one = run(pipeline(), {}, evs).signals
     p, records = pipeline(), {}
     each = [s for e in evs for s in run(p, records, [e]).signals]
-    assert [s.value["signal_id"] for s in one] == [s.value["signal_id"] for s in each]
+    assert [s.signal_id for s in one] == [s.signal_id for s in each]
     assert len([s for s in one if s.task == "purchase_intent"]) == 2, "re-armed by the purchase, after the cooldown"
 
 
@@ -91,7 +91,7 @@ def test_silent_user_gets_churn_risk_from_the_watermark_not_the_wall_clock():
     assert due == ["quiet"]
     out = p.scan(0, {u: records[u] for u in due})
     churn = [s for s in out.signals if s.task == "churn_risk"]
-    assert len(churn) == 1 and churn[0].user == "quiet" and churn[0].value["score"] >= 0.6
+    assert len(churn) == 1 and churn[0].user == "quiet" and churn[0].score >= 0.6
     records.update(out.records)
     # Signalled once: the next scan does not repeat it.
     run(p, records, clicks("busy", T0 + 21 * H, 2, prefix="x"))
@@ -152,7 +152,7 @@ def test_online_models_learn_from_delayed_labels_and_take_over_from_the_rule():
         records.update(scan.records)
         for u in scan.deleted:
             records.pop(u)
-        versions += [s.value["model_versions"]["online"] for s in out.signals + scan.signals if s.task != "latent_needs"]
+        versions += [s.model_versions["online"] for s in out.signals + scan.signals if s.task != "latent_needs"]
     learners = p.learners[0]
     assert learners.intent.n_learned > 1000 and learners.intent.warm()
     # Every pending prediction sits in some user's record, and the running count agrees.
@@ -231,7 +231,6 @@ def _through_table(how, batched=True):
     "kept", records stay objects between batches (as the evaluation replays keep them); "stored",
     stored as bytes after each batch and decoded before the next (as a worker does). ``batched``:
     the online scores of a batch's events computed together (as the pipeline does) or one by one."""
-    import json
 
     p = learning_pipeline(risk_ms=H, churn_ms=2 * H, learners_cls=OneAtATime.make(batched))
     events = simulated(seed=11, users=200, n=8_000)
@@ -256,13 +255,13 @@ def _through_table(how, batched=True):
         if how == "step":
             step = p.step(load({e.user for e in batch}), [(0, e) for e in batch], lambda _p, users: load(users))
             store(step)
-            signals += [(s.task, s.user, json.dumps(s.value, sort_keys=True)) for s in step.signals]
+            signals += [(s.task, s.user, s.to_json()) for s in step.signals]
             continue
         out = p.process(load({e.user for e in batch}), [(0, e) for e in batch])
         store(out)
         scan = p.scan(0, load(p.due_for_scan(0)))
         store(scan)
-        signals += [(s.task, s.user, json.dumps(s.value, sort_keys=True)) for s in out.signals + scan.signals]
+        signals += [(s.task, s.user, s.to_json()) for s in out.signals + scan.signals]
         scores += [c.intent[0] for c in out.candidates if c.intent is not None]  # unrounded
     final = {u: r if how != "kept" else r.to_bytes() for u, r in table.items()}
     return signals, scores, final, p.learners[0].to_bytes()

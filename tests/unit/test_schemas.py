@@ -1,5 +1,6 @@
 """The JSON Schemas in schemas/ agree with the code that reads and writes the topics."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,8 +13,8 @@ from stream.logic.ingest import REASONS, DeadLetter, Pseudonymizer, ingest_one
 from stream.logic.pipeline import Pipeline, PipelineConfig
 from stream.logic.policy import PolicyRule
 from stream.logic.scoring import RuleScorer
+from stream.logic.signals import Signal, Task
 from stream.logic.simulator import ShopperSimulator
-from stream.records import DeadLetterRecord, Signal
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -47,19 +48,26 @@ def test_schema_and_parser_reject_the_same_events(raw):
         parse_event(raw)
 
 
-def test_signals_from_the_pipeline_match_the_schema_and_the_faust_record():
+def test_signals_from_the_pipeline_match_the_schema():
     cfg = PipelineConfig(StateConfig(), PolicyRule(0.5, 0.1, 60_000), PolicyRule(0.6, 0.1, 60_000))
     pipe = Pipeline(cfg, RuleScorer(), clock=lambda: 1)
     pseudonymize = Pseudonymizer(b"schema-test-key-0123456789")
     events = [ingest_one(json.dumps(e).encode(), pseudonymize) for e in ShopperSimulator(seed=1, users=30).take(3000)]
     out = pipe.process({}, [(0, e) for e in events])
-    tasks = {s.task for s in out.signals}
-    assert {"purchase_intent", "latent_needs"} <= tasks
+    assert {s.task for s in out.signals} >= {Task.PURCHASE_INTENT, Task.LATENT_NEEDS}
     v = validator("signal")
     for s in out.signals:
-        v.validate(s.value)
-        Signal(**s.value)
-        assert json.loads(json.dumps(s.value)) == s.value
+        assert isinstance(s, Signal)
+        v.validate(json.loads(s.to_json()))
+
+
+def test_the_signal_type_and_its_schema_name_the_same_fields_and_tasks():
+    schema = json.loads((SCHEMAS / "signal.schema.json").read_text())
+    fields = [f.name for f in dataclasses.fields(Signal)]
+    assert set(fields) == set(schema["properties"])
+    required = {f.name for f in dataclasses.fields(Signal) if f.default is dataclasses.MISSING}
+    assert required == set(schema["required"])
+    assert schema["properties"]["task"]["enum"] == [t.value for t in Task]
 
 
 def test_dead_letters_match_the_schema_and_every_reason_is_listed():
@@ -68,4 +76,3 @@ def test_dead_letters_match_the_schema_and_every_reason_is_listed():
     assert enum == set(REASONS)
     d = DeadLetter("malformed_json", "Expecting value", b"{oops", "shop.events", 2, 41).to_dict()
     v.validate(d)
-    DeadLetterRecord(**d)

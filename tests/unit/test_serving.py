@@ -187,15 +187,15 @@ def test_decide_blends_the_sequence_view_and_names_both_models():
     view = SeqView("seq-000001", frozenset({"intent", "churn"}), 0.99, 0.2, ("c9", "c1"))
     categories_only = SeqView("seq-000001", frozenset(), 0.5, 0.5, ("c9", "c1"))
     p.decide(out, records, [categories_only, None, view])
-    intent = next(s.value for s in out.signals if s.task == "purchase_intent")
+    intent = next(s.to_dict() for s in out.signals if s.task == "purchase_intent")
     assert intent["event_id"] == "e2"
     online = out.candidates[2].intent[0]
     assert intent["score"] == pytest.approx(blend_binary(online, 0.99), abs=1e-6) and intent["score"] >= 0.5
     assert intent["model_versions"] == {"online": "rule-v1", "sequence": "seq-000001"}
     assert any(r["feature"] == "sequence_model" for r in intent["reasons"])
     (idx, head, win), = out.explain
-    assert out.signals[idx].value is intent and head == "intent" and len(win) == 3
-    latent = next(s.value for s in out.signals if s.task == "latent_needs")
+    assert out.signals[idx].to_dict() == intent and head == "intent" and len(win) == 3
+    latent = next(s.to_dict() for s in out.signals if s.task == "latent_needs")
     assert latent["event_id"] == "e0"
     assert [c["category_id"] for c in latent["categories"]][:2] == ["c1", "c9"], "fused: c1 is in both lists"
     assert latent["model_versions"]["sequence"] == "seq-000001"
@@ -215,7 +215,7 @@ def test_latent_is_due_only_outside_the_cooldown_and_views_without_categories_ch
         views = [SeqView("seq-1", frozenset(), 0.5, 0.5, () if drop and not c.latent_due else ("c9", "c3"))
                  for c in out.candidates]  # fmt: skip
         p.decide(out, records, views)
-        runs.append([(s.task, s.value["event_id"], s.value.get("categories")) for s in first.signals + out.signals])
+        runs.append([(s.task, s.event_id, s.categories) for s in first.signals + out.signals])
     assert runs[0] == runs[1] and [e for t, e, _ in runs[0] if t == "latent_needs"] == ["e0", "late"]
 
 
@@ -224,7 +224,7 @@ def test_without_a_sequence_view_the_online_model_serves_alone():
     evs = [Event(f"e{i}", "u", "add_to_cart", T0 + i * 60_000, item_id=f"i{i}") for i in range(4)]
     out = p.apply(records, [(0, e) for e in evs])
     p.decide(out, records, None)
-    (intent,) = [s.value for s in out.signals if s.task == "purchase_intent"]
+    (intent,) = [s.to_dict() for s in out.signals if s.task == "purchase_intent"]
     assert "sequence" not in intent["model_versions"] and out.explain == []
 
 
