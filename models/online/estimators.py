@@ -95,6 +95,24 @@ class AveragedLogisticRegression(base.Classifier):
         p = sigmoid(self.decision_function(x))
         return {False: 1.0 - p, True: p}
 
+    def score_many(self, X: np.ndarray, features: Sequence) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities, per-feature log-odds terms)`` of the rows of ``X`` (n, len(features)),
+        whose columns are the inputs named ``features``: the vector form of :meth:`predict_proba_one`
+        and :meth:`contributions`, with the same clip, products and left-to-right sums, so the
+        same bits. This model keeps its weights by name, so the columns must be named.
+
+        >>> m = AveragedLogisticRegression(lr=0.5)
+        >>> m.learn_one({"a": 1.0, "b": -2.0}, True)
+        >>> p, T = m.score_many(np.array([[1.0, 9.0], [-1.0, 0.5]]), ["a", "b"])
+        >>> p.tolist() == [m.predict_proba_one({"a": a, "b": b})[True] for a, b in ([1.0, 9.0], [-1.0, 0.5])]
+        True
+        """
+        X = _rows(X, len(features))
+        c = self.clip
+        aw = self.avg_weights
+        T = np.array([aw.get(k, 0.0) for k in features]) * np.maximum(np.minimum(X, c), -c)
+        return _probabilities(self.avg_intercept, T), T
+
     @classmethod
     def _unit_test_params(cls):
         yield {}
@@ -116,7 +134,8 @@ class ScaledAveragedLogisticRegression(base.Classifier):
     pipeline's probabilities, weights and terms bit for bit (tested on a long random stream), and a
     pipeline checkpoint converts into it exactly (:meth:`from_pipeline`).
 
-    The array methods (:meth:`terms`, :meth:`learn`) are what the stream calls. ``learn_one`` and
+    The array methods (:meth:`score_many`, :meth:`learn`) are what the stream calls; every score,
+    the dict methods' included, is computed by :meth:`score_many`. ``learn_one`` and
     ``predict_proba_one`` take dicts, as any River classifier: ``features`` is fixed by the
     constructor or by the first dict seen; keys outside it are not read, and a missing one is an
     error (River's scaler would skip it; a fixed vector cannot).
@@ -210,26 +229,32 @@ class ScaledAveragedLogisticRegression(base.Classifier):
         np.minimum(z, c, out=z)
         return np.maximum(z, -c, out=z)
 
-    def terms(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        """``(log-odds, per-feature terms w_i * z_i)`` of the served (averaged) weights."""
-        t = self.avg_weights * self.scaled(x)
-        return self.avg_intercept + sum(t.tolist()), t
-
-    def terms_many(self, X: np.ndarray) -> tuple[list[float], np.ndarray]:
-        """:meth:`terms` of each row of ``X`` (n, features) at once: the same bits row by row
-        (the scaling and the weights are element-wise; each row's terms are summed in order).
+    def score_many(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities, per-feature log-odds terms w_i * z_i)`` of the served (averaged)
+        weights for each row of ``X`` (n, features), a single row being a batch of one: the one
+        scoring computation of this model, so that a batch's scores are the bits each row would
+        get alone (the scaling and the weights are element-wise; each row's terms are summed in
+        order, then the intercept added, as River's ``decision_function`` does).
 
         >>> m = ScaledAveragedLogisticRegression(features=["a", "b"])
         >>> for x, y in (([1.0, 2.0], True), ([3.0, 0.5], False), ([2.0, 1.0], True)):
         ...     m.learn(np.array(x), y)
         >>> X = np.array([[1.5, 0.25], [4.0, 3.0]])
-        >>> lo, T = m.terms_many(X)
-        >>> [(a, t.tolist()) for a, t in zip(lo, T)] == [(a, t.tolist()) for a, t in map(m.terms, X)]
+        >>> p, T = m.score_many(X)
+        >>> p.tolist() == [m.predict_proba_one({"a": a, "b": b})[True] for a, b in X.tolist()]
+        True
+        >>> alone = [m.score_many(x[None]) for x in X]  # each row as a batch of one
+        >>> all(q.tolist() == [p[i]] and (u == T[i]).all() for i, (q, u) in enumerate(alone))
         True
         """
-        T = self.avg_weights * self.scaled(np.asarray(X, np.float64))
-        b = self.avg_intercept
-        return [b + sum(row) for row in T.tolist()], T
+        T = self.avg_weights * self.scaled(_rows(X, len(self.features)))
+        return _probabilities(self.avg_intercept, T), T
+
+    def terms(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """``(log-odds, per-feature terms)`` of one vector ``x``, from :meth:`score_many`'s terms
+        (the log-odds are their ordered sum plus the intercept, as the probability's)."""
+        t = self.score_many(x[None])[1][0]
+        return self.avg_intercept + sum(t.tolist()), t
 
     def learn(self, x: np.ndarray, y: bool) -> None:
         """One example: the scaler learns ``x``, then one SGD step on the rescaled ``x``, then the average."""
@@ -264,11 +289,25 @@ class ScaledAveragedLogisticRegression(base.Classifier):
 
     def contributions(self, x: dict) -> dict:
         """Per-feature log-odds terms, by name (as :meth:`AveragedLogisticRegression.contributions`)."""
-        return dict(zip(self.features, self.terms(self.array(x))[1].tolist(), strict=True))
+        return dict(zip(self.features, self.score_many(self.array(x)[None])[1][0].tolist(), strict=True))
 
     def predict_proba_one(self, x: dict) -> dict:
-        p = sigmoid(self.terms(self.array(x))[0])
+        p = self.score_many(self.array(x)[None])[0].item()
         return {False: 1.0 - p, True: p}
+
+
+def _rows(X: np.ndarray, k: int) -> np.ndarray:
+    """``X`` as float64 rows of ``k`` inputs; a batch must say it is one, so a lone vector is refused."""
+    X = np.asarray(X, np.float64)
+    if X.ndim != 2 or X.shape[1] != k:
+        raise ValueError(f"score_many takes rows of {k} features (shape (n, {k})), got shape {X.shape}")
+    return X
+
+
+def _probabilities(intercept: float, T: np.ndarray) -> np.ndarray:
+    """``sigmoid(intercept + sum of each row of T)``, summed left to right and with :func:`sigmoid`
+    per row as the dict interface does, so that a vector score is the dict score bit for bit."""
+    return np.array([sigmoid(intercept + sum(row)) for row in T.tolist()], dtype=np.float64)
 
 
 __all__ = ["AveragedLogisticRegression", "ScaledAveragedLogisticRegression", "sigmoid"]

@@ -9,9 +9,9 @@ object the stream calls: :meth:`~PartitionLearners.on_event` per applied event,
 partition's watermark has reached.
 
 The order of calls is River's progressive validation with real delays: an event first settles the
-labels it can (``resolve``: ``learn_one`` on the stored snapshots), then it is scored
-(``predict_proba_one`` on the features as of the event) and the prediction is queued with its
-features (``observe``). A prediction is learned from exactly once, and never before it was made.
+labels it can (``resolve``: ``learn_one`` on the stored snapshots), then it is scored on the
+features as of the event (``score_many``, or River's ``predict_proba_one`` for dict models) and the
+prediction is queued with its features (``observe``). A prediction is learned from exactly once, and never before it was made.
 
 **Cold start.** A user with no history before the current event (``recent_events <= 1`` for
 intent: the same rule as the first ``RuleScorer``), or a model that has not yet learned
@@ -64,10 +64,10 @@ from models.events import Event
 from models.features.online import RHYTHM_FEATURES, FeatureView, feature_names, online_values
 from models.features.state import DAY_MS, MINUTE_MS, StateConfig, UserState
 from models.online import labels
-from models.online.estimators import ScaledAveragedLogisticRegression, sigmoid
+from models.online.estimators import ScaledAveragedLogisticRegression
 from models.online.labels import CHURN, INTENT, LabelRule, Pending, UserPending
 from models.online.metrics import ProgressiveMetrics
-from models.online.pipelines import DEFAULT_MODEL, build, linear_contributions, linear_terms
+from models.online.pipelines import DEFAULT_MODEL, build, linear_contributions
 
 Reasons = list[dict]
 
@@ -165,42 +165,58 @@ class LearnerConfig:
         return cls(**{**d, "state": StateConfig(**st)})
 
 
-class Prediction(NamedTuple):
-    p: float
-    reasons: Reasons | Callable[[], Reasons]  # a callable with predict(explain="later")
-    cold: bool
+class Prediction:
+    """One scored prediction: ``p`` (None until :meth:`OnlineLearner.flush` for a batched one),
+    ``reasons`` and ``cold``; it unpacks as ``p, reasons, cold``.
 
-
-def _deferred(reasons: Reasons) -> Callable[[], Reasons]:
-    return lambda: reasons
-
-
-class Later:
-    """A warm vector model's prediction scored together with the others of its batch
-    (``predict(..., batch=True)``): ``p`` is None until :meth:`OnlineLearner.flush` sets it; then
-    it reads like the :class:`Prediction` that ``explain="later"`` gives (``reasons`` is a
-    callable). A prediction queued for its label (``observe``) gets its ``p`` at the same time.
+    The reasons are worked out only when read, from what was kept when the score was computed
+    (the linear model's terms), because the stream scores every event but explains only the few
+    that fire a signal. What ``reasons`` gives follows ``explain`` of :meth:`OnlineLearner.predict`:
+    the list (True), ``[]`` (False), or the zero-argument :meth:`explain` ("later").
+    A prediction queued for its label before it is scored (:meth:`OnlineLearner.observe`) gets its
+    ``p`` and vector at the same time.
     """
 
-    __slots__ = ("p", "_terms", "_snap", "_features", "_learner")
-    cold = False
+    __slots__ = ("p", "cold", "_mode", "_reasons", "_top", "_terms", "_snap")
 
-    def __init__(self, learner: OnlineLearner, features: Mapping[str, float]) -> None:
-        self.p: float | None = None
+    def __init__(
+        self,
+        p: float | None,
+        cold: bool,
+        explain: bool | Literal["later"],
+        reasons: Reasons | None = None,
+        top: Callable[[np.ndarray], Reasons] | None = None,
+    ) -> None:
+        self.p, self.cold, self._mode = p, cold, explain
+        # Either the reasons themselves or ``top``, which makes them from the terms once scored.
+        self._reasons, self._top = reasons, top
         self._terms: np.ndarray | None = None
         self._snap: labels.Snapshot | None = None
-        self._features, self._learner = features, learner
 
-    def reasons(self) -> Reasons:
-        if self._terms is None:
-            raise RuntimeError("a batched prediction was read before its learner's flush()")
-        return self._learner._top_terms(self._features, self._terms)
+    @property
+    def reasons(self) -> Reasons | Callable[[], Reasons]:
+        if self._mode == "later":
+            return self.explain
+        return self.explain() if self._mode else []
 
-    def _set(self, log_odds: float, terms: np.ndarray, x32: np.ndarray) -> None:
-        self.p = sigmoid(log_odds)
-        self._terms = terms
+    def explain(self) -> Reasons:
+        """The reasons for this score, computed on the first call (none if it was made without)."""
+        if self._reasons is None:
+            if self._terms is None:
+                raise RuntimeError("a batched prediction was read before its learner's flush()")
+            self._reasons = self._top(self._terms)  # type: ignore[misc]
+        return self._reasons
+
+    def __iter__(self):
+        return iter((self.p, self.reasons, self.cold))
+
+    def __repr__(self) -> str:
+        return f"Prediction(p={self.p!r}, cold={self.cold!r})"
+
+    def _scored(self, p: float, terms: np.ndarray, x32: np.ndarray) -> None:
+        self.p, self._terms = p, terms
         if self._snap is not None:
-            self._snap.fill(self.p, x32)
+            self._snap.fill(p, x32)
 
 
 class OnlineLearner:
@@ -240,8 +256,8 @@ class OnlineLearner:
         self._mean = np.zeros(len(self.names))
         self._m2 = np.zeros(len(self.names))
         self._is_linear = cfg.model in ("linear", "linear_sgd")
-        # predict(batch=True)'s predictions waiting for flush(), in order: (features vector, Later)
-        self._later: list[tuple[np.ndarray, Later]] = []
+        # predict(batch=True)'s predictions waiting for flush(), in order: (float64 vector, prediction)
+        self._waiting: list[tuple[np.ndarray, Prediction]] = []
 
     # ------------------------------------------------------------------ scoring
     def base_rate(self) -> float:
@@ -260,49 +276,37 @@ class OnlineLearner:
         explain: bool | Literal["later"] = True,
         values: np.ndarray | None = None,
         batch: bool = False,
-    ) -> Prediction | Later:
-        """``(probability, reasons, cold)`` for one user's features (see the module docstring).
+    ) -> Prediction:
+        """The :class:`Prediction` for one user's features (see the module docstring).
 
-        ``explain="later"`` returns the reasons as a zero-argument callable instead of a list: the
-        stream scores every event but explains only the few that fire a signal. The callable
-        gives what ``explain=True`` would have given at the time of the prediction (the linear
-        model's terms are computed with the score; other models' reasons are computed at once).
-        ``values``: the same features as ``online_values``' float64 vector, if the caller has it.
+        ``explain`` sets what its ``reasons`` gives: the list (True), ``[]`` (False), or a
+        zero-argument callable ("later", what the stream asks for); each gives what the model said
+        when it made the score. ``values``: the same features as ``online_values``' float64 vector,
+        if the caller has it.
 
-        ``batch=True``: a warm vector model returns a :class:`Later` (its reasons a callable,
-        whatever ``explain`` says) whose score :meth:`flush` computes, for all the batch's
-        predictions at once, with the same bits; the learner flushes by itself before it learns
-        anything, so every prediction is scored by the model as it was when it was made. Cold
-        predictions and other models answer at once, as without it."""
+        ``batch=True``: a warm vector model leaves the score to :meth:`flush`, which scores the
+        batch's predictions together with the same bits; the learner flushes by itself before it
+        learns anything, so every prediction is scored by the model as it was when it was made.
+        Cold predictions and River's dict models are scored at once, as without it."""
         if features.get("recent_events", 0.0) < self.cfg.min_history or not self.warm():  # type: ignore[operator]
             why = "no history before this event" if self.warm() else "model still warming up"
             reasons = [{"feature": "cold_start", "value": 1.0, "contribution": 0.0,
                         "text": f"population prior ({why})"}] if explain else []  # fmt: skip
-            return Prediction(self.base_rate(), _deferred(reasons) if explain == "later" else reasons, True)
-        if self._fused and batch:
-            later = Later(self, features)
-            self._later.append((self._vector(features, values, np.float64), later))
-            return later
-        if self._fused:  # the default model: score and reasons from one pass over the vector
-            log_odds, t = self.model.terms(self._vector(features, values, np.float64))
-            p = sigmoid(log_odds)
-            if explain == "later":
-                return Prediction(p, functools.partial(self._top_terms, features, t), False)
-            return Prediction(p, self._top_terms(features, t) if explain else [], False)
-        if self._subset:
-            features = {n: features[n] for n in self.names}
-        elif not isinstance(features, dict):  # a FeatureView: River's models take dicts
-            features = dict(features)
-        terms = linear_terms(self.model, features) if self._is_linear else None
-        if terms is not None:  # the default model: score and reasons from one pass over x
-            log_odds, contrib = terms
-            p = sigmoid(log_odds)
-            if explain == "later":
-                return Prediction(p, functools.partial(self._top, features, contrib, "log-odds"), False)
-            return Prediction(p, self._top(features, contrib, "log-odds") if explain else [], False)
-        p = float(self.model.predict_proba_one(features).get(True, 0.0))
-        reasons = self._reasons(features, p) if explain else []
-        return Prediction(p, _deferred(reasons) if explain == "later" else reasons, False)
+            return Prediction(self.base_rate(), True, explain, reasons)
+        if self._fused:  # the default model: score and terms from score_many, now or at flush()
+            top = functools.partial(self._top_terms, features) if explain else None
+            pred = Prediction(None, False, explain, None if explain else [], top)
+            waiting = (self._vector(features, values, np.float64), pred)
+            if batch:
+                self._waiting.append(waiting)
+            else:
+                self._score([waiting])
+            return pred
+        # River's dict models: reasons now, as the model (and, for trees, the running means the
+        # attribution reads) will have moved on by the time they are read.
+        x = {n: features[n] for n in self.names}
+        p = float(self.model.predict_proba_one(x).get(True, 0.0))
+        return Prediction(p, False, explain, self._reasons(x, p) if explain else [])
 
     def _reasons(self, x: dict[str, float], p: float) -> Reasons:
         contrib = linear_contributions(self.model, x) if self._is_linear else None
@@ -322,19 +326,21 @@ class OnlineLearner:
         return self._top(x, contrib, unit)
 
     def flush(self) -> int:
-        """Score the predictions ``predict(..., batch=True)`` left waiting, all in one pass over
-        their stacked vectors (:meth:`ScaledAveragedLogisticRegression.terms_many`); returns
-        how many. The batch's owner calls it before it reads their scores."""
-        waiting = self._later
-        if not waiting:
-            return 0
-        self._later = []
-        x = np.stack([v for v, _ in waiting])
-        log_odds, terms = self.model.terms_many(x)
-        x32 = x.astype(np.float32)  # the queued snapshots' vectors, as _vector() gives them
-        for (_v, later), lo, t, v32 in zip(waiting, log_odds, terms, x32, strict=True):
-            later._set(lo, t, v32)
+        """Score the predictions ``predict(..., batch=True)`` left waiting, all in one
+        :meth:`~models.online.estimators.ScaledAveragedLogisticRegression.score_many` call;
+        returns how many. The batch's owner calls it before it reads their scores."""
+        waiting, self._waiting = self._waiting, []
+        if waiting:
+            self._score(waiting)
         return len(waiting)
+
+    def _score(self, waiting: list[tuple[np.ndarray, Prediction]]) -> None:
+        """Score ``(float64 vector, prediction)`` pairs with the vector model, in one pass."""
+        X = np.stack([v for v, _ in waiting])
+        p, terms = self.model.score_many(X)
+        X32 = X.astype(np.float32)  # the queued snapshots' vectors, as _vector() gives them
+        for (_v, pred), pi, t, x32 in zip(waiting, p.tolist(), terms, X32, strict=True):
+            pred._scored(pi, t, x32)
 
     def _top_terms(self, x: Mapping[str, float], terms: np.ndarray) -> Reasons:
         return self._top(x, dict(zip(self.names, terms.tolist(), strict=True)), "log-odds")
@@ -359,11 +365,11 @@ class OnlineLearner:
         pending: Pending,
         event: Event,
         features: Mapping[str, float],
-        p: float | Later,
+        p: float | Prediction,
         values: np.ndarray | None = None,
     ) -> bool:
         """Queue the prediction ``p`` made for ``event`` from ``features`` until its label is known
-        (a :class:`Later` not scored yet: the queued snapshot gets its score when it is).
+        (a :class:`Prediction` not scored yet: the queued snapshot gets its score when it is).
 
         Intent predictions are queued for non-purchase events only (the product's definition);
         churn predictions for events at least ``min_gap_ms`` after the user's newest queued one
@@ -371,7 +377,7 @@ class OnlineLearner:
         """
         if not self.wants(pending, event):
             return False
-        if isinstance(p, Later):
+        if isinstance(p, Prediction):
             if p.p is None:
                 # Its score and vector are filled in by flush(), before anything reads or stores it.
                 p._snap = snap = labels.Snapshot.waiting(int(event.ts), len(self.names))
@@ -543,8 +549,8 @@ class Scores(NamedTuple):
     for purchases; churn is None unless it was queued for a label, and has no reasons), how many
     labels the event settled, and the features both were read from."""
 
-    intent: Prediction | Later | None
-    churn: Prediction | Later | None
+    intent: Prediction | None
+    churn: Prediction | None
     learned: int
     features: Mapping[str, float]
 
@@ -588,22 +594,22 @@ class PartitionLearners:
         """Per *applied* event (after ``apply_event``): learn what the event settles, score it, queue
         the predictions. ``pending`` is updated in place; store it back with the user's record.
         ``explain`` adds reasons to the intent prediction (``"later"``: as a callable, see
-        :meth:`OnlineLearner.predict`). ``batch=True``: the scores of warm models may be
-        :class:`Later`, set by :meth:`flush`, which the caller runs once its batch's events are all
-        applied, before it reads a score or stores a record."""
+        :meth:`OnlineLearner.predict`). ``batch=True``: the scores of warm models may be None until
+        :meth:`flush`, which the caller runs once its batch's events are all applied, before it
+        reads a score or stores a record."""
         learned = self.intent.resolve(pending.intent, event) + self.churn.resolve(pending.churn, event)
         f, v = self._features(state, event.ts)
         intent = None
         if event.type != "purchase":
             intent = self.intent.predict(f, explain=explain, values=v, batch=batch)
-            self.intent.observe(pending.intent, event, f, intent if isinstance(intent, Later) else intent.p, v)
+            self.intent.observe(pending.intent, event, f, intent, v)
         # Churn signals come from the watermark scan (on_watermark, explained there); the score at
         # an event is only queued for its label, so it is computed only when it will be queued,
         # and never explained here.
         churn = None
         if self.churn.wants(pending.churn, event):
             churn = self.churn.predict(f, explain=False, values=v, batch=batch)
-            self.churn.observe(pending.churn, event, f, churn if isinstance(churn, Later) else churn.p, v)
+            self.churn.observe(pending.churn, event, f, churn, v)
         return Scores(intent, churn, learned, f)
 
     def flush(self) -> int:

@@ -3,6 +3,7 @@ restart in the middle, the pending bound, cold start, reasons, checkpoints and m
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections import Counter
@@ -95,6 +96,56 @@ def fresh(**kw) -> PartitionLearners:
 @pytest.mark.parametrize("params", list(AveragedLogisticRegression._unit_test_params()))
 def test_custom_estimator_passes_rivers_estimator_checks(params) -> None:
     checks.check_estimator(AveragedLogisticRegression(**params))
+
+
+def _contract_stream(rng: np.random.Generator, n: int) -> list[dict]:
+    """Rows with wild scales, a constant (zero-variance) input and outliers past the clip."""
+    return [
+        {"a": float(rng.normal()), "b": float(rng.normal() * 1e-3 + 5), "const": 2.0,
+         "big": float(rng.lognormal(3, 2)), "rare": float(rng.random() < 0.05) * 50.0}  # fmt: skip
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("estimator", ["AveragedLogisticRegression", "ScaledAveragedLogisticRegression"])
+def test_score_many_is_rivers_predict_proba_one_and_its_terms_add_up_to_the_log_odds(estimator) -> None:
+    """The vector scoring of each estimator against River's dict interface on random rows, to the
+    bit: the probabilities are ``predict_proba_one``'s (for the fused model: River's
+    ``StandardScaler | AveragedLogisticRegression`` pipeline's), the terms plus the intercept are
+    the log-odds, and a row scores the same alone as in a batch."""
+    rng = np.random.default_rng(11)
+    names = ["a", "b", "const", "big", "rare"]
+    if estimator == "AveragedLogisticRegression":
+        model = ref = AveragedLogisticRegression(lr=0.05, window=200)
+        score_many = functools.partial(model.score_many, features=names)
+        inputs = dict  # the weights read the inputs as they are (unscaled)
+    else:
+        model = ScaledAveragedLogisticRegression(window=200, features=names)
+        ref = river_pipeline()
+        ref["lr"].window = 200
+        score_many = model.score_many
+        inputs = ref["scale"].transform_one
+    for rows in (_contract_stream(rng, 400), _contract_stream(rng, 400)):
+        X = np.array([[x[n] for n in names] for x in rows])
+        p, T = score_many(X)
+        assert p.shape == (len(rows),) and T.shape == X.shape
+        lr = ref if ref is model else ref["lr"]
+        for x, pi, t in zip(rows, p.tolist(), T, strict=True):
+            assert pi == ref.predict_proba_one(x)[True]
+            z = inputs(x)
+            assert t.tolist() == list(lr.contributions(z).values())
+            log_odds = model.avg_intercept + sum(t.tolist())
+            assert log_odds == lr.decision_function(z)
+            assert math.log(pi / (1 - pi)) == pytest.approx(log_odds, rel=1e-9, abs=1e-9)
+        one_p, one_t = score_many(X[7:8])  # a single row is a batch of one
+        assert one_p.tolist() == [p[7]] and one_t[0].tolist() == T[7].tolist()
+        for x, y in zip(rows, (rng.random(len(rows)) < 0.3).tolist(), strict=True):
+            ref.learn_one(x, y)
+            if model is not ref:
+                model.learn_one(x, y)
+    assert 0 < model.n and len(set(p.tolist())) > 100  # a model that learned, scoring varied rows
+    with pytest.raises(ValueError, match="rows of 5"):
+        score_many(X[0])  # a lone vector is not a batch
 
 
 def test_averaged_logistic_regression_learns_a_separable_signal_and_is_deterministic() -> None:
