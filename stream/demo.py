@@ -42,8 +42,8 @@ DEMO_ENV = {
 BAD_EVERY = 400  # one malformed event in this many shows the dead-letter path at work
 TRAIN_AFTER_S = 40.0  # simulated traffic before the background training run starts
 # A short run: its churn head is trained for the demo's churn horizon so that it is blended too.
-# One torch thread: the broker, the worker and the simulator keep both cores busy, and two
-# threads then trained at 618 events/s against 5,522 with one (`make demo`, 2026-11-23).
+# One torch thread: the broker, the worker and the simulator keep both cores busy, and a second
+# torch thread then slowed training several-fold instead of speeding it up.
 TRAIN_ARGS = ["--from-topic", "--days", "30", "--device", "cpu", "--threads", "1", "--max-seconds", "30",
               "--set", "max_epochs=3", "--set", f"churn_ms={12 * HOUR_MS}"]  # fmt: skip
 

@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(1000, ge=1, le=100_000)
     batch_wait_ms: int = Field(
         20, ge=1, le=60_000,
-        description="longest wait to fill a batch; 20 ms halved p50 latency at 100 and 1,200 events/s vs 50 (docs/BENCHMARKS.md)",
+        description="longest wait to fill a batch: longer waits make bigger, cheaper batches and add latency",
     )  # fmt: skip
     batch_linger_ms: int = Field(
         40, ge=0, le=10_000,

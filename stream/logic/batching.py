@@ -1,10 +1,10 @@
 """When the ingest processes what it fetched: at once, or after letting the batch grow a little.
 
-Every batch has fixed costs besides its per-event work: one sequence-model call (about 1-3 ms on
-this machine even for a handful of windows), one explanation call, a produce request per output
-topic and partition, the scans. A worker handed each fetch as it comes gets small batches at a
-moderate load, and those fixed costs then take most of its CPU: at 2,000 events/s it spent 400-500
-us per event against about 230 us in a backlog, was 80-97% busy, and queued (docs/BENCHMARKS.md).
+Every batch has fixed costs besides its per-event work: one sequence-model call (milliseconds even
+for a handful of windows), one explanation call, a produce request per output topic and partition,
+the scans. A worker handed each fetch as it comes gets small batches at a moderate load, and those
+fixed costs then take most of its CPU, enough to fall behind at loads it handles easily in a
+backlog (docs/BENCHMARKS.md).
 
 :class:`Linger` holds fetched records until the oldest of them is ``linger_ms`` old (by its Kafka
 timestamp, or by when it was fetched if that is earlier: a producer clock ahead of ours must not

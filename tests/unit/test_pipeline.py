@@ -304,7 +304,7 @@ def test_a_batch_that_fails_midway_leaves_no_online_score_waiting():
     for i in range(0, 7_000, 500):  # with the churn scans, whose watermarks settle the labels
         run(p, records, events[i : i + 500])
         records.update(p.scan(0, {u: records.get(u) for u in p.due_for_scan(0)}).records)
-    assert p.learners[0].intent.warm()  # so its scores are batched (Later) from here on
+    assert p.learners[0].intent.warm()  # so its scores are batched from here on
     good = events[7_000:7_400]
     bad = Event("bad", good[0].user, "teleport", good[-1].ts)  # an unknown type: apply_event raises
     with pytest.raises(KeyError):
