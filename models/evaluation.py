@@ -1,12 +1,11 @@
 """Offline evaluation of the product's three tasks through the stream's own code path.
 
-Everything a worker does per event is replayed here in event-time order, with nothing added:
-``apply_event`` builds the per-user :class:`~models.features.state.UserState`,
-:func:`~models.features.online.online_features` reads the online features from it,
-:class:`~models.online.learner.PartitionLearners` scores, queues and learns with delayed labels
-(the watermark, largest event time minus the allowed lateness, settles expired labels), and the
-sequence model reads ``state.recent``, the ring the stream keeps. So the figures are what the
-served scores would have been, not what a re-implementation of the features would give.
+Every event is replayed in event-time order through the worker's own pipeline step (a
+:class:`Replay`, handed in by ``intentstream evaluate``: ``stream.logic.replay``), with nothing
+added: the per-user state, the online features, the online models scoring, queueing and learning
+with delayed labels (the watermark settles expired labels), the signal policy, and the sequence
+model reading ``state.recent``, the ring the stream keeps. So the figures are what the served
+scores would have been, not what a re-implementation of the stream would give.
 
 Protocol (:func:`evaluate`):
 
@@ -26,8 +25,10 @@ Models compared on exactly the same rows:
 baseline    intent: ``log1p_purchase_total`` (how much the user has bought so far; ties broken by
             items in the cart); churn: days since the last purchase (recency); latent: the user's
             own 10 most frequent categories so far (exact counts).
-online      intent/churn: the River learner's probability (``PartitionLearners``); latent: the
-            state's decayed category affinity (``state.categories``, at most ``top_k_categories``).
+online      intent: the online score the worker serves at the event (the River learner's probability
+            once warm, the rule before); churn: the River learner's probability at the cut-off
+            (``PartitionLearners``); latent: the state's decayed category affinity
+            (``state.categories``, at most ``top_k_categories``).
 sequence    the GRU on ``state.recent``: ``p_intent``, ``p_churn`` (trained with
             ``churn_ms`` = the churn horizon) or the top-10 category buckets.
 blend       intent/churn: the mean of the online and sequence logits (a fixed rule: nothing is
@@ -39,31 +40,21 @@ Category hits of the sequence model (and the blend) are counted on hash buckets 
 predicts buckets; two categories share a bucket with probability ~1e-4); the baseline and the
 online list are compared by category id.
 
-This module does not import ``stream/``; the ``intentstream evaluate`` command is a thin wrapper.
+This module does not import ``stream/``; the ``intentstream evaluate`` command hands it the replay.
 Plots need matplotlib (the ``eval`` extra); without it the report is still written.
-
->>> from models.events import Event
->>> evs = [Event(f"e{i}", "u", "add_to_cart" if i % 3 else "click", 1_700_000_000_000 + i * 60_000,
-...              item_id=str(i % 4), category_id=f"c{i % 2}") for i in range(40)]
->>> rep = StreamReplay(StateConfig())
->>> [rep.event(e)[0] for e in evs[:2]]
-['applied', 'applied']
->>> rep.states["u"].totals
-[1, 0, 1, 0]
 """
 
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import json
 import math
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -73,12 +64,13 @@ from models.datasets.tasks import DAY_MS, MINUTE_MS
 from models.events import Event
 from models.features.hashing import stable_hash
 from models.features.online import online_features
-from models.features.state import APPLIED, StateConfig, UserState, apply_event
-from models.online.learner import PartitionLearners, Scores, UserPending
+from models.features.state import APPLIED, StateConfig, UserState
+from models.online.learner import PartitionLearners
 from models.sequence.config import SeqConfig
 from models.sequence.data import hash_bucket
 
 TASKS = ("intent", "churn", "latent")
+TEST_PART = 1  # the input partition the test part is replayed as (see Replay.event)
 MODELS = ("baseline", "online", "sequence", "blend")
 
 
@@ -106,64 +98,25 @@ class EvalConfig:
 
 
 # ---------------------------------------------------------------------------------------- replay
-class StreamReplay:
-    """One partition's stream processing over events given in event-time order.
+class Replay(Protocol):
+    """The stream's processing of one partition, one event at a time, in event-time order: the
+    worker's own pipeline step (``stream.logic.replay.PipelineReplay``; this package does not
+    import ``stream/``, so the caller hands it in)."""
 
-    ``event(ev)`` does what a worker does for one event: apply it to the user's state and, when
-    learners are given, let them settle labels, score and queue (``on_event``); then the watermark
-    advances to ``ev.ts - allowed_lateness`` and every user whose next label or churn scan is due
-    by then gets ``on_watermark``. Due times live in a heap with lazy re-checks (a user who acted
-    since an entry was pushed may no longer be due).
-    """
+    states: Mapping[str, UserState]
 
-    def __init__(self, cfg: StateConfig, learners: PartitionLearners | None = None) -> None:
-        self.cfg = cfg
-        self.learners = learners
-        self.states: dict[str, UserState] = {}
-        self.pending: dict[str, UserPending] = {}
-        self._due: list[tuple[int, str]] = []
-        self.watermark = -(2**62)
-
-    def event(self, ev: Event) -> tuple[str, UserState, Scores | None]:
-        st = self.states.get(ev.user)
-        if st is None:
-            st = self.states[ev.user] = UserState.new(self.cfg)
-        status = apply_event(st, ev, self.cfg)
-        scores = None
-        if status == APPLIED and self.learners is not None:
-            up = self.pending.get(ev.user)
-            if up is None:
-                up = self.pending[ev.user] = UserPending()
-            scores = self.learners.on_event(up, st, ev, explain=False)
-            self._schedule(ev.user)
-        self.advance(ev.ts - self.cfg.allowed_lateness_ms)
-        return status, st, scores
-
-    def _schedule(self, user: str) -> None:
-        assert self.learners is not None
-        due = self.learners.next_due(self.pending[user], self.states[user], self.watermark)
-        if due is not None:
-            heapq.heappush(self._due, (due, user))
+    def event(self, ev: Event, part: int = 0) -> tuple[str, UserState, float | None]:
+        """Apply ``ev`` as an event of input partition ``part``: its status, the user's state after
+        it, the online score served at it. Train and test are replayed as two partitions, each with
+        its own watermark: test events may span the same time as the train events (a split by
+        user), and the train part's watermark would close every test label at once."""
 
     def advance(self, watermark: int) -> None:
-        """Move the watermark forward (never back) and run the due watermark callbacks."""
-        if watermark <= self.watermark:
-            return
-        self.watermark = watermark
-        if self.learners is None:
-            return
-        while self._due and self._due[0][0] <= watermark:
-            due, user = heapq.heappop(self._due)
-            up, st = self.pending[user], self.states[user]
-            real = self.learners.next_due(up, st, watermark)
-            if real is None:
-                continue
-            if real > watermark:  # stale entry: the user acted since; keep the real due time
-                if real != due:
-                    heapq.heappush(self._due, (real, user))
-                continue
-            self.learners.on_watermark(up, st, watermark, explain=False)
-            self._schedule(user)
+        """Move the watermark to ``watermark`` and settle what is due by then."""
+
+
+# (state config, the online models or None, the churn horizon) -> a fresh replay
+ReplayFactory = Callable[[StateConfig, "PartitionLearners | None", int], Replay]
 
 
 # ---------------------------------------------------------------------------------------- splits
@@ -263,25 +216,26 @@ def _sorted(events: Sequence[Event]) -> list[Event]:
     return sorted(events, key=lambda e: e.ts)
 
 
-def _eval_intent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Path) -> tuple[dict, dict]:
+def _eval_intent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Path,
+                 make: ReplayFactory) -> tuple[dict, dict]:  # fmt: skip
     learners = PartitionLearners.new(cfg.state, intent_horizon_ms=cfg.horizon_ms,
                                      **({"intent_model": cfg.online_model} if cfg.online_model else {}))  # fmt: skip
-    replay = StreamReplay(cfg.state, learners)
+    replay = make(cfg.state, learners, cfg.horizon_ms)
     for ev in train:
         replay.event(ev)
     labels = dict(tasks.intent_labels(test, cfg.horizon_ms, end_ts=test[-1].ts))
     y, online, base, windows = [], [], [], []
     skipped = 0
     for i, ev in enumerate(test):
-        status, st, scores = replay.event(ev)
+        status, st, score = replay.event(ev, TEST_PART)
         if i not in labels:
             continue
-        if status != APPLIED or scores is None or scores.intent is None:
+        if status != APPLIED or score is None:
             skipped += 1  # a duplicate or too-late event: the stream would not score it either
             continue
         f = online_features(st, ev.ts, cfg.state)
         y.append(labels[i])
-        online.append(scores.intent.p)
+        online.append(score)
         base.append(f["log1p_purchase_total"] + 1e-3 * f["cart_items"])
         windows.append(st.recent)
     scorer, seq_summary = _train_sequence(train, cfg, out)
@@ -299,7 +253,7 @@ def _eval_intent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pa
     return report, {"y": yv, "scores": scores_by_model, "probabilistic": ("online", "sequence", "blend")}
 
 
-def _eval_churn(train: list[Event], test: list[Event], cfg: EvalConfig, out: Path,
+def _eval_churn(train: list[Event], test: list[Event], cfg: EvalConfig, out: Path, make: ReplayFactory,
                 data_end_ms: int) -> tuple[dict, dict]:  # fmt: skip
     # Churn is one cut-off over one history: train and test are the same users split by time.
     events = _sorted({e.event_id: e for e in [*train, *test]}.values())
@@ -312,7 +266,7 @@ def _eval_churn(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pat
         raise ValueError("no events at or before the cut-off")
     learners = PartitionLearners.new(cfg.state, churn_horizon_ms=H,
                                      **({"churn_model": cfg.online_model} if cfg.online_model else {}))  # fmt: skip
-    replay = StreamReplay(cfg.state, learners)
+    replay = make(cfg.state, learners, H)
     for ev in before:
         replay.event(ev)
     replay.advance(cutoff)  # the partition's watermark has reached the cut-off
@@ -345,8 +299,9 @@ def _rrf(lists: Sequence[Sequence[Any]], k: int) -> list[Any]:
     return [item for item, _ in rrf(lists, k)]
 
 
-def _eval_latent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Path) -> tuple[dict, dict]:
-    replay = StreamReplay(cfg.state)  # no online learner: the state's affinity is the online list
+def _eval_latent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Path,
+                 make: ReplayFactory) -> tuple[dict, dict]:  # fmt: skip
+    replay = make(cfg.state, None, 30 * DAY_MS)  # no online learner: the state's affinity is the online list
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for ev in train:
         if replay.event(ev)[0] == APPLIED and ev.category_id:
@@ -360,7 +315,7 @@ def _eval_latent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pa
     tgt, base, online, windows = [], [], [], []
     skipped = 0
     for i, ev in enumerate(test):
-        status, st, _ = replay.event(ev)
+        status, st, _ = replay.event(ev, TEST_PART)
         if status == APPLIED and ev.category_id:
             counts[ev.user][ev.category_id] += 1
         if i not in targets:
@@ -405,11 +360,12 @@ def evaluate(
     cfg: EvalConfig,
     out_dir: str | Path,
     *,
+    replay: ReplayFactory,
     data_end_ms: int | None = None,
     meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run one task (see the module docstring), write ``report.json`` and the plots to
-    ``out_dir``, and return the report. ``data_end_ms`` is the end of the data (churn; defaults to
+    """Run one task (see the module docstring) through ``replay`` (the stream's step, see
+    :class:`Replay`), write ``report.json`` and the plots to ``out_dir``, and return the report. ``data_end_ms`` is the end of the data (churn; defaults to
     the last event time); ``meta`` is copied into the report (command line, split description)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -419,12 +375,12 @@ def evaluate(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         if cfg.task == "intent":
-            body, curves = _eval_intent(train_s, test_s, cfg, Path(tmp))
+            body, curves = _eval_intent(train_s, test_s, cfg, Path(tmp), replay)
         elif cfg.task == "latent":
-            body, curves = _eval_latent(train_s, test_s, cfg, Path(tmp))
+            body, curves = _eval_latent(train_s, test_s, cfg, Path(tmp), replay)
         else:
             end = data_end_ms if data_end_ms is not None else max(e.ts for e in [*train_s, *test_s])
-            body, curves = _eval_churn(train_s, test_s, cfg, Path(tmp), end)
+            body, curves = _eval_churn(train_s, test_s, cfg, Path(tmp), replay, end)
     report: dict[str, Any] = {
         "task": cfg.task,
         **(meta or {}),
@@ -544,4 +500,4 @@ def _plots(task: str, curves: dict, out: Path) -> list[str]:
     return written
 
 
-__all__ = ["EvalConfig", "StreamReplay", "TASKS", "binary_metrics", "evaluate", "split_by_user"]
+__all__ = ["EvalConfig", "Replay", "ReplayFactory", "TASKS", "binary_metrics", "evaluate", "split_by_user"]

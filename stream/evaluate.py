@@ -1,5 +1,6 @@
 """``intentstream evaluate``: the argument parsing and data loading around
-:func:`models.evaluation.evaluate` (which holds the protocol; see docs/EVALUATION.md).
+:func:`models.evaluation.evaluate` (which holds the protocol; see docs/EVALUATION.md), to which it
+hands the worker's own pipeline step as the replay (:mod:`stream.logic.replay`).
 
 How the train and test parts are formed:
 
@@ -116,4 +117,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "split": split,
         "files": {"train": [str(p) for p in args.train], "test": [str(p) for p in args.test or []]},
     }
-    return evaluate(train, test, cfg, args.out, data_end_ms=data_end, meta=meta)
+    return evaluate(train, test, cfg, args.out, replay=replay_factory, data_end_ms=data_end, meta=meta)
+
+
+def replay_factory(state: Any, learners: Any, churn_after_ms: int) -> Any:
+    """The worker's pipeline step as the evaluation's replay (``models.evaluation.Replay``)."""
+    from stream.logic.replay import PipelineReplay
+
+    return PipelineReplay(state, learners, churn_after_ms=churn_after_ms)

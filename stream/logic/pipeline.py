@@ -162,6 +162,7 @@ class StepResult:
     rejected: list[Rejected] = field(default_factory=list)
     applied: int = 0
     counts_by_type: dict[str, int] = field(default_factory=dict)
+    candidates: list[Candidate] = field(default_factory=list)  # each applied event's scores, in order
 
 
 class SequenceModel(Protocol):
@@ -245,6 +246,7 @@ class Pipeline:
         partitions = {p: None for p, _ev in events}
         _merge(out, result, {c.event.user: c.partition for c in result.candidates})
         out.rejected, out.applied, out.counts_by_type = result.rejected, result.applied, result.counts_by_type
+        out.candidates = result.candidates
         for partition in partitions:
             due = self.due_for_scan(partition, scan_limit)
             if not due:
@@ -290,7 +292,7 @@ class Pipeline:
         cfg = self.cfg
         cands = out.candidates
         touched: dict[str, int] = {}
-        later: list[int] = []  # candidates whose online score is a Later until the flush below
+        later: list[int] = []  # candidates whose online score waits for the flush below
         try:
             for partition, ev in events:
                 rec = records.get(ev.user)
@@ -320,7 +322,7 @@ class Pipeline:
                 if ev.type != "purchase":
                     learned = scores.intent if scores is not None else None
                     if learned is not None and pl is not None and pl.intent.warm():
-                        if learned.p is None:  # a Later: scored with the batch's others below
+                        if learned.p is None:  # batched: scored with the batch's others below
                             later.append(len(cands))
                         p = learned if learned.p is None else learned.p
                         intent = (

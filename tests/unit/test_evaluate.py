@@ -8,11 +8,13 @@ import random
 import pytest
 
 from models.datasets import tasks
-from models.evaluation import EvalConfig, StreamReplay, evaluate, split_by_user
+from models.evaluation import EvalConfig, evaluate, split_by_user
 from models.events import Event
 from models.features.state import StateConfig
 from models.sequence.config import SeqConfig
 from stream.cli import build_parser
+from stream.evaluate import replay_factory
+from stream.logic.replay import PipelineReplay
 
 T0 = 1_700_000_000_000
 MIN = 60_000
@@ -47,7 +49,7 @@ def test_replay_advances_the_watermark_and_learns_with_delay():
     from models.online.learner import PartitionLearners
 
     learners = PartitionLearners.new(StateConfig())
-    rep = StreamReplay(StateConfig(), learners)
+    rep = PipelineReplay(StateConfig(), learners)
     for ev in shoppers(4):
         rep.event(ev)
     # Everything older than the horizon before the last event has been learned, nothing later.
@@ -59,7 +61,7 @@ def test_intent_report_is_well_formed_and_excludes_labels_past_the_end(tmp_path)
     events = shoppers(12)
     train, test = split_by_user(events, 0.25)
     assert train and test and not ({e.user for e in train} & {e.user for e in test})
-    rep = evaluate(train, test, EvalConfig("intent", seq=TINY), tmp_path)
+    rep = evaluate(train, test, EvalConfig("intent", seq=TINY), tmp_path, replay=replay_factory)
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["models"] == rep["models"]
     assert set(rep["models"]) == {"baseline", "online", "sequence", "blend"}
@@ -83,7 +85,7 @@ def test_intent_report_is_well_formed_and_excludes_labels_past_the_end(tmp_path)
 def test_latent_report_has_ranking_metrics_for_every_target(tmp_path):
     events = shoppers(12, seed=1)
     train, test = split_by_user(events, 0.25)
-    rep = evaluate(train, test, EvalConfig("latent", seq=TINY), tmp_path)
+    rep = evaluate(train, test, EvalConfig("latent", seq=TINY), tmp_path, replay=replay_factory)
     n_targets = len(tasks.next_category_targets(sorted(test, key=lambda e: e.ts)))
     assert rep["targets"] == n_targets
     for m in rep["models"].values():
@@ -107,7 +109,7 @@ def test_churn_at_a_cutoff_labels_every_customer_seen_and_refuses_a_short_horizo
     events.sort(key=lambda e: e.ts)
     end = max(e.ts for e in events)
     cfg = EvalConfig("churn", horizon_ms=60 * DAY, seq=TINY)
-    rep = evaluate(events, [], cfg, tmp_path, data_end_ms=end)
+    rep = evaluate(events, [], cfg, tmp_path, replay=replay_factory, data_end_ms=end)
     cutoff = end - 60 * DAY
     truth = tasks.churn_labels(events, cutoff, 60 * DAY)
     assert rep["cutoff_ms"] == cutoff and rep["customers_at_cutoff"] == len(truth)
@@ -115,7 +117,7 @@ def test_churn_at_a_cutoff_labels_every_customer_seen_and_refuses_a_short_horizo
     # Recency separates the one-off buyers from the regulars.
     assert rep["models"]["baseline"]["roc_auc"] > 0.8
     with pytest.raises(ValueError, match="past the end"):
-        evaluate(events, [], EvalConfig("churn", horizon_ms=60 * DAY, cutoff_ms=end - DAY, seq=TINY), tmp_path / "x",
+        evaluate(events, [], EvalConfig("churn", horizon_ms=60 * DAY, cutoff_ms=end - DAY, seq=TINY), tmp_path / "x", replay=replay_factory,
                  data_end_ms=end)  # fmt: skip
 
 
