@@ -73,22 +73,40 @@ def test_store_ahead_of_changelog_is_rebuilt_after_a_crash(broker, system):
 
     Faust writes RocksDB at once and the changelog through the producer. The broker is frozen
     (SIGSTOP) while the worker still has fetched events to process: it applies them to its store,
-    but none of their changelog records, signals or offset commits can leave. Then the worker is
+    but none of their changelog records or offset commits can leave. Then the worker is
     SIGKILLed, the broker thawed, and the worker restarted on the same data directory. Its input
     is replayed from the last commit; if it reopened its store, those events would be dropped as
-    duplicates of what the store holds, their signals never sent and the changelog left behind
-    (``stream/local_state.py``). The outcome must equal a clean run.
+    duplicates of what the store holds and the changelog left behind (``stream/local_state.py``).
+    The outcome must equal a clean run.
+
+    A batch that emits signals waits for their acknowledgement before it writes its state, so the
+    window is open for batches without signals only. So the events after the first 3,000 are
+    those of users already seen, and the policy emits nothing for them: latent needs once per user
+    (a cooldown longer than the run), purchase intent above 0.9999 only. They are produced while the
+    worker is paused, and it works through them in small batches, so that the broker freezes while
+    the worker has a backlog.
     """
     import os
     import signal
 
     settings, new_worker = system
-    events = rel.simulated(20_000, seed=rel.SEED + 3)
-    store = {"INTENTSTREAM_STORE": "rocksdb://"}
+    quiet = {"cooldown_ms": 30 * 86_400_000, "intent_threshold": 0.9999}
+    settings = settings.model_copy(update=quiet)
+    events = rel.simulated(40_000, seed=rel.SEED + 3)
+    head, seen = events[:3_000], {e["user_id"] for e in events[:3_000]}
+    events = head + [e for e in events[3_000:] if e["user_id"] in seen]
+    store = {"INTENTSTREAM_STORE": "rocksdb://", "INTENTSTREAM_BATCH_SIZE": "50",
+             **{f"INTENTSTREAM_{k.upper()}": str(v) for k, v in quiet.items()}}  # fmt: skip
     w = new_worker(**store)
     w.start()
-    rel.produce_events(settings.kafka_bootstrap_servers, settings.events_topic, events)
+    rel.produce_events(settings.kafka_bootstrap_servers, settings.events_topic, head)
     rel.wait_until(lambda: rel.consumed(w) >= 3_000, "3,000 applied", [w], 240)
+    os.kill(w.proc.pid, signal.SIGSTOP)  # the rest arrives at once: a backlog when the broker freezes
+    try:
+        rel.produce_events(settings.kafka_bootstrap_servers, settings.events_topic, events[3_000:])
+    finally:
+        os.kill(w.proc.pid, signal.SIGCONT)
+    rel.wait_until(lambda: rel.consumed(w) > 3_000, "the next events applied", [w], 240, poll=0.05)
 
     os.killpg(broker.process.pid, signal.SIGSTOP)
     try:
