@@ -101,7 +101,7 @@ def create_app(settings: Settings, bootstrap: str, *, registry: CollectorRegistr
         consumer_max_fetch_size=4 * 1024 * 1024,
         stream_buffer_maxsize=max(4096, 4 * settings.batch_size),
         broker_commit_every=10_000,
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.commit_interval_ms / 1000,
         # Faster group joins than the defaults; still tolerant of short GC pauses.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         "worker's outputs and input offsets commit in Kafka transactions, so read_committed consumers see each "
         "signal once (stream/agents/outputs.py)",
     )
+    commit_interval_ms: int = Field(
+        1_000, ge=10, le=600_000,
+        description="at_least_once: time between two offset commits, Faust's and the raw ingest's (each after a "
+        "producer flush); a crash re-reads at most this much input, which the state de-duplicates",
+    )  # fmt: skip
     transaction_commit_ms: int = Field(
         100, ge=1, le=60_000,
         description="exactly_once: longest time between two commits of the raw ingest's transaction (outputs "

@@ -158,7 +158,7 @@ class Ingest:
         While a partition moves, its old and new owner may both read its uncommitted tail:
         duplicates, never a loss, since every commit follows the flush of what it covers.
 
-        At least once, offsets are committed every ``broker_commit_interval`` (as Faust commits its
+        At least once, offsets are committed every ``commit_interval_ms`` (as Faust commits its
         own), each time after a producer flush, so a commit never covers a pack that is not
         acknowledged; a crash re-sends the uncommitted tail, which the state de-duplicates by
         ``event_id``. Exactly once, they enter the open transaction with the batch's outputs."""
@@ -181,7 +181,7 @@ class Ingest:
         mine: set[int] = set()
         done: dict[TopicPartition, int] = {}  # next offset per partition, forwarded but not committed yet
         committed = time.monotonic()
-        interval = s.transaction_commit_ms / 1000 if eos else float(self.app.conf.broker_commit_interval)
+        interval = (s.transaction_commit_ms if eos else s.commit_interval_ms) / 1000
 
         async def commit() -> None:
             nonlocal done, committed

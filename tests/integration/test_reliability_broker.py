@@ -97,7 +97,8 @@ def test_store_ahead_of_changelog_is_rebuilt_after_a_crash(broker, system):
     events = head + [e for e in events[3_000:] if e["user_id"] in seen]
     store = {"INTENTSTREAM_STORE": "rocksdb://", "INTENTSTREAM_BATCH_SIZE": "50",
              **{f"INTENTSTREAM_{k.upper()}": str(v) for k, v in quiet.items()}}  # fmt: skip
-    w = new_worker(**store)
+    # No offset commit in the window either: its producer flush would stop the worker at once.
+    w = new_worker(**store, INTENTSTREAM_COMMIT_INTERVAL_MS="600000")
     w.start()
     rel.produce_events(settings.kafka_bootstrap_servers, settings.events_topic, head)
     rel.wait_until(lambda: rel.consumed(w) >= 3_000, "3,000 applied", [w], 240)
