@@ -1,9 +1,9 @@
 """How the online and the sequence model's outputs are combined: one rule for the evaluation and
 the stream, so that the figures in docs/EVALUATION.md describe what the workers emit.
 
-* Binary tasks (purchase intent, churn risk): the mean of the two models' logits. On the real data
-  (Taobao intent, CDNOW churn; docs/EVALUATION.md) it beats or matches either model alone on ROC
-  AUC without fitting anything, so nothing can leak from a test split into the rule.
+* Binary tasks (purchase intent, churn risk): the mean of the two models' logits. Nothing is
+  fitted, so nothing can leak from a test split into the rule; docs/EVALUATION.md has how it
+  compares with either model alone.
 * Ranked lists (latent needs): reciprocal-rank fusion, ``sum over lists of 1 / (RRF_K + rank)``.
 
 >>> round(blend_binary(0.9, 0.5), 4)
