@@ -36,6 +36,11 @@ blend       intent/churn: the mean of the online and sequence logits (a fixed ru
             the sequence list and the online list, ``sum 1 / (10 + rank)``.
 ==========  ======================================================================================
 
+Every ROC AUC, PR AUC, HR@10 and MRR@10 comes with a 95% interval from a bootstrap over the test
+users (:mod:`models.bootstrap`: users are drawn with replacement and all rows of a drawn user
+count), one draw shared by the four models, so the report also gives paired intervals for the
+difference of every two models.
+
 Category hits of the sequence model (and the blend) are counted on hash buckets (the model
 predicts buckets; two categories share a bucket with probability ~1e-4); the baseline and the
 online list are compared by category id.
@@ -59,6 +64,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.blend import blend_binary_array, rrf
+from models.bootstrap import RESAMPLES, SEED, UserBootstrap, interval, paired_difference
 from models.datasets import tasks
 from models.datasets.tasks import DAY_MS, MINUTE_MS
 from models.events import Event
@@ -89,6 +95,8 @@ class EvalConfig:
     online_model: str | None = None  # None: the learner's default family for the task
     k: int = 10
     score_batch: int = 256
+    bootstrap_resamples: int = RESAMPLES
+    bootstrap_seed: int = SEED
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -172,6 +180,72 @@ def ranking_metrics(ranked: list[list[Any]], targets: list[Any], k: int) -> dict
     }
 
 
+def reciprocal_ranks(ranked: list[list[Any]], targets: list[Any], k: int) -> np.ndarray:
+    """Per row: 1 / the rank of the target within the top ``k``, 0 when it is not there. Its mean
+    is MRR@k and the mean of ``> 0`` is HR@k."""
+    if not targets:
+        return np.zeros(0)
+    return np.array([1.0 / r if r else 0.0 for r in tasks.ranks_at_k(ranked, targets, k)])
+
+
+def with_intervals(
+    models: dict[str, dict[str, Any]],
+    samples: dict[str, dict[str, np.ndarray]],
+    points: dict[str, dict[str, float]],
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(each model's metrics with ``<metric>_ci95`` beside each bootstrapped metric, the paired
+    differences of every two models, later in :data:`MODELS` minus earlier, with their intervals).
+
+    ``samples`` holds each model's per-resample values of one :class:`UserBootstrap`, ``points``
+    the unrounded figures the differences are taken of."""
+    with_ci95: dict[str, dict[str, Any]] = {}
+    for m, per_metric in samples.items():
+        out: dict[str, Any] = {}
+        for key, value in models[m].items():
+            out[key] = value
+            if key in per_metric:
+                out[f"{key}_ci95"] = interval(per_metric[key]) if value is not None else None
+        with_ci95[m] = out
+    names = [m for m in MODELS if m in samples]
+    paired: dict[str, dict[str, Any]] = {}
+    for j, b in enumerate(names):
+        for a in names[:j]:
+            diff: dict[str, Any] = {}
+            for key in samples[b]:
+                pa, pb = points[a].get(key), points[b].get(key)
+                if pa is None or pb is None:
+                    diff[key] = diff[f"{key}_ci95"] = None
+                    continue
+                diff[key] = round(pb - pa, 4)
+                diff[f"{key}_ci95"] = paired_difference(samples[b][key], samples[a][key])
+            paired[f"{b} - {a}"] = diff
+    return with_ci95, paired
+
+
+def _binary_with_intervals(y: np.ndarray, scores: dict[str, np.ndarray], boot: UserBootstrap):
+    """(models' metrics with intervals, paired differences) of a binary task."""
+    models = {m: binary_metrics(y, s) for m, s in scores.items()}
+    samples, points = {}, {}
+    for m, s in scores.items():
+        roc, pr = boot.binary(y, s)
+        samples[m] = {"roc_auc": roc, "pr_auc": pr}
+        try:
+            points[m] = {"roc_auc": tasks.roc_auc(y, s), "pr_auc": tasks.pr_auc(y, s)}
+        except ValueError:  # one class: no metric, no difference
+            points[m] = {}
+    return with_intervals(models, samples, points)
+
+
+def _bootstrap_summary(boot: UserBootstrap) -> dict[str, Any]:
+    return {
+        "over": "users",
+        "users": boot.n_users,
+        "resamples": boot.resamples,
+        "seed": boot.seed,
+        "interval": "95%, percentile (2.5th to 97.5th) of the resamples where the metric is defined",
+    }
+
+
 # ---------------------------------------------------------------------------------------- sequence
 def _train_sequence(train: Sequence[Event], cfg: EvalConfig, out: Path):
     """Train the sequence model on the train part only; returns (scorer, training summary)."""
@@ -224,7 +298,7 @@ def _eval_intent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pa
     for ev in train:
         replay.event(ev)
     labels = dict(tasks.intent_labels(test, cfg.horizon_ms, end_ts=test[-1].ts))
-    y, online, base, windows = [], [], [], []
+    y, online, base, windows, users = [], [], [], [], []
     skipped = 0
     for i, ev in enumerate(test):
         status, st, score = replay.event(ev, TEST_PART)
@@ -235,6 +309,7 @@ def _eval_intent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pa
             continue
         f = online_features(st, ev.ts, cfg.state)
         y.append(labels[i])
+        users.append(ev.user)
         online.append(score)
         base.append(f["log1p_purchase_total"] + 1e-3 * f["cart_items"])
         windows.append(st.recent)
@@ -242,13 +317,17 @@ def _eval_intent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pa
     p_seq, _, _ = _score_windows(scorer, windows, cfg.score_batch, cfg.k)
     scores_by_model = _binary_scores(base, online, p_seq)
     yv = np.asarray(y)
+    boot = UserBootstrap(users, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    models, paired = _binary_with_intervals(yv, scores_by_model, boot)
     report = {
         "labelled_test_events": len(labels),
         "not_scored_late_or_duplicate": skipped,
         "excluded_label_past_end": sum(1 for e in test if e.type != "purchase") - len(labels),
         "online_progressive_metrics": learners.intent.metrics(),
         "sequence_training": seq_summary,
-        "models": {m: binary_metrics(yv, s) for m, s in scores_by_model.items()},
+        "models": models,
+        "paired_differences": paired,
+        "bootstrap": _bootstrap_summary(boot),
     }
     return report, {"y": yv, "scores": scores_by_model, "probabilistic": ("online", "sequence", "blend")}
 
@@ -283,6 +362,8 @@ def _eval_churn(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pat
     scorer, seq_summary = _train_sequence(before, cfg, out)
     _, p_seq, _ = _score_windows(scorer, windows, cfg.score_batch, cfg.k)
     scores_by_model = _binary_scores(base, online, p_seq)
+    boot = UserBootstrap(users, cfg.bootstrap_resamples, cfg.bootstrap_seed)  # one row per customer
+    models, paired = _binary_with_intervals(y, scores_by_model, boot)
     report = {
         "cutoff_ms": cutoff,
         "horizon_days": H / DAY_MS,
@@ -290,7 +371,9 @@ def _eval_churn(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pat
         "events_before_cutoff": len(before),
         "online_progressive_metrics": learners.churn.metrics(),
         "sequence_training": seq_summary,
-        "models": {m: binary_metrics(y, s) for m, s in scores_by_model.items()},
+        "models": models,
+        "paired_differences": paired,
+        "bootstrap": _bootstrap_summary(boot),
     }
     return report, {"y": y, "scores": scores_by_model, "probabilistic": ("online", "sequence", "blend")}
 
@@ -312,7 +395,7 @@ def _eval_latent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pa
     def bucket(cat: str) -> int:
         return hash_bucket(stable_hash(cat), nb)
 
-    tgt, base, online, windows = [], [], [], []
+    tgt, base, online, windows, users = [], [], [], [], []
     skipped = 0
     for i, ev in enumerate(test):
         status, st, _ = replay.event(ev, TEST_PART)
@@ -324,6 +407,7 @@ def _eval_latent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pa
             skipped += 1
             continue
         tgt.append(targets[i])
+        users.append(ev.user)
         base.append([c for c, _ in counts[ev.user].most_common(cfg.k)])
         online.append([c for c, _ in sorted(st.categories.items(), key=lambda kv: -kv[1])][: cfg.k])
         windows.append(st.recent)
@@ -332,12 +416,17 @@ def _eval_latent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pa
     seq_lists = [list(map(int, row)) for row in top]
     tgt_b = [bucket(c) for c in tgt]
     blend = [_rrf([s, [bucket(c) for c in o]], cfg.k) for s, o in zip(seq_lists, online, strict=True)]
-    models = {
-        "baseline": ranking_metrics(base, tgt, cfg.k),
-        "online": ranking_metrics(online, tgt, cfg.k),
-        "sequence": ranking_metrics(seq_lists, tgt_b, cfg.k),
-        "blend": ranking_metrics(blend, tgt_b, cfg.k),
-    }
+    lists = {"baseline": (base, tgt), "online": (online, tgt), "sequence": (seq_lists, tgt_b),
+             "blend": (blend, tgt_b)}  # fmt: skip
+    models = {m: ranking_metrics(ranked, t, cfg.k) for m, (ranked, t) in lists.items()}
+    boot = UserBootstrap(users, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    hr, mrr = f"hr@{cfg.k}", f"mrr@{cfg.k}"
+    samples, points = {}, {}
+    for m, (ranked, t) in lists.items():
+        rr = reciprocal_ranks(ranked, t, cfg.k)
+        samples[m] = {hr: boot.mean(rr > 0), mrr: boot.mean(rr)}
+        points[m] = {hr: float(np.mean(rr > 0)), mrr: float(np.mean(rr))} if len(rr) else {}
+    models, paired = with_intervals(models, samples, points)
     hr_curves = {
         "baseline": [tasks.hit_rate_at_k(base, tgt, k) for k in range(1, cfg.k + 1)] if tgt else [],
         "online": [tasks.hit_rate_at_k(online, tgt, k) for k in range(1, cfg.k + 1)] if tgt else [],
@@ -349,6 +438,8 @@ def _eval_latent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pa
         "not_scored_late_or_duplicate": skipped,
         "sequence_training": seq_summary,
         "models": models,
+        "paired_differences": paired,
+        "bootstrap": _bootstrap_summary(boot),
     }
     return report, {"hr_curves": hr_curves}
 
@@ -395,7 +486,7 @@ def evaluate(
         **body,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    report["plots"] = _plots(cfg.task, curves, out)
+    report["plots"] = _plots(cfg.task, curves, out, report["models"], cfg.k)
     report = _plain(report)
     (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
     return report
@@ -431,8 +522,21 @@ def _pr_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return tp / max(tp[-1], 1), tp / (cut + 1)
 
 
-def _plots(task: str, curves: dict, out: Path) -> list[str]:
-    """PNG plots; an empty list (and no error) when matplotlib is not installed."""
+def with_ci(value: float | None, ci: list[float] | None, digits: int = 3) -> str:
+    """``0.663 (0.641-0.687)``: a figure and its interval as the plots and the summary show them.
+
+    >>> with_ci(0.66312, [0.6412, 0.6871]), with_ci(0.5, None), with_ci(None, None)
+    ('0.663 (0.641-0.687)', '0.500', 'n/a')
+    """
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return f"{text} ({ci[0]:.{digits}f}-{ci[1]:.{digits}f})" if ci else text
+
+
+def _plots(task: str, curves: dict, out: Path, models: dict[str, dict[str, Any]], k: int) -> list[str]:
+    """PNG plots; an empty list (and no error) when matplotlib is not installed. Legends give each
+    model's figure with its 95% interval, as in the report."""
     try:
         import matplotlib
 
@@ -450,10 +554,12 @@ def _plots(task: str, curves: dict, out: Path) -> list[str]:
 
     if task == "latent":
         fig, ax = plt.subplots(figsize=(5, 4))
+        key = f"hr@{k}"
         for m, hr in curves["hr_curves"].items():
-            ax.plot(range(1, len(hr) + 1), hr, marker="o", label=m)
+            label = f"{m}, {key.upper()} {with_ci(models[m][key], models[m].get(f'{key}_ci95'))}"
+            ax.plot(range(1, len(hr) + 1), hr, marker="o", label=label)
         ax.set(xlabel="k", ylabel="HR@k", title="latent need: next category hit rate")
-        ax.legend()
+        ax.legend(fontsize="small")
         save(fig, "hit_rate_at_k.png")
         return written
     y = curves["y"].astype(int)
@@ -463,18 +569,18 @@ def _plots(task: str, curves: dict, out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(5, 4))
     for m, s in scores.items():
         fpr, tpr = _roc_curve(y, s)
-        ax.plot(fpr, tpr, label=f"{m} ({tasks.roc_auc(y, s):.3f})")
+        ax.plot(fpr, tpr, label=f"{m} {with_ci(models[m]['roc_auc'], models[m].get('roc_auc_ci95'))}")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{task}: ROC")
-    ax.legend()
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{task}: ROC (AUC, 95% CI)")
+    ax.legend(fontsize="small")
     save(fig, "roc.png")
     fig, ax = plt.subplots(figsize=(5, 4))
     for m, s in scores.items():
         r, p = _pr_curve(y, s)
-        ax.plot(r, p, label=f"{m} ({tasks.pr_auc(y, s):.3f})")
+        ax.plot(r, p, label=f"{m} {with_ci(models[m]['pr_auc'], models[m].get('pr_auc_ci95'))}")
     ax.axhline(y.mean(), color="k", ls=":", lw=0.8)
-    ax.set(xlabel="recall", ylabel="precision", title=f"{task}: precision-recall")
-    ax.legend()
+    ax.set(xlabel="recall", ylabel="precision", title=f"{task}: precision-recall (AP, 95% CI)")
+    ax.legend(fontsize="small")
     save(fig, "pr.png")
     fig, ax = plt.subplots(figsize=(5, 4))
     for m in curves["probabilistic"]:  # the baseline is a score, not a probability
@@ -500,4 +606,16 @@ def _plots(task: str, curves: dict, out: Path) -> list[str]:
     return written
 
 
-__all__ = ["EvalConfig", "Replay", "ReplayFactory", "TASKS", "binary_metrics", "evaluate", "split_by_user"]
+__all__ = [
+    "EvalConfig",
+    "MODELS",
+    "Replay",
+    "ReplayFactory",
+    "TASKS",
+    "binary_metrics",
+    "evaluate",
+    "reciprocal_ranks",
+    "split_by_user",
+    "with_ci",
+    "with_intervals",
+]

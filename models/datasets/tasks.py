@@ -158,8 +158,12 @@ def _relevant(target: Any) -> Collection[Hashable]:
     return {target}
 
 
-def _ranks(ranked_lists: Sequence[Sequence[Hashable]], targets: Sequence[Any], k: int) -> list[int | None]:
-    """1-based rank of the first relevant item within the top ``k`` of each list, else None."""
+def ranks_at_k(ranked_lists: Sequence[Sequence[Hashable]], targets: Sequence[Any], k: int) -> list[int | None]:
+    """1-based rank of the first relevant item within the top ``k`` of each list, else None.
+
+    >>> ranks_at_k([["a", "b", "c"], ["x", "y"]], ["b", "z"], k=3)
+    [2, None]
+    """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     if len(ranked_lists) != len(targets):
@@ -181,7 +185,7 @@ def hit_rate_at_k(ranked_lists: Sequence[Sequence[Hashable]], targets: Sequence[
     >>> hit_rate_at_k([["a", "b", "c"]], [{"q", "b"}], k=2)
     1.0
     """
-    ranks = _ranks(ranked_lists, targets, k)
+    ranks = ranks_at_k(ranked_lists, targets, k)
     return sum(r is not None for r in ranks) / len(ranks)
 
 
@@ -191,7 +195,7 @@ def mrr_at_k(ranked_lists: Sequence[Sequence[Hashable]], targets: Sequence[Any],
     >>> mrr_at_k([["a", "b", "c"], ["x", "y"], ["y", "x"]], ["c", "x", "x"], k=2)
     0.5
     """
-    ranks = _ranks(ranked_lists, targets, k)
+    ranks = ranks_at_k(ranked_lists, targets, k)
     return sum(1.0 / r for r in ranks if r is not None) / len(ranks)
 
 
@@ -275,5 +279,6 @@ __all__ = [
     "mrr_at_k",
     "next_category_targets",
     "pr_auc",
+    "ranks_at_k",
     "roc_auc",
 ]

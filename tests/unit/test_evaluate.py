@@ -147,3 +147,33 @@ def test_split_by_user_refuses_fractions_that_are_not_one_over_n():
         split_by_user(shoppers(2), 0.3)
     train, test = split_by_user(shoppers(40), 0.5)  # 1/2 is accepted
     assert train and test
+
+
+def test_every_metric_in_the_report_has_a_user_bootstrap_interval(tmp_path):
+    train, test = split_by_user(shoppers(16, seed=2), 0.25)
+    cfg = EvalConfig("intent", seq=TINY, bootstrap_resamples=200)
+    rep = evaluate(train, test, cfg, tmp_path / "intent", replay=replay_factory)
+    assert rep["bootstrap"]["over"] == "users" and rep["bootstrap"]["resamples"] == 200
+    assert rep["bootstrap"]["users"] == len({e.user for e in test})
+    for m in rep["models"].values():
+        for key in ("roc_auc", "pr_auc"):
+            lo, hi = m[f"{key}_ci95"]
+            assert lo <= m[key] <= hi
+    # Every two models compared on the same resamples; a model against itself would be 0 exactly.
+    assert set(rep["paired_differences"]) == {
+        "online - baseline", "sequence - baseline", "blend - baseline",
+        "sequence - online", "blend - online", "blend - sequence",
+    }  # fmt: skip
+    d = rep["paired_differences"]["blend - online"]
+    assert d["roc_auc"] == pytest.approx(rep["models"]["blend"]["roc_auc"] - rep["models"]["online"]["roc_auc"], abs=2e-4)
+    assert d["roc_auc_ci95"][0] <= d["roc_auc_ci95"][1]
+    # The same seed gives the same intervals.
+    again = evaluate(train, test, cfg, tmp_path / "again", replay=replay_factory)
+    assert again["models"]["baseline"] == rep["models"]["baseline"]
+
+    lat = evaluate(train, test, EvalConfig("latent", seq=TINY, bootstrap_resamples=200), tmp_path / "latent",
+                   replay=replay_factory)  # fmt: skip
+    for m in lat["models"].values():
+        for key in ("hr@10", "mrr@10"):
+            lo, hi = m[f"{key}_ci95"]
+            assert lo <= m[key] <= hi
