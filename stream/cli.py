@@ -340,9 +340,14 @@ def cmd_refresh(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    """Replay train then test through the stream's state and models; write report.json and plots."""
-    from stream.evaluate import run
+    """Replay train then test through the stream's state and models; write report.json and plots
+    (``--task all``: the three tasks and a summary)."""
+    from stream.evaluate import check_arguments, run
 
+    problem = check_arguments(args)
+    if problem:
+        print(f"intentstream evaluate: error: {problem}", file=sys.stderr)
+        return 2  # argparse's code for a usage error
     report = run(args)
     print(json.dumps({"task": report["task"], "models": report["models"], "out": str(args.out)}))
     return 0

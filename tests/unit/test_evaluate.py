@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
+import gzip
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +180,97 @@ def test_every_metric_in_the_report_has_a_user_bootstrap_interval(tmp_path):
         for key in ("hr@10", "mrr@10"):
             lo, hi = m[f"{key}_ci95"]
             assert lo <= m[key] <= hi
+
+
+def write_taobao(path: Path, events: list[Event]) -> None:
+    """Taobao UserBehavior rows (user,item,category,behavior,unix seconds), gzip as the real files."""
+    behavior = {"click": "pv", "add_to_cart": "cart", "purchase": "buy"}
+    rows = [f"{e.user[1:]},{e.item_id[1:]},{e.category_id[1:]},{behavior[e.type]},{e.ts // 1000}" for e in events]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(rows) + "\n")
+
+
+def write_cdnow(path: Path, n_customers: int = 60, seed: int = 3) -> None:
+    """CDNOW purchases (customer, YYYYMMDD, CDs, dollars) to 1998-03-31: regulars who buy every few
+    weeks to the end, and customers who buy twice early on and never again."""
+    rng = random.Random(seed)
+    rows = [" customer_id  date number_of_cds  dollar_value"]
+    end = datetime.date(1998, 3, 31)
+    for c in range(1, n_customers + 1):
+        day = datetime.date(1997, 1, 1) + datetime.timedelta(days=rng.randrange(60))
+        for _ in range(100 if c % 2 else 2):
+            if day > end:
+                break
+            rows.append(f" {c:05d} {day:%Y%m%d}  1   12.00")
+            day += datetime.timedelta(days=rng.randrange(10, 40) if c % 2 else rng.randrange(1, 5))
+    rows.append(f" {n_customers + 1:05d} 19980331  1   12.00")  # the data's last day
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(rows) + "\n")
+
+
+def test_task_all_runs_the_three_tasks_and_writes_one_summary(tmp_path, capsys, monkeypatch):
+    from stream import cli
+    from stream.evaluate import CDNOW_FILE, TAOBAO_FILES
+
+    monkeypatch.setenv("INTENTSTREAM_DATA_DIR", str(tmp_path / "state"))
+    data = tmp_path / "data"
+    events = shoppers(24, seed=4)
+    write_taobao(data / TAOBAO_FILES[0], events[: len(events) // 3])
+    write_taobao(data / TAOBAO_FILES[1], events[len(events) // 3 :])
+    write_cdnow(data / CDNOW_FILE)
+    tiny = ["max_len=8", "d_model=8", "item_buckets=256", "category_buckets=128", "query_buckets=32",
+            "batch_size=16", "max_epochs=1"]  # fmt: skip
+    out = tmp_path / "out"
+    argv = ["evaluate", "--task", "all", "--data-dir", str(data), "--out", str(out),
+            *sum((["--set", s] for s in tiny), [])]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["task"] == "all" and set(printed["models"]) == {"intent", "latent", "churn"}
+
+    summary = json.loads((out / "summary.json").read_text())
+    for task, metric in [("intent", "roc_auc"), ("latent", "hr@10"), ("churn", "roc_auc")]:
+        report = json.loads((out / task / "report.json").read_text())
+        assert report["task"] == task
+        # The summary repeats the report's figures, intervals included, for every model.
+        for m in ("baseline", "online", "sequence", "blend"):
+            assert summary["tasks"][task]["models"][m][metric] == report["models"][m][metric]
+            assert summary["tasks"][task]["models"][m][f"{metric}_ci95"] == report["models"][m][f"{metric}_ci95"]
+        assert summary["tasks"][task]["test_users"] == report["bootstrap"]["users"]
+    intent = json.loads((out / "intent" / "report.json").read_text())
+    # Intent and latent need are split by user as the README's commands do; churn is the CDNOW history.
+    assert intent["command"].startswith("intentstream evaluate --task intent --format taobao --train")
+    assert intent["command"].count("--train") == 2 and "--split-users 0.25" in intent["command"]
+    assert intent["data"]["shared_users"] == 0 and intent["data"]["test_users"] > 0
+    churn = json.loads((out / "churn" / "report.json").read_text())
+    assert churn["files"]["train"] == [str(data / CDNOW_FILE)]
+    assert churn["customers_at_cutoff"] == 60  # the customer who first buys on the last day is not seen yet
+    md = (out / "summary.md").read_text()
+    base = summary["tasks"]["churn"]["models"]["baseline"]
+    lo, hi = base["roc_auc_ci95"]
+    assert f"{base['roc_auc']:.3f} ({lo:.3f}-{hi:.3f})" in md
+    assert md.count("| purchase intent, Taobao, 30 min |") == 2 and "| blend - online |" in md
+
+
+def test_task_all_names_the_missing_option(tmp_path, capsys):
+    from stream import cli
+    from stream.evaluate import CDNOW_FILE
+
+    def error(*argv: str) -> str:
+        assert cli.main(["evaluate", *argv, "--out", str(tmp_path / "out")]) == 2
+        return capsys.readouterr().err
+
+    assert "--task all needs --data-dir DIR" in error("--task", "all")
+    assert "or --cdnow" in error("--task", "all", "--taobao", "a.csv")
+    # Only the CDNOW file is in the data folder: the error names the file and the option to give it.
+    (tmp_path / CDNOW_FILE).parent.mkdir(parents=True)
+    (tmp_path / CDNOW_FILE).write_text("")
+    err = error("--task", "all", "--data-dir", str(tmp_path))
+    assert "userbehavior_users_tailsample_9days.csv.gz" in err and "--taobao FILE" in err
+    assert "--task all does not take --train" in error("--task", "all", "--data-dir", str(tmp_path), "--train", "x")
+    assert "does not take --horizon" in error("--task", "all", "--data-dir", str(tmp_path), "--horizon", "1h")
+    # One task still needs its files, and does not take --task all's options.
+    assert "required with --task intent: --format, --train" in error("--task", "intent")
+    assert "--data-dir only go with --task all" in error("--task", "churn", "--format", "cdnow", "--train", "x",
+                                                         "--data-dir", str(tmp_path))  # fmt: skip
