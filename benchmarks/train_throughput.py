@@ -7,8 +7,8 @@ For each batch size it trains ``SeqConfig(batch_size=B, max_epochs=E, patience=E
 so every run trains ``E`` epochs; ``--set FIELD=VALUE`` overrides other fields) and reports:
 
 * ``train_events_per_s``: ``train()``'s figure, target events per second of forward + backward +
-  optimiser step over all epochs (each event is the target of one window per epoch, with up to
-  ``max_len - 1`` events of context);
+  optimiser step over all epochs (each event is a target once per epoch: for the GRU in its chunk
+  of the user's history, for the transformer in one window);
 * ``steady_events_per_s``: the median of the per-epoch figures after the first epoch (which pays
   for CUDA's start, cuDNN plans, the allocator's first blocks and the CUDA graph's capture);
 * the validation intent ROC AUC and next-category HR@10 of the best epoch (time split: the last

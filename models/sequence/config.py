@@ -29,10 +29,16 @@ _RECENT_N = StateConfig().recent_n
 class SeqConfig:
     # -- network --
     arch: str = "gru"  # "gru" (cheap incremental scoring) | "transformer" (SASRec-like, causal)
-    # Events per window = the events the stream keeps per user (``UserState.recent``), so the
-    # model is trained on exactly the windows it is served. Tied to the state's default, so a
-    # change of ``recent_n`` carries over; measured choice in docs/SEQUENCE.md ("Window length").
-    max_len: int = _RECENT_N
+    # Events each event's input features and the copy attention may read (itself included): the
+    # ring the stream keeps per user (``UserState.recent``), so training reads exactly what
+    # serving has. Tied to the state's default, so a change of ``recent_n`` carries over.
+    lookback: int = _RECENT_N
+    # GRU: the training chunk for truncated backpropagation through time. Each user's whole
+    # history is trained in consecutive chunks of this many events with the hidden state carried
+    # between them, as the stream carries it from event to event; longer chunks let gradients
+    # reach further back (measured in docs/SEQUENCE.md). The transformer trains on windows of
+    # ``lookback`` events and does not use it.
+    max_len: int = 64
     d_model: int = 64
     n_layers: int = 1
     n_heads: int = 2  # transformer only
@@ -74,6 +80,8 @@ class SeqConfig:
             raise ValueError(f"arch must be 'gru' or 'transformer', got {self.arch!r}")
         if self.max_len < 2 or self.d_model < 4:
             raise ValueError("max_len must be >= 2 and d_model >= 4")
+        if self.lookback < 1:
+            raise ValueError("lookback must be >= 1")
         if self.arch == "transformer" and self.d_model % self.n_heads:
             raise ValueError("d_model must be divisible by n_heads")
         if self.batch_size < 0:
@@ -81,14 +89,25 @@ class SeqConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in (0, 1)")
 
+    @property
+    def max_window(self) -> int:
+        """The most events :func:`~models.sequence.data.batch_features` takes in one window."""
+        return max(self.max_len, self.lookback)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SeqConfig:
-        """Rebuild from a checkpoint; keys unknown to this code version are an error, not ignored."""
+        """Rebuild from a checkpoint; keys unknown to this code version are an error, not ignored.
+
+        A checkpoint from before ``lookback`` existed read windows of ``max_len`` events, so its
+        ``lookback`` is its ``max_len``: it scores as it did.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown SeqConfig fields: {', '.join(sorted(unknown))}")
+        if "lookback" not in d and "max_len" in d:
+            d = {**d, "lookback": d["max_len"]}
         return cls(**d)

@@ -2,13 +2,20 @@
 
 There is one feature definition: :func:`batch_features` turns windows, lists of
 :class:`~models.features.recent.RecentEvent` (what the stream keeps per user as ``recent``), into
-model inputs (:func:`window_features` is a batch of one). Training cuts each user's history
-(``RecentEvent.from_event`` over their events) into windows of ``max_len`` events and calls the
-same function, so training equals serving.
+model inputs (:func:`window_features` is a batch of one). Training calls the same function on the
+same windows the stream has, so training equals serving.
 
-Features of the event at position ``i`` use only positions ``<= i`` of the same window. Besides
-hashed ids they include repeat signals (has this item been viewed/carted/bought earlier in the
-window, how often this category came up), which carry most of the short-term purchase signal.
+Features of the event at position ``i`` use only positions ``j`` of the same window with
+``i - lookback < j <= i``: no more than the stream's ring holds. Besides hashed ids they include
+repeat signals (has this item been viewed/carted/bought earlier in the window, how often this
+category came up), which carry most of the short-term purchase signal.
+
+For the GRU, :func:`build_windows` cuts each user's whole history into consecutive chunks of
+``max_len`` events (the hidden state is carried from chunk to chunk in training, as the stream
+carries it from event to event), and gives every event its *ring*: the features of the window of
+its last ``lookback`` events, exactly what the stream scores that event on. The GRU reads the
+ring's newest position and the copy attention reads the whole ring. The transformer keeps
+overlapping windows of ``lookback`` events.
 
 Labels (per event at time ``t``, from the user's full history, never from features):
 
@@ -100,20 +107,31 @@ def window_features(window: Sequence[RecentEvent], cfg: SeqConfig) -> dict[str, 
     return {k: v[0, :n] for k, v in b.items() if k != "length"}
 
 
-@lru_cache(maxsize=8)
-def _position_masks(L: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@lru_cache(maxsize=16)
+def _position_masks(L: int, lookback: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(1, L, L) read-only masks over (position, other position) pairs of a window: the other is
-    earlier, earlier or the same, later. Built once per length instead of three times per call."""
-    masks = (np.tri(L, L, -1, bool)[None], np.tri(L, L, 0, bool)[None], np.tri(L, L, -1, bool).T[None])
+    earlier (within the look-back), earlier or the same (within it), later. Built once per shape
+    instead of three times per call."""
+    band = ~np.tri(L, L, -lookback, bool)  # [i, j]: i - j < lookback
+    masks = (
+        (np.tri(L, L, -1, bool) & band)[None],
+        (np.tri(L, L, 0, bool) & band)[None],
+        np.tri(L, L, -1, bool).T[None],
+    )
     for m in masks:
         m.flags.writeable = False
     return masks
 
 
-def batch_features(windows: Sequence[Sequence[RecentEvent]], cfg: SeqConfig) -> dict[str, np.ndarray]:
-    """Model inputs for a batch of windows (each 1..``max_len`` events, oldest first, sorted by
-    time), right-padded to ``max_len``: the arrays of :func:`window_features` with a leading
-    batch axis, plus ``length``. This is the one definition of the features.
+def batch_features(
+    windows: Sequence[Sequence[RecentEvent]], cfg: SeqConfig, width: int | None = None
+) -> dict[str, np.ndarray]:
+    """Model inputs for a batch of windows (each 1..``cfg.max_window`` events, oldest first,
+    sorted by time), right-padded to ``width`` (default ``cfg.max_window``; at least the longest
+    window): the arrays of :func:`window_features` with a leading batch axis, plus ``length``.
+    This is the one definition of the features. Position ``i`` reads only positions ``j`` with
+    ``i - lookback < j <= i``, so a long window gives each event the features its own ring of
+    ``lookback`` events would.
 
     Everything is computed for all windows at once with numpy: "earlier in the window" is a
     strictly lower-triangular (position, earlier position) mask, so e.g. ``item_seen`` counts the
@@ -122,10 +140,15 @@ def batch_features(windows: Sequence[Sequence[RecentEvent]], cfg: SeqConfig) -> 
     scores every event of a batch on its own window, so building inputs one Python loop per window
     had cost more than the network (docs/BENCHMARKS.md).
     """
-    B, L = len(windows), cfg.max_len
+    B, L = len(windows), cfg.max_window
     lengths = np.fromiter((len(w) for w in windows), np.int64, B)
     if not B or lengths.min() < 1 or lengths.max() > L:
         raise ValueError(f"need 1 to {L} events per window and at least one window")
+    if width is not None:
+        if width < lengths.max():
+            raise ValueError(f"width {width} is shorter than a window of {lengths.max()} events")
+        L = width
+    K = cfg.lookback
     if all(type(w) is RecentWindow for w in windows):  # the stream's windows: straight from their bytes
         flat = RecentWindow.columns(windows)  # type: ignore[arg-type]
     else:
@@ -157,9 +180,10 @@ def batch_features(windows: Sequence[Sequence[RecentEvent]], cfg: SeqConfig) -> 
     gap = np.zeros((B, L), np.int64)
     dt = np.maximum(ts[:, 1:] - ts[:, :-1], 0) / 1000
     gap[:, 1:] = np.minimum(cfg.gap_buckets - 1, 1 + np.floor(np.log2(1 + dt)).astype(np.int64))
-    out["gap"] = np.where(valid, gap, 0)
+    prev_ok = K > 1  # the previous event lies inside the look-back
+    out["gap"] = np.where(valid & prev_ok, gap, 0)
 
-    earlier, upto, later = _position_masks(L)
+    earlier, upto, later = _position_masks(L, K)
     is_cart, is_buy = et == CART, et == PURCHASE
     num = np.zeros((B, L, N_NUM), np.float64)
     col = {name: i for i, name in enumerate(NUM_FEATURES)}
@@ -181,7 +205,7 @@ def batch_features(windows: Sequence[Sequence[RecentEvent]], cfg: SeqConfig) -> 
             num[..., col[bought]] = (same & is_buy[:, None, :]).any(-1)
             has, t = last_ts(same)
             num[..., col[since]] = np.where(has, np.log1p(np.maximum(ts - np.where(has, t, 0), 0) / 1000) / 10, 0.0)
-        num[:, 1:, col[same_prev]] = present[:, 1:] & (ids_[:, 1:] == ids_[:, :-1])
+        num[:, 1:, col[same_prev]] = present[:, 1:] & (ids_[:, 1:] == ids_[:, :-1]) & prev_ok
 
     in_session = upto & (ts[:, None, :] >= (ts - cfg.session_gap_ms)[:, :, None])
     num[..., col["recent_events"]] = np.log1p(in_session.sum(-1))
@@ -206,11 +230,12 @@ def batch_features(windows: Sequence[Sequence[RecentEvent]], cfg: SeqConfig) -> 
     for name, mask in (("purchase_recency", is_buy), ("cart_recency", is_cart)):
         # The newest earlier position of one type is a running maximum along the window: O(L),
         # where last_ts over the (position, earlier position) grid is O(L^2) (same values).
-        none = np.iinfo(np.int64).min
-        t = np.full((B, L), none, np.int64)
-        t[:, 1:] = np.maximum.accumulate(np.where(mask, ts, none), axis=1)[:, :-1]
-        has = t != none
-        num[..., col[name]] = np.where(has, np.exp(-np.maximum(ts - np.where(has, t, 0), 0) / 3_600_000), 0.0)
+        # If the newest one lies beyond the look-back, so do all older ones.
+        j = np.full((B, L), -1, np.int64)
+        j[:, 1:] = np.maximum.accumulate(np.where(mask, pos, -1), axis=1)[:, :-1]
+        has = (j >= 0) & (pos - j < K)
+        t = np.take_along_axis(ts, np.maximum(j, 0), axis=1)
+        num[..., col[name]] = np.where(has, np.exp(-np.maximum(ts - t, 0) / 3_600_000), 0.0)
     angle = 2 * np.pi * (ts % DAY_MS) / DAY_MS
     num[..., col["hour_sin"]] = np.sin(angle)
     num[..., col["hour_cos"]] = np.cos(angle)
@@ -257,16 +282,27 @@ def history_labels(history: Sequence[RecentEvent], cfg: SeqConfig, data_end_ms: 
 
 @dataclasses.dataclass
 class Windows:
-    """Stacked, right-padded windows: every array has shape (n_windows, max_len[, N_NUM]).
+    """Stacked, right-padded rows of training or validation data.
 
+    Transformer: overlapping windows, every array of shape (n_windows, lookback[, N_NUM]);
     ``target`` marks the positions whose predictions count (each event is a target in exactly
     one window; earlier positions of later windows are context only).
+
+    GRU (``stateful``): consecutive chunks of each user's history, labels and ``target`` of shape
+    (n_chunks, max_len), the inputs as rings of shape (n_chunks, max_len, lookback[, N_NUM])
+    (right-aligned: the event itself is the last ring position), ``first`` (n_chunks,) marks a
+    user's first chunk (the state starts from zeros) and ``user`` (n_chunks,) numbers the users;
+    a user's chunks are consecutive rows, in time order.
     """
 
     arrays: dict[str, np.ndarray]
 
     def __len__(self) -> int:
         return len(self.arrays["type"])
+
+    @property
+    def stateful(self) -> bool:
+        return "first" in self.arrays
 
     @property
     def n_targets(self) -> int:
@@ -292,14 +328,94 @@ def build_windows(
     data_end_ms: int,
     target_from_ms: int | None = None,
 ) -> Windows:
-    """Cut histories into windows of ``max_len`` with stride ``max_len // 2``.
+    """Training or validation rows for ``cfg.arch``: GRU chunks over whole histories
+    (:func:`build_chunks`), or transformer windows (:func:`build_ring_windows`).
+
+    Only events with ``ts >= target_from_ms`` are targets (the validation part of a time split);
+    earlier events still serve as context (and, for the GRU, to build the state).
+    """
+    if cfg.arch == "gru":
+        return build_chunks(histories, cfg, data_end_ms, target_from_ms)
+    return build_ring_windows(histories, cfg, data_end_ms, target_from_ms)
+
+
+RING_KEYS = ("type", "item", "cat", "query", "gap", "num")
+
+
+def build_chunks(
+    histories: dict[str, list[RecentEvent]],
+    cfg: SeqConfig,
+    data_end_ms: int,
+    target_from_ms: int | None = None,
+) -> Windows:
+    """Each user's whole history in consecutive chunks of ``max_len`` events, every event with
+    its ring (the features of its last ``lookback`` events, computed on that window alone, as
+    the stream computes them). Users without any target are left out."""
+    L, K = cfg.max_len, cfg.lookback
+    users: list[list[RecentEvent]] = []
+    targets: list[np.ndarray] = []
+    for hist in histories.values():
+        if not hist:
+            continue
+        tgt = np.ones(len(hist), bool)
+        if target_from_ms is not None:
+            tgt = np.fromiter((e.ts >= target_from_ms for e in hist), bool, len(hist))
+        if tgt.any():
+            users.append(hist)
+            targets.append(tgt)
+    if not users:
+        raise ValueError("no windows: no events, or none in the target time range")
+    n_chunks = np.array([-(-len(h) // L) for h in users])
+    offset = np.concatenate([[0], np.cumsum(n_chunks)[:-1]])
+    N = int(n_chunks.sum())
+    keys = RING_KEYS if cfg.id_embeddings else ("type", "cat", "gap", "num")
+    arrays: dict[str, np.ndarray] = {
+        k: np.zeros((N, L, K, N_NUM) if k == "num" else (N, L, K), np.float32 if k == "num" else np.int64)
+        for k in keys
+    }
+    labels = [history_labels(h, cfg, data_end_ms) for h in users]
+    for k, v in labels[0].items():
+        arrays[k] = np.full((N, L), -1 if k in ("next_type", "next_cat") else 0, v.dtype)
+    arrays["target"] = np.zeros((N, L), bool)
+    arrays["first"] = np.zeros(N, bool)
+    arrays["first"][offset] = True
+    arrays["user"] = np.repeat(np.arange(len(users)), n_chunks)
+    # Flat (chunk row, position) of every event, in user order.
+    row = np.concatenate([o + np.arange(len(h)) // L for o, h in zip(offset, users, strict=True)])
+    col = np.concatenate([np.arange(len(h)) % L for h in users])
+    for k in labels[0]:
+        arrays[k][row, col] = np.concatenate([lab[k] for lab in labels])
+    arrays["target"][row, col] = np.concatenate(targets)
+    rings = [h[max(0, i - K + 1) : i + 1] for h in users for i in range(len(h))]
+    step = 4096
+    for s in range(0, len(rings), step):
+        part = rings[s : s + step]
+        f = batch_features(part, cfg, width=min(K, max(map(len, part))))
+        n, W = f["length"].shape[0], f["type"].shape[1]
+        # Right-align each ring in K slots: its position p goes to K - length + p.
+        src = np.arange(K)[None, :] - (K - f["length"])[:, None]
+        ok = (src >= 0) & (src < W)
+        src = np.clip(src, 0, W - 1)
+        r, c = row[s : s + n], col[s : s + n]
+        for k in keys:
+            g = np.take_along_axis(f[k], src[:, :, None] if k == "num" else src, axis=1)
+            arrays[k][r, c] = np.where(ok[:, :, None] if k == "num" else ok, g, 0)
+    return Windows(arrays)
+
+
+def build_ring_windows(
+    histories: dict[str, list[RecentEvent]],
+    cfg: SeqConfig,
+    data_end_ms: int,
+    target_from_ms: int | None = None,
+) -> Windows:
+    """Cut histories into windows of ``lookback`` events with stride ``lookback // 2`` (the
+    transformer's rows).
 
     Every event is the target of one window, and (apart from a user's first events) has at least
-    ``max_len // 2`` earlier events of context, like a stream holding the last ``max_len``.
-    Only events with ``ts >= target_from_ms`` are targets (the validation part of a time split);
-    earlier events still serve as context.
+    ``lookback // 2`` earlier events of context, like a stream holding the last ``lookback``.
     """
-    L = cfg.max_len
+    L = cfg.lookback
     stride = max(1, L // 2)
     out: dict[str, list[np.ndarray]] = defaultdict(list)
     cut: list[Sequence[RecentEvent]] = []  # the windows, featurised together at the end
@@ -328,7 +444,7 @@ def build_windows(
     if not cut:
         raise ValueError("no windows: no events, or none in the target time range")
     arrays = {k: np.stack(v) for k, v in out.items()}
-    chunks = [batch_features(cut[i : i + 4096], cfg) for i in range(0, len(cut), 4096)]
+    chunks = [batch_features(cut[i : i + 4096], cfg, width=L) for i in range(0, len(cut), 4096)]
     arrays.update({k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]})
     return Windows(arrays)
 

@@ -1,5 +1,9 @@
 """Why the sequence model scored a user as it did: occlusion attributions over the window.
 
+It replays the ring (the user's last ``lookback`` events) from a zero state, not the stored
+whole-history state: removing an event from a state is not possible, and explanations are made
+for emitted signals only, so the replay's cost stays small.
+
 For each of the last ``max_events`` events of a window, the window is scored again without that
 event; the event's contribution is how much the head's logit drops when it is missing (positive:
 the event raised the score). All variants of all windows go through one batched forward pass, so
@@ -40,7 +44,7 @@ def occlusion(
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}")
-    L = scorer.config.max_len
+    L = scorer.config.lookback  # the ring: what the heads read
     # The stream's packed windows stay packed (the scorer reads them straight from their bytes).
     trimmed = [w[-L:] if isinstance(w, RecentWindow) else list(w)[-L:] for w in windows]
     variants: list[list[RecentEvent]] = []

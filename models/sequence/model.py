@@ -14,7 +14,13 @@ positions:
   (what people buy in general) and a copy distribution over the categories already in the
   window (people mostly come back to what they looked at).
 
-``forward()`` returns the training loss; :meth:`SequenceModel.score_last` is the inference path.
+Every event reads at most its last ``lookback`` events (its own ring, the one the stream keeps):
+its input features and the copy attention. The GRU's state, by contrast, summarises the user's
+whole history: :meth:`SequenceModel.forward_chunks` trains it over consecutive chunks of a
+history with the state carried between them, as the stream advances it one event at a time.
+
+``forward()`` (transformer windows) and ``forward_chunks()`` (GRU) return the training loss;
+:meth:`SequenceModel.score_last` is the inference path.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ class SequenceModel(nn.Module):
                 dropout=cfg.dropout if cfg.n_layers > 1 else 0.0,
             )
         else:
-            self.pos_emb = nn.Embedding(cfg.max_len, d)
+            self.pos_emb = nn.Embedding(cfg.lookback, d)
             layer = nn.TransformerEncoderLayer(
                 d, cfg.n_heads, 4 * d, cfg.dropout, batch_first=True, norm_first=True
             )
@@ -75,7 +81,7 @@ class SequenceModel(nn.Module):
         self.copy_q = nn.Linear(d, d)
         self.copy_k = nn.Linear(d, d)
         self.copy_gate = nn.Linear(d, 1)
-        self.copy_recency = nn.Embedding(cfg.max_len, 1)
+        self.copy_recency = nn.Embedding(cfg.lookback, 1)
         nn.init.zeros_(self.copy_recency.weight)
         self.copy_same = nn.Parameter(torch.zeros(()))
 
@@ -98,24 +104,42 @@ class SequenceModel(nn.Module):
         return self.out_norm(self.encoder(x, mask=mask, is_causal=True))
 
     def _copy_attention(self, hq: torch.Tensor, x: torch.Tensor, cats: torch.Tensor, q_pos: torch.Tensor):
-        """Attention of each query over the window positions at or before it that have a category.
+        """Attention of each query over the window positions at or before it, less than
+        ``lookback`` events back, that have a category.
 
         hq: (B, Q, d) query states at window positions q_pos (B, Q); x: (B, L, d) event
-        embeddings (the keys); cats: (B, L) category buckets. Besides the learned match of query
-        and key, two learned biases capture what the simple baselines know: recency (by distance
-        in events) and "same category as the current event". Returns weights (B, Q, L) and a
+        embeddings (the keys); cats: (B, L) category buckets. Returns weights (B, Q, L) and a
         mask (B, Q) of queries that have at least one position to copy from.
         """
         L = x.shape[1]
         s = self.copy_q(hq) @ self.copy_k(x).transpose(1, 2) / math.sqrt(hq.shape[-1])
         dist = q_pos.unsqueeze(-1) - torch.arange(L, device=x.device)  # (B, Q, L)
-        has_cat = (cats > 0).unsqueeze(1)
-        allowed = (dist >= 0) & has_cat
-        q_cat = cats.gather(1, q_pos).unsqueeze(-1)
-        same = (cats.unsqueeze(1) == q_cat) & has_cat
+        return self._copy_weights(s, dist, cats.unsqueeze(1), cats.gather(1, q_pos))
+
+    def _ring_copy(self, h: torch.Tensor, xk: torch.Tensor, kcats: torch.Tensor):
+        """The copy attention of each position over its own ring (training chunks).
+
+        h: (B, L, d) states; xk: (B, L, K, d) embeddings of each position's ring, right-aligned
+        (the position itself is the last); kcats: (B, L, K). Returns weights (B, L, K) and the
+        (B, L) mask of positions with something to copy.
+        """
+        K = kcats.shape[-1]
+        s = torch.einsum("bld,blkd->blk", self.copy_q(h), self.copy_k(xk)) / math.sqrt(h.shape[-1])
+        dist = K - 1 - torch.arange(K, device=h.device)
+        return self._copy_weights(s, dist, kcats, kcats[..., -1])
+
+    def _copy_weights(self, s: torch.Tensor, dist: torch.Tensor, kcats: torch.Tensor, qcats: torch.Tensor):
+        """Softmax of the copy scores ``s`` (..., K) over the keys ``dist`` (0 = the query's own
+        event) events back with a category, at most ``lookback - 1`` back: the ring the stream has.
+        Besides the learned match of query and key, two learned biases capture what the simple
+        baselines know: recency (by distance in events) and "same category as the current event".
+        """
+        has_cat = kcats > 0
+        allowed = (dist >= 0) & (dist < self.cfg.lookback) & has_cat
+        same = (kcats == qcats.unsqueeze(-1)) & has_cat
         s = (
             s.float()
-            + self.copy_recency(dist.clamp(0, self.cfg.max_len - 1)).squeeze(-1).float()
+            + self.copy_recency(dist.clamp(0, self.cfg.lookback - 1)).squeeze(-1).float()
             + self.copy_same.float() * same
         )
         s = s.masked_fill(~allowed, float("-inf"))
@@ -138,11 +162,31 @@ class SequenceModel(nn.Module):
         next-category softmax over every category bucket, the costliest part: on the CPU it is
         computed for the target positions only (about half of them).
         """
-        cfg = self.cfg
         x = self.embed(b)
         h = self.encode(x)
+        m = b["target"] & (b["next_cat"] >= 0)
+        return self._loss(h, b["num"], b, self._next_cat_prob(h, x, b, m))
+
+    def encode_chunks(self, b: dict[str, torch.Tensor], h0: torch.Tensor | None):
+        """GRU over a batch of chunks (rings of shape (B, L, K[, N_NUM])) from the states ``h0``
+        (n_layers, B, d) or zeros. Returns (ring embeddings (B, L, K, d), states (B, L, d), the
+        state after the chunk's last position (n_layers, B, d))."""
+        xk = self.embed(b)
+        h, h_n = self.rnn(xk[:, :, -1], h0)
+        return xk, h, h_n
+
+    def forward_chunks(self, b: dict[str, torch.Tensor], h0: torch.Tensor | None = None):
+        """GRU training loss over a batch of chunks from the carried states ``h0`` (see
+        :meth:`forward` for the loss). Returns (total loss, per-task losses, final state)."""
+        xk, h, h_n = self.encode_chunks(b, h0)
+        m = b["target"] & (b["next_cat"] >= 0)
+        loss, parts = self._loss(h, b["num"][:, :, -1], b, self._next_cat_prob_ring(h, xk, b, m))
+        return loss, parts, h_n
+
+    def _loss(self, h, num, b, p_next_cat) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.cfg
         tgt = b["target"]
-        intent_logit, churn_logit = self._binary_heads(h, b["num"])
+        intent_logit, churn_logit = self._binary_heads(h, num)
         parts: dict[str, torch.Tensor] = {}
 
         m = tgt & b["intent_mask"]
@@ -157,7 +201,7 @@ class SequenceModel(nn.Module):
         )
         parts["next_type"] = _masked_mean(ce.view_as(m), m)
         m = tgt & (b["next_cat"] >= 0)
-        parts["next_category"] = _masked_mean(-torch.log(self._next_cat_prob(h, x, b, m) + 1e-8), m)
+        parts["next_category"] = _masked_mean(-torch.log(p_next_cat + 1e-8), m)
         loss = (
             cfg.w_intent * parts["intent"]
             + cfg.w_churn * parts["churn"]
@@ -172,6 +216,22 @@ class SequenceModel(nn.Module):
         every position; otherwise on the ``m`` positions only, and the others get 1."""
         cats, nxt = b["cat"], b["next_cat"]
         B, L = cats.shape
+        q_pos = torch.arange(L, device=h.device).expand(B, L)
+        w, has = self._copy_attention(h, x, cats, q_pos)  # (B, L, L)
+        hit = (cats.unsqueeze(1) == nxt.unsqueeze(2)).float()  # (B, L, L)
+        return self._mix_true(h, nxt, m, dense, w, has, hit)
+
+    def _next_cat_prob_ring(self, h, xk, b, m, dense: bool | None = None) -> torch.Tensor:
+        """:meth:`_next_cat_prob` for chunks: each position copies from its own ring."""
+        kcats, nxt = b["cat"], b["next_cat"]
+        w, has = self._ring_copy(h, xk, kcats)  # (B, L, K)
+        hit = (kcats == nxt.unsqueeze(-1)).float()
+        return self._mix_true(h, nxt, m, dense, w, has, hit)
+
+    def _mix_true(self, h, nxt, m, dense, w, has, hit) -> torch.Tensor:
+        """The mixture's probability of the true next category ``nxt`` (B, L), given the copy
+        weights ``w`` and which of their keys ``hit`` it."""
+        B, L = nxt.shape
         target = nxt.clamp(min=0)
         if dense is None:
             dense = h.is_cuda
@@ -180,9 +240,6 @@ class SequenceModel(nn.Module):
         else:
             gen = torch.ones((B, L), device=h.device)
             gen[m] = torch.log_softmax(self.cat_out(h[m]).float(), -1).gather(1, target[m, None]).squeeze(1).exp()
-        q_pos = torch.arange(L, device=h.device).expand(B, L)
-        w, has = self._copy_attention(h, x, cats, q_pos)  # (B, L, L)
-        hit = (cats.unsqueeze(1) == nxt.unsqueeze(2)).float()  # (B, L, L)
         copy = (w * hit).sum(-1)
         g = torch.sigmoid(self.copy_gate(h).float().squeeze(-1))
         g = torch.where(has, g, torch.ones_like(g))
@@ -200,6 +257,15 @@ class SequenceModel(nn.Module):
         hq = h[ar, q_index]  # (B, d)
         w, has = self._copy_attention(hq.unsqueeze(1), x, cats, q_index.unsqueeze(1))
         w, has = w.squeeze(1), has.squeeze(1)  # weights after q_index are 0
+        return self._mixture(hq, w, has, cats)
+
+    def next_category_dist_ring(self, hq: torch.Tensor, xk: torch.Tensor, kcats: torch.Tensor) -> torch.Tensor:
+        """Full next-category distribution (N, category_buckets) at N positions of chunks, given
+        their states hq (N, d), ring embeddings xk (N, K, d) and ring categories kcats (N, K)."""
+        w, has = self._ring_copy(hq.unsqueeze(1), xk.unsqueeze(1), kcats.unsqueeze(1))
+        return self._mixture(hq, w.squeeze(1), has.squeeze(1), kcats)
+
+    def _mixture(self, hq: torch.Tensor, w: torch.Tensor, has: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
         gen = torch.softmax(self.cat_out(hq).float(), -1)
         g = torch.sigmoid(self.copy_gate(hq).float()).squeeze(-1)
         g = torch.where(has, g, torch.ones_like(g))
@@ -249,26 +315,33 @@ class SequenceModel(nn.Module):
     # -- inference ------------------------------------------------------------------------------
     @torch.inference_mode()
     def score_last(
-        self, b: dict[str, torch.Tensor], k: int, h0: torch.Tensor | None = None, latent: torch.Tensor | None = None
+        self,
+        b: dict[str, torch.Tensor],
+        k: int,
+        h0: torch.Tensor | None = None,
+        latent: torch.Tensor | None = None,
+        state: torch.Tensor | None = None,
     ):
         """Scores at the last real event of each window (batch of right-padded windows).
 
         Returns (p_intent (B,), p_churn (B,), top-k category buckets (B, k), their probabilities,
-        GRU state (n_layers, B, d) or None). With ``h0`` (GRU only), only the last event is run
-        through the recurrence, starting from the given per-user state: O(1) in the window length
-        for the encoder (the copy attention still reads the window's embeddings). ``latent``, a
-        (B,) bool mask, limits the next-category head (the costliest part) to those rows; the
-        others get bucket 0 ("absent") with probability 0.
+        GRU state (n_layers, B, d) or None). GRU only: with ``h0``, the state before the last
+        event, only that event is run through the recurrence (one step, whatever the history's
+        length); with ``state``, the state after the last event, no step is run at all (the
+        heads only). Without either the GRU runs over the window from zeros. The copy attention
+        reads the window's embeddings. ``latent``, a (B,) bool mask, limits the next-category head
+        (the costliest part) to those rows; the others get bucket 0 ("absent") with probability 0.
         """
+        if (h0 is not None or state is not None) and self.cfg.arch != "gru":
+            raise ValueError("incremental state is only available for the GRU model")
         x = self.embed(b)
         last = b["length"] - 1
         ar = torch.arange(x.shape[0], device=x.device)
-        state = None
         # Every head reads the encoding at the last real event only (the copy attention reads the
         # embeddings x): for the GRU that is its final state, so the padded outputs are not built.
-        if h0 is not None:
-            if self.cfg.arch != "gru":
-                raise ValueError("incremental state is only available for the GRU model")
+        if state is not None:
+            h_last = state[-1]
+        elif h0 is not None:
             out, state = self.rnn(x[ar, last].unsqueeze(1), h0)
             h_last = out[:, 0]
         elif self.cfg.arch == "gru":

@@ -1,20 +1,25 @@
-"""Score users' recent-event windows with a trained sequence checkpoint (inference only).
+"""Score users with a trained sequence checkpoint (inference only).
 
-The stream passes, for each user to score, the ``recent: list[RecentEvent]`` it keeps in the
-per-user state (oldest first; only the last ``max_len`` are used). Scores are as of the last
-event of each window: ``now_ms`` only drops events stamped after it (clock skew, replays).
+The stream keeps, per user, the ring of its last ``lookback`` events (``recent``, oldest first)
+and, for the GRU, the hidden state after the user's latest event. The GRU's state summarises the
+user's whole history (training runs it over whole histories, carried from chunk to chunk), so
+each new event costs one recurrence step:
 
-Example::
+* :meth:`SequenceScorer.advance` - the ring at a new event and the state before it: one GRU step,
+  scores at the new event and the new state;
+* :meth:`SequenceScorer.from_window` - no usable state (a new model version, a lost record): the
+  state rebuilt from zeros over the window the stream has, and scores at its last event;
+* :meth:`SequenceScorer.at_state` - the state after the window's last event: the heads only, no
+  step (re-scoring silent users).
+
+The copy attention and the features read the ring only, in training and here alike. Example::
 
     scorer = SequenceScorer.load("seq.pt")
-    out = scorer.score_batch([state.recent for state in states], now_ms=now)
-    out.p_intent[0], out.p_churn[0], out.top_categories[0][:3]
+    out = scorer.advance([state.recent for state in states], h_prev)
+    out.p_intent[0], out.p_churn[0], out.top_categories[0][:3], out.state
 
-For the GRU model, :meth:`SequenceScorer.step` advances a per-user hidden state by the newest
-event only (O(1) recurrence per event; the state is ``d_model`` floats to keep per user). It
-equals :meth:`score_batch` while a user has at most ``max_len`` events; beyond that the state
-remembers more than the window, which training did not see, so re-seed it from ``score_batch``
-when it is lost or stale.
+:meth:`SequenceScorer.score_batch` is :meth:`from_window` with a ``now_ms`` (events stamped after
+it are dropped: clock skew, replays); it also serves the transformer, which has no state.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ class Scores:
     top_buckets: np.ndarray  # (n, k) category hash buckets, most likely first
     top_probs: np.ndarray  # (n, k)
     top_categories: list[list[str | None]]  # category ids (None: a bucket never seen in training)
-    state: np.ndarray | None = None  # GRU only: (n, n_layers, d_model) per-user hidden state
+    state: np.ndarray | None = None  # GRU only: (n, n_layers, d_model) float32 state after the event
 
 
 class SequenceScorer:
@@ -55,17 +60,35 @@ class SequenceScorer:
         """Raises :class:`~models.sequence.checkpoint.CheckpointError` for an unusable file."""
         return cls(checkpoint.load(path, map_location=device), device)
 
-    def _batch(self, windows: Sequence[Sequence[RecentEvent]], now_ms: int | None):
-        L = self.config.max_len
+    def _cut(self, windows: Sequence[Sequence[RecentEvent]], now_ms: int | None, keep: int) -> list:
         cut = []
         for w in windows:
             if now_ms is not None and w and w[-1].ts > now_ms:
                 w = [e for e in w if e.ts <= now_ms]
             if not w:
                 raise ValueError("cannot score an empty window")
-            cut.append(w[-L:] if len(w) > L else w)
-        b = batch_features(cut, self.config)
+            cut.append(w[-keep:] if len(w) > keep else w)
+        return cut
+
+    def _batch(self, cut: Sequence[Sequence[RecentEvent]]) -> dict[str, torch.Tensor]:
+        # Padded to the ring's length at least, so a batch of rings always has the same shapes.
+        width = max(self.config.lookback, max(len(w) for w in cut))
+        b = batch_features(cut, self.config, width=width)
         return {k: torch.from_numpy(v).to(self.device) for k, v in b.items()}
+
+    def _state(self, h: np.ndarray, n: int) -> torch.Tensor:
+        cfg = self.config
+        h = np.asarray(h, np.float32)
+        if h.shape != (n, cfg.n_layers, cfg.d_model):
+            raise ValueError(f"state must have shape {(n, cfg.n_layers, cfg.d_model)}, got {h.shape}")
+        return torch.from_numpy(np.ascontiguousarray(h.transpose(1, 0, 2))).to(self.device)
+
+    def _latent(self, latent: Sequence[bool] | None) -> torch.Tensor | None:
+        return None if latent is None else torch.as_tensor(np.asarray(latent, bool), device=self.device)
+
+    def _gru_only(self) -> None:
+        if self.config.arch != "gru":
+            raise ValueError("per-user state is only available for the GRU model")
 
     def _scores(self, out) -> Scores:
         pi, pc, tb, tp, state = out
@@ -74,8 +97,53 @@ class SequenceScorer:
         # once instead of one lookup per bucket (a batch is mostly such rows).
         get, absent = self.vocab.get, self.vocab.get(0)
         names = [[get(b) for b in row] if any(row) else [absent] * len(row) for row in tb.tolist()]
-        st = state.transpose(0, 1).cpu().numpy() if state is not None else None
+        st = np.ascontiguousarray(state.float().transpose(0, 1).cpu().numpy()) if state is not None else None
         return Scores(pi.cpu().numpy(), pc.cpu().numpy(), tb, tp, names, st)
+
+    def advance(
+        self,
+        windows: Sequence[Sequence[RecentEvent]],
+        h_prev: np.ndarray,
+        latent: Sequence[bool] | None = None,
+        k: int | None = None,
+    ) -> Scores:
+        """GRU only: one recurrence step per row. Each window is the user's ring at a new event
+        (1..``lookback`` events, oldest first, the new event last; longer ones are cut to the
+        ring), ``h_prev`` (n, n_layers, d_model) the state before that event (zeros before a
+        user's first event). Returns the scores at the new event and, in ``state``, the state
+        after it. ``latent`` (one flag per window) limits the next categories to the flagged
+        windows; the others get none (``top_categories`` all None)."""
+        self._gru_only()
+        cut = self._cut(windows, None, self.config.lookback)
+        b = self._batch(cut)
+        h0 = self._state(h_prev, len(cut))
+        return self._scores(self.model.score_last(b, k or self.config.top_k, h0=h0, latent=self._latent(latent)))
+
+    def at_state(
+        self,
+        windows: Sequence[Sequence[RecentEvent]],
+        h: np.ndarray,
+        latent: Sequence[bool] | None = None,
+        k: int | None = None,
+    ) -> Scores:
+        """GRU only: the heads at each window's last event given ``h``, the state after that
+        event (no recurrence step): what :meth:`advance` returned for that event, again."""
+        self._gru_only()
+        cut = self._cut(windows, None, self.config.lookback)
+        b = self._batch(cut)
+        st = self._state(h, len(cut))
+        return self._scores(self.model.score_last(b, k or self.config.top_k, latent=self._latent(latent), state=st))
+
+    def from_window(
+        self,
+        windows: Sequence[Sequence[RecentEvent]],
+        latent: Sequence[bool] | None = None,
+        k: int | None = None,
+    ) -> Scores:
+        """Scores at each window's last event with the state rebuilt from zeros over the window
+        (GRU: also returned in ``state``); the stream's way back after a model swap or a lost
+        state. See :meth:`score_batch`."""
+        return self.score_batch(windows, k=k, latent=latent)
 
     def score_batch(
         self,
@@ -84,12 +152,29 @@ class SequenceScorer:
         k: int | None = None,
         latent: Sequence[bool] | None = None,
     ) -> Scores:
-        """Score each window at its last event; for the GRU also returns the per-user state.
-        ``latent`` (one flag per window) limits the next categories to the flagged windows; the
-        others get no categories (``top_categories`` all None)."""
-        b = self._batch(windows, now_ms)
-        mask = None if latent is None else torch.as_tensor(np.asarray(latent, bool), device=self.device)
-        return self._scores(self.model.score_last(b, k or self.config.top_k, latent=mask))
+        """Score each window at its last event, from no state: the GRU runs from zeros over the
+        window (up to ``cfg.max_window`` events, older ones are dropped) and returns its state;
+        the transformer reads the last ``lookback`` events. The heads read the last ``lookback``
+        events, as in training. ``latent`` (one flag per window) limits the next categories to
+        the flagged windows; the others get none (``top_categories`` all None). Events after
+        ``now_ms`` are dropped."""
+        cfg = self.config
+        gru = cfg.arch == "gru"
+        cut = self._cut(windows, now_ms, cfg.max_window if gru else cfg.lookback)
+        k = k or cfg.top_k
+        mask = self._latent(latent)
+        if not gru or max(len(w) for w in cut) <= cfg.lookback:
+            return self._scores(self.model.score_last(self._batch(cut), k, latent=mask))
+        # Longer than the ring: the state from the whole window, then the heads on the ring, whose
+        # features are computed on the ring alone as in training.
+        b = self._batch(cut)
+        with torch.inference_mode():
+            packed = torch.nn.utils.rnn.pack_padded_sequence(
+                self.model.embed(b), b["length"].cpu(), batch_first=True, enforce_sorted=False
+            )
+            _, state = self.model.rnn(packed)
+        ring = self._batch([w[-cfg.lookback :] for w in cut])
+        return self._scores(self.model.score_last(ring, k, latent=mask, state=state))
 
     def step(
         self,
@@ -98,10 +183,7 @@ class SequenceScorer:
         now_ms: int | None = None,
         k: int | None = None,
     ) -> Scores:
-        """GRU only: score after the newest event (the last of each window), advancing ``state``
-        (n, n_layers, d_model) from the previous call by that one event."""
-        b = self._batch(windows, now_ms)
-        h0 = torch.from_numpy(np.ascontiguousarray(np.asarray(state, np.float32).transpose(1, 0, 2))).to(
-            self.device
-        )
-        return self._scores(self.model.score_last(b, k or self.config.top_k, h0=h0))
+        """The former name of :meth:`advance` (kept for the benchmarks that call it)."""
+        if now_ms is not None:
+            windows = self._cut(windows, now_ms, self.config.max_window)
+        return self.advance(windows, state, k=k)

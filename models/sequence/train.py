@@ -6,6 +6,12 @@ Example (``events`` from ``models.datasets.importers.load_events`` or the archiv
     result.save("seq.pt")
     result.metrics["val"]["intent_auc"], result.train_events_per_s
 
+The GRU trains by truncated backpropagation through time over each user's whole history: the
+history in consecutive chunks of ``max_len`` events, the hidden state carried (detached) from one
+chunk to the next and zero at the user's first event, so the state at any event is the one the
+stream keeps by advancing it one event at a time. Users are laid out in ``batch_size`` lanes
+(:func:`lanes`); a step trains the next chunk of every lane. The transformer trains on windows.
+
 Uses CUDA with ``torch.autocast`` mixed precision (bfloat16 where supported, else float16 with a
 gradient scaler) when a GPU is present, and plain float32 on the CPU. Reports training
 throughput as target events per second of optimiser time.
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import heapq
 import sys
 import time
 from collections.abc import Sequence
@@ -68,21 +75,60 @@ def autocast_for(device: torch.device):
     return torch.autocast("cuda", dtype=dtype), dtype
 
 
+def lanes(first: np.ndarray, n_lanes: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Lay out users' chunks in ``n_lanes`` lanes for stateful training or prediction.
+
+    ``first`` (n_chunks,) marks each user's first chunk (a user's chunks are consecutive rows).
+    Users, in ``rng``'s random order (or in order), go to the lane with the fewest chunks so far,
+    so the lanes end close together. Returns ``idx`` (steps, n_lanes), the chunk each lane reads
+    at each step (``n_chunks`` where a lane has run out: the padding chunk), and ``keep``
+    (steps, n_lanes), false where the state must start from zeros (a user's first chunk).
+    """
+    starts = np.flatnonzero(first)
+    ends = np.append(starts[1:], len(first))
+    order = rng.permutation(len(starts)) if rng is not None else np.arange(len(starts))
+    heap = [(0, lane) for lane in range(n_lanes)]
+    rows: list[list[int]] = [[] for _ in range(n_lanes)]
+    for u in order:
+        load, lane = heapq.heappop(heap)
+        rows[lane].extend(range(starts[u], ends[u]))
+        heapq.heappush(heap, (load + ends[u] - starts[u], lane))
+    steps = max(len(r) for r in rows)
+    idx = np.full((steps, n_lanes), len(first), np.int64)
+    keep = np.zeros((steps, n_lanes), bool)
+    for lane, r in enumerate(rows):
+        idx[: len(r), lane] = r
+        keep[: len(r), lane] = ~first[r]
+    return idx, keep
+
+
 class DeviceWindows:
     """A :class:`Windows`' arrays as tensors on the training device, copied there once.
 
     Batches are gathered on the device (``index_select``), so a GPU is not fed by a host-side
     gather and a copy per step. On the CPU the tensors share the arrays' memory. The number of
     target events per window stays on the host, so counting trained events never waits for the GPU.
+    GRU chunks get one more row, all padding and no targets, for the lanes that have run out.
     """
 
     def __init__(self, w: Windows, device: torch.device) -> None:
         self.device = device
-        self.tensors = {k: torch.from_numpy(v).to(device) for k, v in w.arrays.items()}
-        self.targets_per_window = w.arrays["target"].sum(1)
+        self.stateful = w.stateful
+        self.n = len(w)
+        arrays = dict(w.arrays)
+        if self.stateful:
+            self.first = arrays.pop("first")
+            self.user = arrays.pop("user")
+            arrays = {k: np.concatenate([v, np.zeros_like(v[:1])]) for k, v in arrays.items()}
+        self.tensors = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+        self.targets_per_window = arrays["target"].sum(1)
 
     def __len__(self) -> int:
-        return len(self.targets_per_window)
+        return self.n
+
+    @property
+    def n_users(self) -> int:
+        return int(self.first.sum()) if self.stateful else self.n
 
     def batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         i = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)).to(self.device, non_blocking=True)
@@ -95,14 +141,30 @@ class DeviceWindows:
 
 class TrainStep:
     """One optimiser step on the windows at device positions ``idx``: gather, forward, backward,
-    gradient clipping, AdamW. Returns the loss as a device tensor (reading it waits for the GPU)."""
+    gradient clipping, AdamW. Returns the loss as a device tensor (reading it waits for the GPU).
 
-    def __init__(self, model: SequenceModel, opt: torch.optim.Optimizer, data: DeviceWindows, amp, scaler) -> None:
+    For GRU chunks the step keeps each lane's state (``h``, n_layers x lanes x d): a step starts
+    from it where ``keep`` is set (zeros elsewhere: a user's first chunk) and leaves the state after
+    its chunk, detached, for the lane's next chunk.
+    """
+
+    def __init__(
+        self, model: SequenceModel, opt: torch.optim.Optimizer, data: DeviceWindows, amp, scaler, n_lanes: int = 0
+    ) -> None:
         self.model, self.opt, self.data, self.amp, self.scaler = model, opt, data, amp, scaler
+        cfg = model.cfg
+        self.h = torch.zeros(cfg.n_layers, n_lanes, cfg.d_model, device=data.device) if data.stateful else None
 
-    def _forward_backward(self, idx: torch.Tensor) -> torch.Tensor:
+    def _forward_backward(self, idx: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         with self.amp:
-            loss, _ = self.model(self.data.gather(idx))
+            if self.h is not None:
+                assert keep is not None
+                h0 = self.h * keep.view(1, -1, 1).to(self.h.dtype)
+                loss, _, h_n = self.model.forward_chunks(self.data.gather(idx), h0)
+            else:
+                loss, _ = self.model(self.data.gather(idx))
+        if self.h is not None:
+            self.h.copy_(h_n.detach())
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.opt)
@@ -116,9 +178,9 @@ class TrainStep:
             self.opt.step()
         return loss.detach()
 
-    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         self.opt.zero_grad(set_to_none=True)
-        return self._forward_backward(idx)
+        return self._forward_backward(idx, keep)
 
 
 class CudaGraphStep(TrainStep):
@@ -136,23 +198,26 @@ class CudaGraphStep(TrainStep):
     WARMUP = 3
 
     def __init__(self, model, opt, data: DeviceWindows, amp, batch_size: int) -> None:
-        super().__init__(model, opt, data, amp, None)
+        super().__init__(model, opt, data, amp, None, batch_size)
         self.idx = torch.zeros(batch_size, dtype=torch.long, device=data.device)
+        self.keep = torch.zeros(batch_size, dtype=torch.bool, device=data.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None
         self.warm = 0
         self.error: str | None = None  # why capture failed; the steps then stay eager
 
-    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         if self.error is not None:
-            return super().__call__(idx)
+            return super().__call__(idx, keep)
         self.idx.copy_(idx)
+        if keep is not None:
+            self.keep.copy_(keep)
         if self.graph is None and self.warm < self.WARMUP:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 self.opt.zero_grad(set_to_none=True)
-                loss = self._forward_backward(self.idx)
+                loss = self._forward_backward(self.idx, self.keep)
             torch.cuda.current_stream().wait_stream(side)
             self.warm += 1
             return loss
@@ -161,10 +226,10 @@ class CudaGraphStep(TrainStep):
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph):  # records the step; runs nothing
-                    self.loss = self._forward_backward(self.idx)
+                    self.loss = self._forward_backward(self.idx, self.keep)
             except RuntimeError as e:  # an op that cannot be captured (a library, a driver)
                 self.error = f"{type(e).__name__}: {e}".splitlines()[0]
-                return super().__call__(idx)
+                return super().__call__(idx, keep)
             self.graph = graph
         self.graph.replay()
         assert self.loss is not None
@@ -206,7 +271,8 @@ def predict(
 ) -> dict[str, np.ndarray]:
     """Predictions at every target position: p_intent, p_churn, next-type probs, top-k categories,
     with the matching labels and masks (flattened over target positions). ``w`` may already be on
-    ``device`` (training validates the same windows every epoch)."""
+    ``device`` (training validates the same windows every epoch). GRU chunks are read in lanes
+    with the state carried, so every user's state runs from zeros over their whole history."""
     model.eval()
     out: dict[str, list[np.ndarray]] = {
         k_: []
@@ -226,6 +292,9 @@ def predict(
     amp, _ = autocast_for(device)
     batch_size = batch_size or eval_batch_size(device)
     dw = w if isinstance(w, DeviceWindows) else DeviceWindows(w, device)
+    if dw.stateful:
+        _predict_chunks(model, dw, device, batch_size, k, out, amp)
+        return {k_: np.concatenate(v) for k_, v in out.items()}
     for s in range(0, len(dw), batch_size):
         b = dw.batch(np.arange(s, min(s + batch_size, len(dw))))
         with amp:
@@ -243,6 +312,32 @@ def predict(
         for key in ("intent", "intent_mask", "churn", "churn_mask", "next_cat", "next_type"):
             out[key].append(b[key][tgt].cpu().numpy())
     return {k_: np.concatenate(v) for k_, v in out.items()}
+
+
+def _predict_chunks(model, dw: DeviceWindows, device, batch_size: int, k: int, out, amp) -> None:
+    idx, keep = lanes(dw.first, min(batch_size, dw.n_users))
+    cfg = model.cfg
+    h = torch.zeros(cfg.n_layers, idx.shape[1], cfg.d_model, device=device)
+    keep_dev = torch.from_numpy(keep).to(device)
+    for t in range(len(idx)):
+        b = dw.batch(idx[t])
+        with amp:
+            xk, hs, h_n = model.encode_chunks(b, h * keep_dev[t].view(1, -1, 1).to(h.dtype))
+            il, cl = model._binary_heads(hs, b["num"][:, :, -1])
+            tgt = b["target"]
+            hq, xq, cq = hs[tgt], xk[tgt], b["cat"][tgt]
+            # The full next-category distribution is (targets x buckets): in slices, to bound memory.
+            for s in range(0, len(hq), 1024):
+                dist = model.next_category_dist_ring(hq[s : s + 1024], xq[s : s + 1024], cq[s : s + 1024])
+                out["topk"].append(dist.topk(k, dim=1).indices.cpu().numpy())
+            out["p_type"].append(torch.softmax(model.next_type_head(hq).float(), -1).cpu().numpy())
+        h = h_n.float()
+        out["p_intent"].append(torch.sigmoid(il[tgt].float()).cpu().numpy())
+        out["p_churn"].append(torch.sigmoid(cl[tgt].float()).cpu().numpy())
+        for key in ("intent", "intent_mask", "churn", "churn_mask", "next_cat", "next_type"):
+            out[key].append(b[key][tgt].cpu().numpy())
+    if not out["topk"]:
+        out["topk"].append(np.zeros((0, k), np.int64))
 
 
 def metrics_from(pred: dict[str, np.ndarray], k: int = 10) -> dict[str, float]:
@@ -330,7 +425,11 @@ def train(
     model = SequenceModel(cfg).to(dev)
     amp, amp_dtype = autocast_for(dev)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    graphed = cuda_graph and dev.type == "cuda" and scaler is None and len(train_w) >= cfg.batch_size
+    data = DeviceWindows(train_w, dev)
+    val_data = DeviceWindows(val_w, dev)
+    # GRU: one lane per batch row, as many as there are users at most.
+    n_lanes = min(cfg.batch_size, data.n_users) if data.stateful else cfg.batch_size
+    graphed = cuda_graph and dev.type == "cuda" and scaler is None and (data.stateful or len(train_w) >= cfg.batch_size)
     # Fused AdamW: one kernel for all parameters instead of a few per parameter tensor;
     # capturable keeps its step count on the device, so a CUDA graph can replay it.
     opt = torch.optim.AdamW(
@@ -340,31 +439,37 @@ def train(
         fused=dev.type == "cuda",
         capturable=graphed,
     )
-    data = DeviceWindows(train_w, dev)
-    val_data = DeviceWindows(val_w, dev)
     step = (
-        CudaGraphStep(model, opt, data, amp, cfg.batch_size) if graphed else TrainStep(model, opt, data, amp, scaler)
+        CudaGraphStep(model, opt, data, amp, n_lanes) if graphed else TrainStep(model, opt, data, amp, scaler, n_lanes)
     )
 
     best: tuple[float, int, dict[str, Any], dict[str, float]] | None = None
     history: list[dict[str, float]] = []
     train_time = 0.0
     trained_events = 0
-    # A graph replays full batches only: the last, partial batch of an epoch is left out (a
-    # different one each epoch, as the order is shuffled).
-    n_batches = len(train_w) // cfg.batch_size if graphed else -(-len(train_w) // cfg.batch_size)
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
-        perm = rng.permutation(len(train_w))
+        if data.stateful:
+            # Users in a new random order and lanes each epoch; every lane is a full batch row.
+            order, keep = lanes(data.first, n_lanes, rng)
+            n_batches = len(order)
+            perm = order.reshape(-1)
+            keep_dev = torch.from_numpy(keep).to(dev)
+        else:
+            # A graph replays full batches only: the last, partial batch of an epoch is left out (a
+            # different one each epoch, as the order is shuffled).
+            n_batches = len(train_w) // cfg.batch_size if graphed else -(-len(train_w) // cfg.batch_size)
+            perm = rng.permutation(len(train_w))
         perm_dev = torch.from_numpy(perm).to(dev)
+        rows = n_lanes if data.stateful else cfg.batch_size
         # The running loss stays on the device: reading it waits for the GPU, so it is read
         # only for the progress bar, a few times a second.
         running = torch.zeros((), device=dev)
         epoch_events = 0
         shown = t_start = time.perf_counter()
         for bi in range(n_batches):
-            lo, hi = bi * cfg.batch_size, (bi + 1) * cfg.batch_size
-            loss = step(perm_dev[lo:hi])
+            lo, hi = bi * rows, (bi + 1) * rows
+            loss = step(perm_dev[lo:hi], keep_dev[bi] if data.stateful else None)
             epoch_events += int(data.targets_per_window[perm[lo:hi]].sum())
             running = running.mul(0.9).add(loss, alpha=0.1) if bi else loss.clone()
             now = time.perf_counter()

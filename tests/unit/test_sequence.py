@@ -141,12 +141,18 @@ def test_labels_respect_horizons_and_data_end():
     assert lab["next_type"].tolist() == [0, 3, 0, -1]
 
 
-def test_every_event_is_a_target_exactly_once():
-    cfg = SeqConfig(max_len=8)
+@pytest.mark.parametrize("arch", ["gru", "transformer"])
+def test_every_event_is_a_target_exactly_once(arch):
+    cfg = SeqConfig(max_len=8, lookback=6, arch=arch)
     evs = [ev(i, f"u{i % 3}", "click", T0 + i * 1000) for i in range(50)]
     w = build_windows(user_histories(evs), cfg, data_end_ms=T0 + DAY)
     assert w.n_targets == 50
-    assert (w.arrays["length"] <= 8).all()
+    if arch == "transformer":
+        assert (w.arrays["length"] <= 6).all()
+    else:  # consecutive chunks: 17 + 17 + 16 events in 3 + 3 + 2 chunks of 8
+        assert w.arrays["first"].tolist() == [True, False, False, True, False, False, True, False]
+        assert w.arrays["target"].sum(1).tolist() == [8, 8, 1, 8, 8, 1, 8, 8]
+        assert w.arrays["type"].shape == (8, 8, 6) and w.arrays["num"].shape[:3] == (8, 8, 6)
 
 
 def test_time_split_has_no_label_leak():
@@ -220,16 +226,112 @@ def test_scores_separate_carts_from_browsing(trained):
     assert s.p_intent[1] > s.p_intent[0] + 0.1
 
 
-def test_gru_step_matches_full_window(trained):
+def test_gru_advance_matches_the_window_from_zeros(trained):
     scorer = SequenceScorer(checkpoint.Loaded(trained.model, TINY, trained.vocab, {}, (0, 0), "", 1))
     hist = list(user_histories(planted()).values())[:5]
-    windows = [h[: TINY.max_len] for h in hist]
-    prev = scorer.score_batch([w[:-1] for w in windows])
-    stepped = scorer.step(windows, prev.state)
+    windows = [h[: TINY.lookback] for h in hist]
+    prev = scorer.from_window([w[:-1] for w in windows])
+    stepped = scorer.advance(windows, prev.state)
     full = scorer.score_batch(windows)
     np.testing.assert_allclose(stepped.p_intent, full.p_intent, atol=1e-5)
     np.testing.assert_allclose(stepped.state, full.state, atol=1e-5)
     np.testing.assert_array_equal(stepped.top_buckets, full.top_buckets)
+    assert stepped.state.dtype == np.float32 and stepped.state.shape == (5, TINY.n_layers, TINY.d_model)
+    first = scorer.advance([w[:1] for w in windows], np.zeros((5, TINY.n_layers, TINY.d_model), np.float32))
+    np.testing.assert_allclose(first.p_churn, scorer.from_window([w[:1] for w in windows]).p_churn, atol=1e-6)
+    again = scorer.at_state(windows, stepped.state, latent=[True, False, True, True, False])
+    np.testing.assert_allclose(again.p_intent, stepped.p_intent, atol=1e-6)
+    np.testing.assert_array_equal(again.top_buckets[[0, 2, 3]], stepped.top_buckets[[0, 2, 3]])
+    assert not again.top_buckets[[1, 4]].any()
+
+
+def _chunk_forward(model, w):
+    """Per-target (p_intent, p_churn, top-10 buckets, their probabilities) of the training
+    forward pass: each user's chunks in order, the state carried from one to the next."""
+    from models.sequence.train import DeviceWindows
+
+    dw = DeviceWindows(w, torch.device("cpu"))
+    out: list[tuple] = []
+    h = None
+    with torch.no_grad():
+        for r in range(len(dw)):
+            b = dw.batch(np.array([r]))
+            xk, hs, h_n = model.encode_chunks(b, None if w.arrays["first"][r] else h)
+            h = h_n
+            il, cl = model._binary_heads(hs, b["num"][:, :, -1])
+            tgt = b["target"]
+            dist = model.next_category_dist_ring(hs[tgt], xk[tgt], b["cat"][tgt])
+            top_p, top_b = dist.topk(10, dim=1)
+            for i in range(int(tgt.sum())):
+                out.append((torch.sigmoid(il[tgt])[i], torch.sigmoid(cl[tgt])[i], top_b[i], top_p[i]))
+    return out
+
+
+@pytest.mark.parametrize("max_len,lookback", [(8, 5), (4, 16), (16, 16)])
+def test_advancing_event_by_event_equals_the_chunked_training_pass(max_len, lookback):
+    """Serving advances each user's state by one GRU step per event from zeros; training runs
+    whole histories in chunks of ``max_len`` with the state carried. Both give the same scores at
+    every event of histories longer than ``max_len`` and than the ring."""
+    from models.sequence.model import SequenceModel
+
+    torch.manual_seed(1)
+    cfg = dataclasses.replace(TINY, max_len=max_len, lookback=lookback, category_buckets=64)
+    model = SequenceModel(cfg).eval()
+    scorer = SequenceScorer(checkpoint.Loaded(model, cfg, {}, {}, (0, 0), "", 1))
+    hist = {u: h[:37] for u, h in list(user_histories(planted(8)).items())[:4]}
+    assert all(len(h) > max(max_len, lookback) + 3 for h in hist.values())
+    train_pass = _chunk_forward(model, build_windows(hist, cfg, data_end_ms=T0 + 30 * DAY))
+    served = []
+    for h in hist.values():
+        state = np.zeros((1, cfg.n_layers, cfg.d_model), np.float32)
+        for i in range(len(h)):
+            out = scorer.advance([h[max(0, i - lookback + 1) : i + 1]], state)
+            state = out.state
+            served.append(out)
+    assert len(served) == len(train_pass)
+    for out, (p_i, p_c, top_b, top_p) in zip(served, train_pass, strict=True):
+        assert out.p_intent[0] == pytest.approx(float(p_i), abs=1e-5)
+        assert out.p_churn[0] == pytest.approx(float(p_c), abs=1e-5)
+        np.testing.assert_allclose(out.top_probs[0], top_p.numpy(), atol=1e-5)
+        distinct = np.append(np.diff(top_p.numpy()) < -1e-5, True)
+        np.testing.assert_array_equal(out.top_buckets[0][distinct], top_b.numpy()[distinct])
+
+
+def test_from_window_longer_than_the_ring_rebuilds_the_whole_windows_state():
+    """A window longer than the ring: the state runs over all of it, the heads read the ring."""
+    from models.sequence.model import SequenceModel
+
+    torch.manual_seed(2)
+    cfg = dataclasses.replace(TINY, max_len=12, lookback=5, category_buckets=64)
+    scorer = SequenceScorer(checkpoint.Loaded(SequenceModel(cfg).eval(), cfg, {}, {}, (0, 0), "", 1))
+    hist = list(user_histories(planted(6)).values())[:3]
+    state = np.zeros((3, cfg.n_layers, cfg.d_model), np.float32)
+    for i in range(12):
+        out = scorer.advance([h[max(0, i - 4) : i + 1] for h in hist], state)
+        state = out.state
+    full = scorer.from_window([h[:12] for h in hist])
+    np.testing.assert_allclose(full.state, out.state, atol=1e-5)
+    np.testing.assert_allclose(full.p_intent, out.p_intent, atol=1e-5)
+    np.testing.assert_array_equal(full.top_buckets, out.top_buckets)
+    with pytest.raises(ValueError, match="state must have shape"):
+        scorer.advance([h[:3] for h in hist], state[:2])
+
+
+def test_a_checkpoint_from_before_lookback_loads_and_scores_as_before(trained, tmp_path):
+    """Checkpoints written before ``lookback`` existed hold ``max_len`` only: their windows were
+    ``max_len`` events, so that is their look-back, and they score the same."""
+    path = tmp_path / "seq.pt"
+    old_cfg = dataclasses.replace(TINY, max_len=16, lookback=16)
+    checkpoint.save(path, trained.model, old_cfg, vocab=trained.vocab)
+    blob = torch.load(path, weights_only=True)
+    del blob["config"]["lookback"]
+    torch.save(blob, path)
+    loaded = SequenceScorer.load(path)
+    assert loaded.config.lookback == 16 and loaded.config.max_len == 16
+    windows = [h[-16:] for h in user_histories(planted()).values()]
+    same = SequenceScorer(checkpoint.Loaded(trained.model, old_cfg, trained.vocab, {}, (0, 0), "", 1))
+    a, b = loaded.score_batch(windows), same.score_batch(windows)
+    assert np.array_equal(a.p_intent, b.p_intent) and np.array_equal(a.top_buckets, b.top_buckets)
 
 
 def test_now_ms_ignores_events_after_now(trained):
@@ -375,7 +477,8 @@ def test_batch_size_zero_means_the_devices_default_and_is_stored():
         SeqConfig(batch_size=-1)
 
 
-def test_loss_parts_are_means_over_the_labelled_targets():
+@pytest.mark.parametrize("arch", ["gru", "transformer"])
+def test_loss_parts_are_means_over_the_labelled_targets(arch):
     """The dense, masked loss (no data-dependent shapes, so a GPU never waits inside a step) equals
     the mean over the labelled target positions; the next-category term is the same whether its
     softmax runs on every position (GPU) or on the target positions only (CPU); and a batch
@@ -386,14 +489,28 @@ def test_loss_parts_are_means_over_the_labelled_targets():
     from models.sequence.train import DeviceWindows
 
     torch.manual_seed(0)
-    cfg = dataclasses.replace(TINY, dropout=0.0)
+    cfg = dataclasses.replace(TINY, dropout=0.0, arch=arch, max_len=8, lookback=6)
     w, _, _ = time_split(planted(20), cfg)
     b = DeviceWindows(w, torch.device("cpu")).batch(np.arange(min(len(w), 24)))
     model = SequenceModel(cfg)
-    _, parts = model(b)
-    x = model.embed(b)
-    h = model.encode(x)
-    il, cl = model._binary_heads(h, b["num"])
+    if arch == "gru":
+        h0 = torch.randn(cfg.n_layers, len(b["target"]), cfg.d_model)
+        _, parts, _ = model.forward_chunks(b, h0)
+        x, h, _ = model.encode_chunks(b, h0)
+        num = b["num"][:, :, -1]
+
+        def next_cat_prob(m, dense):
+            return model._next_cat_prob_ring(h, x, b, m, dense=dense)
+    else:
+        _, parts = model(b)
+        x = model.embed(b)
+        h = model.encode(x)
+        num = b["num"]
+
+        def next_cat_prob(m, dense):
+            return model._next_cat_prob(h, x, b, m, dense=dense)
+
+    il, cl = model._binary_heads(h, num)
     m = b["target"] & b["intent_mask"]
     assert m.any() and not m.all()
     torch.testing.assert_close(parts["intent"], F.binary_cross_entropy_with_logits(il[m], b["intent"][m]))
@@ -402,12 +519,12 @@ def test_loss_parts_are_means_over_the_labelled_targets():
     m = b["target"] & (b["next_type"] >= 0)
     torch.testing.assert_close(parts["next_type"], F.cross_entropy(model.next_type_head(h[m]), b["next_type"][m]))
     m = b["target"] & (b["next_cat"] >= 0)
-    dense = model._next_cat_prob(h, x, b, m, dense=True)
-    torch.testing.assert_close(dense[m], model._next_cat_prob(h, x, b, m, dense=False)[m])
+    dense = next_cat_prob(m, True)
+    torch.testing.assert_close(dense[m], next_cat_prob(m, False)[m])
     torch.testing.assert_close(parts["next_category"], -torch.log(dense[m] + 1e-8).mean())
 
     unlabelled = dict(b, target=torch.zeros_like(b["target"]))
-    loss, parts = model(unlabelled)
+    loss, parts = model(unlabelled) if arch == "transformer" else model.forward_chunks(unlabelled)[:2]
     assert float(loss.detach()) == 0.0 and all(float(v.detach()) == 0.0 for v in parts.values())
     model.zero_grad()
     loss.backward()

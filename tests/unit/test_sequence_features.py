@@ -9,6 +9,8 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.features.recent import RecentEvent
 from models.sequence.config import DAY_MS, SeqConfig
@@ -146,6 +148,21 @@ def test_batch_features_equal_the_reference_loop(max_len):
         assert all(np.array_equal(single[k], got[k][b, :n]) for k in want)
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40), lookback=st.integers(1, 12))
+def test_features_of_a_long_window_are_those_of_each_events_ring(seed, n, lookback):
+    """Position ``i`` of a long window gets exactly the features it has as the newest event of
+    its ring ``window[i - lookback + 1 : i + 1]``, what the stream scores it on."""
+    cfg = SeqConfig(max_len=40, lookback=lookback)
+    w = random_window(random.Random(seed), n)
+    long = batch_features([w], cfg)
+    rings = [w[max(0, i - lookback + 1) : i + 1] for i in range(n)]
+    ring = batch_features(rings, cfg, width=min(lookback, n))
+    last = np.array([len(r) - 1 for r in rings])
+    for key in ("type", "item", "cat", "query", "gap", "num"):
+        np.testing.assert_array_equal(long[key][0, :n], ring[key][np.arange(n), last], err_msg=key)
+
+
 def test_open_carts_close_on_purchase_and_reopen_on_cart():
     cfg = SeqConfig(max_len=8)
     i1, i2 = 11, 22
@@ -158,9 +175,9 @@ def test_open_carts_close_on_purchase_and_reopen_on_cart():
 
 def test_windows_longer_than_max_len_or_empty_are_refused():
     with pytest.raises(ValueError, match="events per window"):
-        batch_features([[]], SeqConfig(max_len=4))
+        batch_features([[]], SeqConfig(max_len=4, lookback=4))
     with pytest.raises(ValueError, match="events per window"):
-        batch_features([random_window(random.Random(0), 5)], SeqConfig(max_len=4))
+        batch_features([random_window(random.Random(0), 5)], SeqConfig(max_len=4, lookback=4))
 
 
 def test_windows_read_from_the_states_bytes_give_the_same_inputs_as_lists():
