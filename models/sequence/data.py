@@ -95,7 +95,7 @@ def gap_bucket(gap_ms: int | None, n: int) -> int:
 
 
 def window_features(window: Sequence[RecentEvent], cfg: SeqConfig) -> dict[str, np.ndarray]:
-    """Model inputs for one window (at most ``max_len`` events, oldest first, sorted by time).
+    """Model inputs for one window (at most ``cfg.max_window`` events, oldest first, sorted by time).
 
     Returns int64 arrays ``type`` (event type + 1; 0 is padding), ``item``, ``cat``, ``query``
     (hash buckets), ``gap`` (log-bucketed gap to the previous event) and a float32 ``num``
