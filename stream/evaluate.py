@@ -299,8 +299,9 @@ def write_summary(reports: dict[str, dict[str, Any]], out: Path, command: str) -
         "",
         f"`{command}`",
         "",
-        f"95% intervals from a bootstrap over the test users ({boot['resamples']} resamples, seed "
-        f"{boot['seed']}); the highest figure of each row in bold. Per-task reports: `<task>/report.json`.",
+        f"Figures as in the reports, with 95% intervals from a bootstrap over the test users "
+        f"({boot['resamples']} resamples, seed {boot['seed']}); the highest figure of each row in bold. "
+        "Per-task reports: `<task>/report.json`.",
         "",
         "| task | metric | " + " | ".join(MODELS) + " | rows | users |",
         "|---|---|" + "---|" * len(MODELS) + "---|---|",
@@ -311,7 +312,7 @@ def write_summary(reports: dict[str, dict[str, Any]], out: Path, command: str) -
             best = max((v for v in values.values() if v is not None), default=None)
             cells = []
             for m in MODELS:
-                cell = with_ci(values[m], t["models"][m].get(f"{metric}_ci95"))
+                cell = with_ci(values[m], t["models"][m].get(f"{metric}_ci95"), value_digits=4)
                 cells.append(f"**{cell}**" if best is not None and values[m] == best else cell)
             lines.append(f"| {t['title']} | {_METRIC_NAMES[metric]} | " + " | ".join(cells)
                          + f" | {t['rows']} | {t['test_users']} |")  # fmt: skip
@@ -332,7 +333,7 @@ def write_summary(reports: dict[str, dict[str, Any]], out: Path, command: str) -
             d, key = t["paired_differences"][pair], t["metrics"][0]
             v, ci = d.get(key), d.get(f"{key}_ci95")
             cells.append(
-                "n/a" if v is None else f"{v:+.3f}" + (f" ({ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "")
+                "n/a" if v is None else f"{v:+.4f}" + (f" ({ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "")
             )
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")

@@ -249,7 +249,7 @@ def test_task_all_runs_the_three_tasks_and_writes_one_summary(tmp_path, capsys, 
     md = (out / "summary.md").read_text()
     base = summary["tasks"]["churn"]["models"]["baseline"]
     lo, hi = base["roc_auc_ci95"]
-    assert f"{base['roc_auc']:.3f} ({lo:.3f}-{hi:.3f})" in md
+    assert f"{base['roc_auc']:.4f} ({lo:.3f}-{hi:.3f})" in md
     assert md.count("| purchase intent, Taobao, 30 min |") == 2 and "| blend - online |" in md
 
 
