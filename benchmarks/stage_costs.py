@@ -6,8 +6,9 @@ prints the process CPU time per event of each step:
 
 * ingest: validate and pseudonymise (``ingest_one``), pack; the process side: unpack and
   ``Event.from_dict``;
-* load (``UserRecord.from_bytes``), ``Pipeline.apply``, sequence scoring, ``Pipeline.decide``,
-  store (``records_to_bytes``, as the worker stores a batch), signal JSON.
+* load (``UserRecord.from_bytes``), then ``Pipeline.step`` itself, timed by stage through its
+  ``mark`` hook (apply, sequence model, decide, explain, churn scan), store (``records_to_bytes``,
+  as the worker stores a batch), signal JSON.
 
 What is left of a worker's CPU per event (``intentstream bench pipeline``) beyond these is Faust,
 aiokafka and the threads' hand-offs. ``--gc`` chooses the cyclic garbage collector: ``on``
@@ -48,15 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.harness.warm import publish_sequence_model, warm_online_models
     from models.events import Event
     from models.online.learner import PartitionLearners
-    from models.sequence import explain
     from stream.agents.records import partition_for
     from stream.agents.runtime import pipeline_config
     from stream.agents.upkeep import freeze_heap
     from stream.logic import packing
     from stream.logic.ingest import Pseudonymizer, ingest_one
-    from stream.logic.pipeline import Pipeline, SeqView, UserRecord, records_to_bytes
+    from stream.logic.pipeline import Pipeline, UserRecord, records_to_bytes
     from stream.logic.scoring import RuleScorer
-    from stream.logic.serving import SequenceServing
+    from stream.logic.serving import SequenceServing, ServedModel
     from stream.settings import load_settings
 
     torch.set_num_threads(1)  # the worker's default (INTENTSTREAM_SEQUENCE_THREADS)
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                               device="cpu", max_batch=s.sequence_max_batch, shadow=False)  # fmt: skip
     serving.poll()
     served = serving.swap()
+    model = ServedModel(served, s.latent_top_k, s.explain_events) if served else None  # the worker's, less its metrics
     if a.gc == "off":
         gc.disable()
     elif a.gc == "freeze":
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         now = time.process_time()
         cost[name] += now - mark
         mark = now
+
+    def lookup(_partition: int, users: list[str]) -> dict[str, UserRecord | None]:
+        return {u: UserRecord.from_bytes(table[u]) if u in table else None for u in users}
 
     for i in range(0, a.events, a.batch):
         if a.idle_ms:
@@ -106,26 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         step("process: unpack, Event.from_dict")
         records = {u: UserRecord.from_bytes(table[u]) if u in table else None for u in {ev.user for _p, ev in items}}
         step("process: load (UserRecord.from_bytes)")
-        result = pipe.apply(records, items, windows=served is not None)
-        step("process: Pipeline.apply")
-        views = None
-        if served is not None:
-            cands = result.candidates
-            sc = serving.score(served, [c.window for c in cands], None, [c.latent_due for c in cands])
-            views = [SeqView(served.name, served.tasks, float(sc.p_intent[j]), float(sc.p_churn[j]),
-                             tuple(c for c in sc.top_categories[j] if c)[: s.latent_top_k]) for j in range(len(cands))]  # fmt: skip
-            step("process: sequence scoring")
-        pipe.decide(result, records, views)  # type: ignore[arg-type]
-        step("process: Pipeline.decide")
-        if served is not None and s.explain_events:
-            for head in ("intent", "churn"):  # what BatchModel.explain runs for the blended signals
-                windows = [w for _i, h, w in result.explain if h == head and w]
-                if windows:
-                    explain.occlusion(served.scorer, windows, head, s.explain_events)
-            step("process: explain (occlusion)")
-        table.update(records_to_bytes(result.records))
+        out = pipe.step(records, items, lookup, model, mark=lambda stage: step(f"process: step: {stage}"))
+        table.update(records_to_bytes(out.records))
+        for u in out.deleted:
+            table.pop(u, None)
         step("process: store (records_to_bytes)")
-        for sig in result.signals:
+        for sig in out.signals:
             sig.to_json()
         step("process: signal JSON")
 

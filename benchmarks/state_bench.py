@@ -16,9 +16,10 @@ The table's value per user is more than the state: :class:`stream.logic.pipeline
 the signal policy's memory and the online models' pending predictions (feature snapshots waiting
 for their delayed labels, ``models.online.labels``). ``record_*`` measures that whole value: the
 events of the first ``RECORD_USERS`` users' population go through the worker's own ``Pipeline``
-(state, fresh online models learning from their labels, signal policy, the churn scan at each
-batch's watermark) in batches of 1,000, and the records left at the end are measured, with
-``record_parts_bytes_per_user`` splitting the mean into state, policy and pending labels.
+(state, fresh online models learning from their labels, the benchmark's sequence model keeping
+each user's hidden state, signal policy, the churn scan at each batch's watermark) in batches of
+1,000, and the records left at the end are measured, with ``record_parts_bytes_per_user``
+splitting the mean into state, policy, pending labels and sequence state.
 
 Run: ``python -m benchmarks.state_bench --users 20000`` (prints one JSON object).
 """
@@ -32,6 +33,7 @@ import random
 import statistics
 import time
 from collections import Counter
+from pathlib import Path
 
 from models.events import parse_event
 from models.features.state import StateConfig, UserState, apply_event
@@ -106,13 +108,17 @@ def run(
 
 def records(users: int, seed: int, events_per_user: int = EVENTS_PER_USER) -> dict:
     """Sizes of the whole table value per user (see the module docstring)."""
-    from benchmarks.harness.warm import learning_pipeline, replay
+    import tempfile
+
+    from benchmarks.harness.warm import benchmark_model, learning_pipeline, replay
     from stream.settings import load_settings
 
     s = load_settings()
     raw = ShopperSimulator(seed=seed, users=users).take(users * events_per_user)
-    # One partition: one watermark, as one worker's partition.
-    recs = list(replay(learning_pipeline(s, s.churn_after_ms), raw, 1).values())
+    with tempfile.TemporaryDirectory(prefix="state-bench-") as tmp:
+        model = benchmark_model(s, Path(tmp))
+        # One partition: one watermark, as one worker's partition.
+        recs = list(replay(learning_pipeline(s, s.churn_after_ms), raw, 1, model).values())
     sizes = sorted(len(r.to_bytes()) for r in recs)
     n = len(recs)
     return {
@@ -127,6 +133,7 @@ def records(users: int, seed: int, events_per_user: int = EVENTS_PER_USER) -> di
             "state": sum(len(r.state.to_bytes()) for r in recs) / n,
             "policy": sum(len(r.policy.to_bytes()) for r in recs) / n,
             "pending_labels": sum(len(r.pending.to_bytes()) for r in recs) / n,
+            "sequence_state": sum(len(r.seq.to_bytes()) for r in recs if r.seq is not None) / n,
         },
         "record_pending_snapshots_per_user": sum(len(r.pending.intent) + len(r.pending.churn) for r in recs) / n,
     }

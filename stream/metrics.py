@@ -70,7 +70,9 @@ REFRESH_RESULTS: tuple[str, ...] = ("success", "failure")
 #: Every label name any metric may carry. Tests assert the exposition uses nothing else, so a
 #: new label (and its cardinality) is a reviewed decision rather than an accident.
 LABEL_NAMES: frozenset[str] = frozenset({"type", "reason", "task", "result", "topic", "partition", "version", "path",
-                                         "cause"})  # fmt: skip
+                                         "cause", "state"})  # fmt: skip
+#: ``state`` label values of ``sequence_states_total``: how an event's hidden state was had.
+SEQUENCE_STATES: tuple[str, ...] = ("stepped", "rebuilt")
 #: Why a worker discarded its local table store at start-up (stream/local_state.py).
 REBUILD_CAUSES: tuple[str, ...] = ("unclean_shutdown", "ahead_of_changelog", "unreadable")
 
@@ -300,6 +302,15 @@ class Metrics:
             registry=registry,
             buckets=SCORING_BUCKETS,
         )
+        self.sequence_states = Counter(
+            "sequence_states",
+            "Events scored by the sequence model, by how the user's hidden state was had: stepped (the "
+            "stored state, advanced by the event) or rebuilt (from the recent-event ring: a new model, "
+            "a record without one, an event out of order).",
+            ["state"],
+            namespace=ns,
+            registry=registry,
+        )
         self.shadow_score_difference = Histogram(
             "shadow_score_difference",
             "Shadow candidate's score minus the served sequence model's, per scored window.",
@@ -388,6 +399,11 @@ class Metrics:
         """Record one sequence-model scoring call."""
         self.scoring_batch_size.observe(size)
         self.scoring_seconds.observe(seconds)
+
+    def count_sequence_states(self, stepped: int, rebuilt: int) -> None:
+        """Count the events whose hidden state was stepped or rebuilt."""
+        self.sequence_states.labels(state="stepped").inc(stepped)
+        self.sequence_states.labels(state="rebuilt").inc(rebuilt)
 
     def set_pending_labels(self, task: str, n: int) -> None:
         """Set how many predictions of ``task`` wait for their label."""

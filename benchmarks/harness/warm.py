@@ -10,7 +10,7 @@ from stream.broker import client_config, create_plain_topics
 from stream.settings import Settings
 
 if TYPE_CHECKING:
-    from stream.logic.pipeline import Pipeline, UserRecord
+    from stream.logic.pipeline import Pipeline, SequenceModel, UserRecord
 
 #: Churn horizon the benchmark's online models are warmed with (see :func:`warm_online_models`).
 WARM_CHURN_HORIZON_MS = 30 * 60_000
@@ -33,10 +33,11 @@ def learning_pipeline(settings: Settings, churn_horizon_ms: int) -> Pipeline:
     return Pipeline(cfg, RuleScorer(settings.churn_after_ms), learners=make)
 
 
-def replay(pipe: Pipeline, raw: list[dict], partitions: int) -> dict[str, UserRecord]:
+def replay(pipe: Pipeline, raw: list[dict], partitions: int, model: SequenceModel | None = None) -> dict[str, UserRecord]:
     """Raw simulator events through ``pipe`` as a worker applies them: batches of 1,000 through
-    :meth:`~stream.logic.pipeline.Pipeline.step` (the churn scan included). Returns the users'
-    records left at the end (expired users deleted)."""
+    :meth:`~stream.logic.pipeline.Pipeline.step` (the churn scan included; ``model``: the sequence
+    model, whose per-user state the records then hold). Returns the users' records left at the
+    end (expired users deleted)."""
     from models.events import parse_event
     from models.features.hashing import stable_hash
 
@@ -47,7 +48,7 @@ def replay(pipe: Pipeline, raw: list[dict], partitions: int) -> dict[str, UserRe
             ev = parse_event(d)  # validated as the worker's ingest does (raw user ids: nothing leaves)
             pairs.append((stable_hash(ev.user) % partitions, ev))
         batch = {ev.user: records.get(ev.user) for _p, ev in pairs}
-        out = pipe.step(batch, pairs, lambda _p, users: {u: records.get(u) for u in users})
+        out = pipe.step(batch, pairs, lambda _p, users: {u: records.get(u) for u in users}, model)
         records.update(out.records)
         for u in out.deleted:
             records.pop(u, None)
@@ -123,3 +124,16 @@ def publish_sequence_model(model_dir: Path) -> dict:
     reg.promote(version)
     shutil.rmtree(art)
     return {"version": version, "arch": cfg.arch, "d_model": cfg.d_model, "max_len": cfg.max_len, "weights": "untrained (seed 0)"}
+
+
+def benchmark_model(settings: Settings, model_dir: Path) -> SequenceModel:
+    """The benchmark's sequence model (:func:`publish_sequence_model`) as the step sees it."""
+    from stream.logic.serving import SequenceServing, ServedModel
+
+    publish_sequence_model(model_dir)
+    serving = SequenceServing(model_dir / "sequence", intent_horizon_ms=settings.intent_horizon_ms,
+                              churn_horizon_ms=settings.churn_after_ms, device="cpu")  # fmt: skip
+    serving.poll()
+    served = serving.swap()
+    assert served is not None, f"the benchmark model was not served: {serving.rejected}"
+    return ServedModel(served, settings.latent_top_k, settings.explain_events)

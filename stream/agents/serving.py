@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from models.features.recent import RecentEvent
-from models.sequence import explain
-from stream.logic.pipeline import BatchResult, SeqView
-from stream.logic.serving import SequenceServing, Served, pick_device
+from stream.logic.pipeline import SeqView
+from stream.logic.sequence_state import SeqMemory, SeqQuery
+from stream.logic.serving import SequenceServing, Served, ServedModel, pick_device
 from stream.logic.signals import Task
 
 if TYPE_CHECKING:
@@ -70,69 +72,44 @@ class ModelServer:
         return BatchModel(self, serving.active) if serving.active is not None else None
 
 
-class BatchModel:
+class BatchModel(ServedModel):
     """One served version, for one batch: a failure to score is logged and the online models serve
     the batch alone (a model must never cost an event)."""
 
     def __init__(self, server: ModelServer, served: Served) -> None:
-        self.server, self.served = server, served
+        super().__init__(served, server.settings.latent_top_k, server.settings.explain_events)
+        self.server = server
 
     def views(
-        self, windows: Sequence[Sequence[RecentEvent] | None], latent: list[bool]
-    ) -> list[SeqView | None] | None:
-        todo = [i for i, w in enumerate(windows) if w]
-        if not todo:
-            return None
-        batch = [windows[i] for i in todo]
-        mask = [latent[i] for i in todo]
-        serving, metrics, served = self.server.serving, self.server.metrics, self.served
+        self, queries: Sequence[SeqQuery], memory: Mapping[str, SeqMemory | None]
+    ) -> tuple[list[SeqView], dict[str, SeqMemory]] | None:
+        serving, metrics = self.server.serving, self.server.metrics
         t0 = time.perf_counter()
         try:
-            sc = serving.score(served, batch, None, mask)
+            views, states = super().views(queries, memory)  # type: ignore[misc]
         except Exception as exc:  # noqa: BLE001
-            log.error("sequence scoring of %d windows failed (%s: %s): online models serve this batch alone",
-                      len(batch), type(exc).__name__, exc)  # fmt: skip
+            log.error("sequence scoring of %d events failed (%s: %s): online models serve this batch alone",
+                      len(queries), type(exc).__name__, exc)  # fmt: skip
             return None
-        metrics.observe_scoring(len(batch), time.perf_counter() - t0)
+        metrics.observe_scoring(len(queries), time.perf_counter() - t0)
+        metrics.count_sequence_states(self.stepped, self.rebuilt)
         shadow = serving.shadow
         if shadow is not None:
+            # A candidate keeps no states of its own: it scores each event's ring from zeros.
             try:
-                sh = serving.score(shadow, batch, None, [False] * len(batch))
-                metrics.observe_shadow(Task.PURCHASE_INTENT, sh.p_intent - sc.p_intent)
-                metrics.observe_shadow(Task.CHURN_RISK, sh.p_churn - sc.p_churn)
+                sh = shadow.scorer.from_window([q.window for q in queries], [False] * len(queries))
+                metrics.observe_shadow(Task.PURCHASE_INTENT, sh.p_intent - np.array([v.p_intent for v in views]))
+                metrics.observe_shadow(Task.CHURN_RISK, sh.p_churn - np.array([v.p_churn for v in views]))
             except Exception as exc:  # noqa: BLE001
                 log.error("shadow scoring failed (%s: %s)", type(exc).__name__, exc)
-        k = self.server.settings.latent_top_k
-        views: list[SeqView | None] = [None] * len(windows)
-        name, tasks = served.name, served.tasks
-        for i, pi, pc, top in zip(
-            todo, sc.p_intent.tolist(), sc.p_churn.tolist(), sc.top_categories, strict=True
-        ):
-            views[i] = SeqView(name, tasks, pi, pc, tuple(c for c in top if c)[:k])
-        return views
+        return views, states
 
-    def explain(self, result: BatchResult) -> None:
-        """Add the sequence model's occlusion attributions to the signals it contributed to."""
-        n = self.server.settings.explain_events
-        if not result.explain or n == 0:
-            return
-        scorer = self.served.scorer
-        cfg = scorer.config
-        for head in ("intent", "churn"):
-            items = [(i, w) for i, h, w in result.explain if h == head and w]
-            if not items:
-                continue
-            sigs = [result.signals[i] for i, _ in items]
-            try:
-                attrs = explain.occlusion(scorer, [w for _, w in items], head, n)
-            except Exception as exc:  # noqa: BLE001 - a signal without attributions is still a signal
-                log.error("explaining %d signals failed (%s: %s)", len(sigs), type(exc).__name__, exc)
-                continue
-            for (i, _w), sig, lst in zip(items, sigs, attrs, strict=True):
-                extra = []
-                for a in lst[:3]:
-                    r = explain.describe(a, sig.ts, scorer.vocab, cfg.category_buckets, head)
-                    r["contribution"] = round(r["contribution"] / 2, 4)  # half: the blend's weight
-                    extra.append(r)
-                reasons = sorted([*sig.reasons, *extra], key=lambda r: -abs(r["contribution"]))[:6]
-                result.signals[i] = sig.with_reasons(reasons)
+    def at_rest(
+        self, windows: Sequence[Sequence[RecentEvent]], events: Sequence[int], memory: Sequence[SeqMemory | None]
+    ) -> list[SeqView] | None:
+        try:
+            return super().at_rest(windows, events, memory)
+        except Exception as exc:  # noqa: BLE001
+            log.error("sequence scoring of %d silent users failed (%s: %s): the online model serves them alone",
+                      len(windows), type(exc).__name__, exc)  # fmt: skip
+            return None

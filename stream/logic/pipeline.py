@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,37 +36,48 @@ from models.online.labels import UserPending, encode_all
 from models.online.learner import PartitionLearners, Prediction
 from stream.logic.policy import PolicyRule, PolicyState, latent_changed, signal_id
 from stream.logic.scoring import Scorer
+from stream.logic.sequence_state import SeqMemory, SeqQuery
 from stream.logic.signals import Signal, Task
 
 
 @dataclass(slots=True)
 class UserRecord:
-    """The table value of one user: model state, signal-policy memory and the online models'
-    pending predictions (feature snapshots waiting for their delayed labels)."""
+    """The table value of one user: model state, signal-policy memory, the online models'
+    pending predictions (feature snapshots waiting for their delayed labels) and the sequence
+    model's hidden state (``stream.logic.sequence_state``)."""
 
     state: UserState
     policy: PolicyState = field(default_factory=PolicyState)
     pending: UserPending = field(default_factory=UserPending)
+    seq: SeqMemory | None = None
 
-    VERSION = 1
-    _HEAD = struct.Struct("<BHH")
+    VERSION = 2
+    _HEAD_V1 = struct.Struct("<BHH")
+    _HEAD = struct.Struct("<BHHH")
 
     def to_bytes(self) -> bytes:
         s, p = self.state.to_bytes(), self.policy.to_bytes()
-        return self._HEAD.pack(self.VERSION, len(s), len(p)) + s + p + self.pending.to_bytes()
+        q = self.seq.to_bytes() if self.seq is not None else b""
+        return self._HEAD.pack(self.VERSION, len(s), len(p), len(q)) + s + p + q + self.pending.to_bytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UserRecord:
         version = data[0]
-        if version == 1:
-            _v, ns, np_ = cls._HEAD.unpack_from(data)
+        if version == 2:
+            _v, ns, np_, nq = cls._HEAD.unpack_from(data)
             o = cls._HEAD.size
-            return cls(
-                UserState.from_bytes(data[o : o + ns]),
-                PolicyState.from_bytes(data[o + ns : o + ns + np_]),
-                UserPending.from_bytes(data[o + ns + np_ :]),
-            )
-        raise ValueError(f"unknown user record version {version}")
+        elif version == 1:  # before the sequence state: it is rebuilt from the ring on the next event
+            _v, ns, np_ = cls._HEAD_V1.unpack_from(data)
+            nq, o = 0, cls._HEAD_V1.size
+        else:
+            raise ValueError(f"unknown user record version {version}")
+        o2, o3 = o + ns, o + ns + np_
+        return cls(
+            UserState.from_bytes(data[o:o2]),
+            PolicyState.from_bytes(data[o2:o3]),
+            UserPending.from_bytes(data[o3 + nq :]),
+            SeqMemory.from_bytes(data[o3 : o3 + nq]) if nq else None,
+        )
 
 
 def records_to_bytes(records: dict[str, UserRecord]) -> dict[str, bytes]:
@@ -124,6 +135,11 @@ class Candidate:
     # the sequence model's next categories are needed only where it is true (they are its
     # costliest head).
     latent_due: bool = True
+    events: int = 0  # the user's applied events, this one included
+    in_order: bool = True  # the event is the newest the user has (not inserted into the ring late)
+
+    def query(self) -> SeqQuery:
+        return SeqQuery(self.event.user, self.window or (), self.events, self.latent_due, self.in_order)
 
 
 @dataclass(slots=True)
@@ -169,10 +185,16 @@ class SequenceModel(Protocol):
     """The sequence model as the step sees it (``stream.agents.serving`` serves one)."""
 
     def views(
-        self, windows: Sequence[Sequence[RecentEvent] | None], latent: list[bool]
-    ) -> list[SeqView | None] | None:
-        """One view per window (None for a missing or empty one); next categories only where
-        ``latent`` is true. None: no view at all (no model, or scoring failed)."""
+        self, queries: Sequence[SeqQuery], memory: Mapping[str, SeqMemory | None]
+    ) -> tuple[list[SeqView], dict[str, SeqMemory]] | None:
+        """One view per applied event, advancing each user's state from ``memory`` (the states
+        stored before the batch); returns the views and each user's new state. None: no view at
+        all (scoring failed)."""
+
+    def at_rest(
+        self, windows: Sequence[Sequence[RecentEvent]], events: Sequence[int], memory: Sequence[SeqMemory | None]
+    ) -> list[SeqView] | None:
+        """Views of silent users at their last event (churn risk only, no next categories)."""
 
     def explain(self, result: BatchResult) -> None:
         """Add attributions to the signals of ``result.explain``."""
@@ -180,6 +202,10 @@ class SequenceModel(Protocol):
 
 # Records of the users a churn scan looks at: (partition, users) -> user -> record (None: none).
 Lookup = Callable[[int, list[str]], dict[str, "UserRecord | None"]]
+
+
+def _no_mark(_stage: str) -> None:
+    pass
 
 
 def wall_ms() -> int:
@@ -228,21 +254,31 @@ class Pipeline:
         lookup: Lookup,
         model: SequenceModel | None = None,
         scan_limit: int | None = None,
+        mark: Callable[[str], None] | None = None,
     ) -> StepResult:
         """One batch of ``(partition, event)`` pairs: the events in order (``records`` holds the
         record, or None, of every user in them and is updated in place), then the churn scan of
         each partition the batch came from at its new watermark (at most ``scan_limit`` users per
-        partition; ``lookup`` reads the records of the due users this batch did not touch)."""
+        partition; ``lookup`` reads the records of the due users this batch did not touch).
+        ``mark(stage)``, if given, is called as each stage ends (``benchmarks/stage_costs.py``)."""
+        mark = mark or _no_mark
         out = StepResult()
         result = self.apply(records, events, windows=model is not None)
-        views = (
-            model.views([c.window for c in result.candidates], [c.latent_due for c in result.candidates])
-            if model
-            else None
-        )
+        mark("apply: state, online models")
+        views = None
+        if model is not None and result.candidates:
+            memory = {c.event.user: records[c.event.user].seq for c in result.candidates}  # type: ignore[union-attr]
+            seen = model.views([c.query() for c in result.candidates], memory)
+            if seen is not None:
+                views, states = seen
+                for user, m in states.items():
+                    result.records[user].seq = m
+            mark("sequence model")
         self.decide(result, records, views)  # type: ignore[arg-type]
+        mark("decide: signal policy")
         if model is not None:
             model.explain(result)
+            mark("explain (occlusion)")
         partitions = {p: None for p, _ev in events}
         _merge(out, result, {c.event.user: c.partition for c in result.candidates})
         out.rejected, out.applied, out.counts_by_type = result.rejected, result.applied, result.counts_by_type
@@ -258,12 +294,15 @@ class Pipeline:
             scan = self.scan_apply(partition, recs)
             silent = list(scan.silent)
             if model is not None and silent:  # churn risk only: no next categories
-                views = model.views([recs[u].state.recent_window() for u in silent], [False] * len(silent))  # type: ignore[union-attr]
+                rs = [recs[u] for u in silent]
+                views = model.at_rest([r.state.recent_window() for r in rs], [sum(r.state.totals) for r in rs],  # type: ignore[union-attr]
+                                      [r.seq for r in rs])  # type: ignore[union-attr]  # fmt: skip
                 self.decide_silent(scan, recs, dict(zip(silent, views, strict=True)) if views else None)  # type: ignore[arg-type]
                 model.explain(scan)
             else:
                 self.decide_silent(scan, recs)  # type: ignore[arg-type]
             _merge(out, scan, dict.fromkeys([*scan.records, *scan.deleted], partition))
+        mark("churn scan")
         return out
 
     def process(
@@ -338,9 +377,11 @@ class Pipeline:
                 # The affinity's top categories only matter where a latent signal may follow.
                 due = ev.ts - rec.policy.latent_emit_ts >= cfg.intent.cooldown_ms
                 latent = self.scorer.latent(rec.state, ev.ts, cfg.latent_top_k) if due else []
+                st = rec.state
                 cands.append(
                     Candidate(
-                        partition, ev, intent, latent, rec.state.recent_window() if windows else None, due
+                        partition, ev, intent, latent, st.recent_window() if windows else None, due,
+                        sum(st.totals), st.last_ts <= ev.ts,
                     )
                 )
         finally:

@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +34,11 @@ import torch
 
 from models.features.recent import RecentEvent
 from models.registry import ArtifactError, Registry
+from models.sequence import explain
 from models.sequence.checkpoint import CHECKPOINT_NAME, CheckpointError
 from models.sequence.scorer import Scores, SequenceScorer
+from stream.logic.pipeline import BatchResult, SeqView
+from stream.logic.sequence_state import Scored, SeqMemory, SeqQuery, advance_rounds, at_rest, model_tag
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,11 @@ class Served:
     @property
     def name(self) -> str:
         return f"seq-{self.version}"
+
+    @property
+    def tag(self) -> int:
+        """Stored with each user's hidden state, so a state from another version is not reused."""
+        return model_tag(self.name)
 
 
 def pick_device(setting: str) -> str:
@@ -189,3 +197,59 @@ class SequenceServing:
             top_probs=np.concatenate([p.top_probs for p in parts]),
             top_categories=[c for p in parts for c in p.top_categories],
         )
+
+
+class ServedModel:
+    """A served version as :meth:`~stream.logic.pipeline.Pipeline.step` sees it
+    (``SequenceModel``): each user's hidden state advanced through the batch's events, the
+    silent users' scores at rest, attributions for the signals it contributed to. A failure to
+    score raises; the worker's ``BatchModel`` catches it and counts what was scored."""
+
+    def __init__(self, served: Served, latent_top_k: int, explain_events: int) -> None:
+        self.served, self.latent_top_k, self.explain_events = served, latent_top_k, explain_events
+        cfg = served.scorer.config
+        self.shape = (cfg.n_layers, cfg.d_model) if cfg.arch == "gru" else None
+        self.stepped = self.rebuilt = 0  # of the last views() call
+
+    def views(
+        self, queries: Sequence[SeqQuery], memory: Mapping[str, SeqMemory | None]
+    ) -> tuple[list[SeqView], dict[str, SeqMemory]] | None:
+        adv = advance_rounds(self.served.scorer, self.served.tag, self.shape, queries, memory)
+        self.stepped, self.rebuilt = adv.stepped, adv.rebuilt
+        return [self._view(s) for s in adv.scored], adv.memory
+
+    def at_rest(
+        self, windows: Sequence[Sequence[RecentEvent]], events: Sequence[int], memory: Sequence[SeqMemory | None]
+    ) -> list[SeqView] | None:
+        return [self._view(s) for s in at_rest(self.served.scorer, self.served.tag, self.shape, windows, events, memory)]
+
+    def _view(self, s: Scored) -> SeqView:
+        cats = tuple(c for c in s.categories if c)[: self.latent_top_k]
+        return SeqView(self.served.name, self.served.tasks, s.p_intent, s.p_churn, cats)
+
+    def explain(self, result: BatchResult) -> None:
+        """Add the sequence model's occlusion attributions over the recent-event ring to the
+        signals it contributed to."""
+        n = self.explain_events
+        if not result.explain or n == 0:
+            return
+        scorer = self.served.scorer
+        cfg = scorer.config
+        for head in ("intent", "churn"):
+            items = [(i, w) for i, h, w in result.explain if h == head and w]
+            if not items:
+                continue
+            sigs = [result.signals[i] for i, _ in items]
+            try:
+                attrs = explain.occlusion(scorer, [w for _, w in items], head, n)
+            except Exception as exc:  # noqa: BLE001 - a signal without attributions is still a signal
+                log.error("explaining %d signals failed (%s: %s)", len(sigs), type(exc).__name__, exc)
+                continue
+            for (i, _w), sig, lst in zip(items, sigs, attrs, strict=True):
+                extra = []
+                for a in lst[:3]:
+                    r = explain.describe(a, sig.ts, scorer.vocab, cfg.category_buckets, head)
+                    r["contribution"] = round(r["contribution"] / 2, 4)  # half: the blend's weight
+                    extra.append(r)
+                reasons = sorted([*sig.reasons, *extra], key=lambda r: -abs(r["contribution"]))[:6]
+                result.signals[i] = sig.with_reasons(reasons)

@@ -34,7 +34,7 @@ def test_stage_costs_reports_each_step_and_the_ceiling_its_total_sets(capsys):
     assert stage_costs.main(["--events", "300", "--users", "100", "--batch", "100", "--gc", "on"]) == 0
     out = capsys.readouterr().out
     steps = dict(re.findall(r"^  (\S.*?)\s+([\d.]+) us$", out, re.M))
-    assert {"process: Pipeline.apply", "process: sequence scoring", "total"} <= steps.keys()
+    assert {"process: step: apply: state, online models", "process: step: sequence model", "total"} <= steps.keys()
     total = float(steps.pop("total"))
     assert total == pytest.approx(sum(map(float, steps.values())), abs=0.1 * len(steps))
     ceiling = int(re.search(r"at most ([\d,]+) events/s", out).group(1).replace(",", ""))

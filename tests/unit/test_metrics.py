@@ -17,6 +17,7 @@ from stream.metrics import (
     INVALID_REASONS,
     LABEL_NAMES,
     REBUILD_CAUSES,
+    SEQUENCE_STATES,
     TASKS,
     Metrics,
 )
@@ -55,6 +56,7 @@ EXPECTED = {
     "intentstream_sequence_model_info": "gauge",
     "intentstream_scoring_batch_size": "histogram",
     "intentstream_scoring_seconds": "histogram",
+    "intentstream_sequence_states_total": "counter",
     "intentstream_shadow_score_difference": "histogram",
     "intentstream_shadow_model_info": "gauge",
     "intentstream_model_refresh_total": "counter",
@@ -78,6 +80,7 @@ def exercised(m: Metrics) -> Metrics:
     m.local_partitions.set(2)
     m.set_lag({("shop.events", 0): 3, ("shop.events", 1): 0})
     m.rebalances.inc()
+    m.count_sequence_states(7, 1)
     m.retain_partitions([("shop.events", 0), ("shop.events", 1)])
     m.users_in_state.set(1234)
     m.observe_records([620, 1040, 2100])
@@ -160,6 +163,7 @@ def test_label_names_come_from_the_allow_list_and_values_stay_bounded() -> None:
         "result": {"success", "failure"},
         "path": {"local", "forwarded"},
         "cause": set(REBUILD_CAUSES),
+        "state": set(SEQUENCE_STATES),
     }
     for fam in families(m).values():
         for sample in fam.samples:
