@@ -29,8 +29,9 @@ online      intent: the online score the worker serves at the event (the River l
             once warm, the rule before); churn: the River learner's probability at the cut-off
             (``PartitionLearners``); latent: the state's decayed category affinity
             (``state.categories``, at most ``top_k_categories``).
-sequence    the GRU on ``state.recent``: ``p_intent``, ``p_churn`` (trained with
-            ``churn_ms`` = the churn horizon) or the top-10 category buckets.
+sequence    the GRU's state after every event the user had so far, as a worker keeps it
+            (:class:`Histories`): ``p_intent``, ``p_churn`` (trained with ``churn_ms`` = the
+            churn horizon) or the top-10 category buckets.
 blend       intent/churn: the mean of the online and sequence logits (a fixed rule: nothing is
             fitted, so nothing can leak from the test part); latent: reciprocal-rank fusion of
             the sequence list and the online list, ``sum 1 / (10 + rank)``.
@@ -70,6 +71,7 @@ from models.datasets.tasks import DAY_MS, MINUTE_MS
 from models.events import Event
 from models.features.hashing import stable_hash
 from models.features.online import online_features
+from models.features.recent import RecentEvent
 from models.features.state import APPLIED, StateConfig, UserState
 from models.online.learner import PartitionLearners
 from models.sequence.config import SeqConfig
@@ -272,6 +274,60 @@ def _train_sequence(train: Sequence[Event], cfg: EvalConfig, out: Path):
     return scorer, summary
 
 
+class Histories:
+    """Each user's applied events as the sequence model reads them, and the rows to score.
+
+    A worker keeps each user's GRU state in the record and advances it by every event, so the
+    state at a row is the recurrence run from zeros over every event the user had by then
+    (``stream/logic/sequence_state.py``); :func:`_score_histories` computes exactly that. A model
+    without a recurrent state (the transformer) reads the recent-event ring instead, as served."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[RecentEvent]] = defaultdict(list)
+        self.rows: list[tuple[str, int]] = []  # (user, events so far): the state after the last
+
+    def add(self, ev: Event) -> None:
+        self.events[ev.user].append(RecentEvent.from_event(ev))
+
+    def row(self, user: str) -> None:
+        self.rows.append((user, len(self.events[user])))
+
+
+def _score_histories(scorer, hist: Histories, batch: int, k: int, latent: bool):
+    """(p_intent, p_churn, top buckets) at each row of ``hist``. For the GRU: one recurrence step
+    per event, all users' ``t``-th events in one call; a row's scores are those of its user's
+    last event so far. ``latent``: whether the next categories are needed (the costliest head)."""
+    cfg = scorer.config
+    n = len(hist.rows)
+    pi, pc, tb = np.zeros(n), np.zeros(n), np.zeros((n, k), np.int64)
+    if not n:
+        return pi, pc, tb
+    if cfg.arch != "gru":
+        windows = [hist.events[u][max(0, m - cfg.lookback) : m] for u, m in hist.rows]
+        return _score_windows(scorer, windows, batch, k)
+    want: dict[tuple[str, int], list[int]] = defaultdict(list)  # (user, position) -> rows
+    for r, (u, m) in enumerate(hist.rows):
+        want[(u, m - 1)].append(r)
+    upto: dict[str, int] = {}
+    for u, m in hist.rows:
+        upto[u] = max(upto.get(u, 0), m)
+    users = list(upto)
+    h = np.zeros((len(users), cfg.n_layers, cfg.d_model), np.float32)
+    L = cfg.lookback
+    for t in range(max(upto.values())):
+        live = [i for i, u in enumerate(users) if upto[u] > t]
+        for s in range(0, len(live), batch):
+            idx = live[s : s + batch]
+            evs = [hist.events[users[i]] for i in idx]
+            mask = [latent and (users[i], t) in want for i in idx]
+            out = scorer.advance([e[max(0, t + 1 - L) : t + 1] for e in evs], h[idx], mask, k)
+            h[idx] = out.state
+            for j, i in enumerate(idx):
+                for r in want.get((users[i], t), ()):
+                    pi[r], pc[r], tb[r] = out.p_intent[j], out.p_churn[j], out.top_buckets[j]
+    return pi, pc, tb
+
+
 def _score_windows(scorer, windows: list, batch: int, k: int):
     """(p_intent, p_churn, top buckets) for each window, in batches."""
     pi, pc, tb = [], [], []
@@ -295,13 +351,17 @@ def _eval_intent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pa
     learners = PartitionLearners.new(cfg.state, intent_horizon_ms=cfg.horizon_ms,
                                      **({"intent_model": cfg.online_model} if cfg.online_model else {}))  # fmt: skip
     replay = make(cfg.state, learners, cfg.horizon_ms)
+    hist = Histories()
     for ev in train:
-        replay.event(ev)
+        if replay.event(ev)[0] == APPLIED:
+            hist.add(ev)
     labels = dict(tasks.intent_labels(test, cfg.horizon_ms, end_ts=test[-1].ts))
-    y, online, base, windows, users = [], [], [], [], []
+    y, online, base, users = [], [], [], []
     skipped = 0
     for i, ev in enumerate(test):
         status, st, score = replay.event(ev, TEST_PART)
+        if status == APPLIED:
+            hist.add(ev)
         if i not in labels:
             continue
         if status != APPLIED or score is None:
@@ -312,9 +372,9 @@ def _eval_intent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pa
         users.append(ev.user)
         online.append(score)
         base.append(f["log1p_purchase_total"] + 1e-3 * f["cart_items"])
-        windows.append(st.recent)
+        hist.row(ev.user)
     scorer, seq_summary = _train_sequence(train, cfg, out)
-    p_seq, _, _ = _score_windows(scorer, windows, cfg.score_batch, cfg.k)
+    p_seq, _, _ = _score_histories(scorer, hist, cfg.score_batch, cfg.k, latent=False)
     scores_by_model = _binary_scores(base, online, p_seq)
     yv = np.asarray(y)
     boot = UserBootstrap(users, cfg.bootstrap_resamples, cfg.bootstrap_seed)
@@ -346,21 +406,23 @@ def _eval_churn(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pat
     learners = PartitionLearners.new(cfg.state, churn_horizon_ms=H,
                                      **({"churn_model": cfg.online_model} if cfg.online_model else {}))  # fmt: skip
     replay = make(cfg.state, learners, H)
+    hist = Histories()
     for ev in before:
-        replay.event(ev)
+        if replay.event(ev)[0] == APPLIED:
+            hist.add(ev)
     replay.advance(cutoff)  # the partition's watermark has reached the cut-off
     labels = tasks.churn_labels(events, cutoff, H)
     users = list(labels)
     y = np.array([labels[u] for u in users])
-    online, base, windows = [], [], []
+    online, base = [], []
     for u in users:
         st = replay.states[u]
         f = online_features(st, cutoff, cfg.state)
         online.append(learners.churn.predict(f, explain=False).p)
         base.append(f["days_since_purchase"] if f["has_purchased"] else (cutoff - st.first_seen) / DAY_MS)
-        windows.append(st.recent)
+        hist.row(u)
     scorer, seq_summary = _train_sequence(before, cfg, out)
-    _, p_seq, _ = _score_windows(scorer, windows, cfg.score_batch, cfg.k)
+    _, p_seq, _ = _score_histories(scorer, hist, cfg.score_batch, cfg.k, latent=False)
     scores_by_model = _binary_scores(base, online, p_seq)
     boot = UserBootstrap(users, cfg.bootstrap_resamples, cfg.bootstrap_seed)  # one row per customer
     models, paired = _binary_with_intervals(y, scores_by_model, boot)
@@ -386,21 +448,26 @@ def _eval_latent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pa
                  make: ReplayFactory) -> tuple[dict, dict]:  # fmt: skip
     replay = make(cfg.state, None, 30 * DAY_MS)  # no online learner: the state's affinity is the online list
     counts: dict[str, Counter[str]] = defaultdict(Counter)
+    hist = Histories()
     for ev in train:
-        if replay.event(ev)[0] == APPLIED and ev.category_id:
-            counts[ev.user][ev.category_id] += 1
+        if replay.event(ev)[0] == APPLIED:
+            hist.add(ev)
+            if ev.category_id:
+                counts[ev.user][ev.category_id] += 1
     targets = dict(tasks.next_category_targets(test))
     nb = cfg.seq.category_buckets
 
     def bucket(cat: str) -> int:
         return hash_bucket(stable_hash(cat), nb)
 
-    tgt, base, online, windows, users = [], [], [], [], []
+    tgt, base, online, users = [], [], [], []
     skipped = 0
     for i, ev in enumerate(test):
         status, st, _ = replay.event(ev, TEST_PART)
-        if status == APPLIED and ev.category_id:
-            counts[ev.user][ev.category_id] += 1
+        if status == APPLIED:
+            hist.add(ev)
+            if ev.category_id:
+                counts[ev.user][ev.category_id] += 1
         if i not in targets:
             continue
         if status != APPLIED:
@@ -410,9 +477,9 @@ def _eval_latent(train: list[Event], test: list[Event], cfg: EvalConfig, out: Pa
         users.append(ev.user)
         base.append([c for c, _ in counts[ev.user].most_common(cfg.k)])
         online.append([c for c, _ in sorted(st.categories.items(), key=lambda kv: -kv[1])][: cfg.k])
-        windows.append(st.recent)
+        hist.row(ev.user)
     scorer, seq_summary = _train_sequence(train, cfg, out)
-    _, _, top = _score_windows(scorer, windows, cfg.score_batch, cfg.k)
+    _, _, top = _score_histories(scorer, hist, cfg.score_batch, cfg.k, latent=True)
     seq_lists = [list(map(int, row)) for row in top]
     tgt_b = [bucket(c) for c in tgt]
     blend = [_rrf([s, [bucket(c) for c in o]], cfg.k) for s, o in zip(seq_lists, online, strict=True)]
