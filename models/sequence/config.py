@@ -63,9 +63,10 @@ class SeqConfig:
     w_next_type: float = 0.3
     w_next_category: float = 0.2
     # -- training --
-    # Windows per step; 0 picks by device: 32 on the CPU, 256 on a GPU, where larger steps are
-    # what makes it fast and 256 learns as well as 32 (measured in docs/SEQUENCE.md). The
-    # checkpoint stores the size that was used.
+    # Rows per step (GRU: lanes of chunks; transformer: windows); 0 picks a default: 32 for the
+    # GRU, whose steps are already large, and for the transformer 32 on the CPU, 256 on a GPU,
+    # where larger steps make it fast (measured in docs/SEQUENCE.md). The checkpoint stores the
+    # size that was used.
     batch_size: int = 0
     lr: float = 3e-3
     weight_decay: float = 1e-4

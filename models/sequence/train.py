@@ -61,8 +61,12 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def default_batch_size(device: torch.device) -> int:
-    """``SeqConfig.batch_size=0``: 32 windows per step on the CPU, 256 on a GPU."""
+def default_batch_size(device: torch.device, arch: str = "gru") -> int:
+    """``SeqConfig.batch_size=0``. The GRU: 32 lanes of chunks per step on any device, as a lane
+    holds several users' whole histories and more lanes leave too few steps per epoch on data of
+    a few hundred users (docs/SEQUENCE.md). The transformer: 32 windows on the CPU, 256 on a GPU."""
+    if arch == "gru":
+        return 32
     return 256 if device.type == "cuda" else 32
 
 
@@ -419,7 +423,7 @@ def train(
     rng = np.random.default_rng(cfg.seed)
     dev = pick_device(device)
     if cfg.batch_size == 0:
-        cfg = dataclasses.replace(cfg, batch_size=default_batch_size(dev))
+        cfg = dataclasses.replace(cfg, batch_size=default_batch_size(dev, cfg.arch))
     train_w, val_w, cutoff = split or time_split(events, cfg)
     vocab = category_vocab((e for e in events if e.ts < cutoff), cfg)
     model = SequenceModel(cfg).to(dev)
