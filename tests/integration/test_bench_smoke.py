@@ -125,9 +125,11 @@ def test_bench_all_runs_and_writes_its_json(broker, tmp_path):
 
     state = result["state"]
     assert "skipped" in state or _number_or_none(state["bytes_per_user"])
-    if "skipped" not in state:  # the whole table record: state, policy memory, pending labels
+    if "skipped" not in state:  # the whole table record: state, policy memory, pending labels, GRU state
         assert _number_or_none(state["record_bytes_per_user"]) and state["record_users"] > 0
-        assert set(state["record_parts_bytes_per_user"]) == {"state", "policy", "pending_labels"}
+        parts = state["record_parts_bytes_per_user"]
+        assert set(parts) == {"state", "policy", "pending_labels", "sequence_state"}
+        assert parts["sequence_state"] > 0  # the benchmark's sequence model keeps each user's state
 
 
 def test_bench_scaling_runs_k_workers_on_k_partitions(broker, tmp_path):
