@@ -303,6 +303,10 @@ class Pipeline:
                 self.decide_silent(scan, recs)  # type: ignore[arg-type]
             _merge(out, scan, dict.fromkeys([*scan.records, *scan.deleted], partition))
         mark("churn scan")
+        for sig in out.signals:  # kept for the query API (stream.logic.lookup): ids cannot be recomputed
+            rec = out.records.get(sig.user)
+            if rec is not None:
+                rec.policy.last_ids[sig.task] = sig.signal_id
         return out
 
     def process(

@@ -46,29 +46,46 @@ class PolicyRule:
         return False
 
 
+#: The tasks whose last signal id a :class:`PolicyState` keeps, in the order of its bit mask.
+ID_TASKS: tuple[str, ...] = ("purchase_intent", "churn_risk", "latent_needs")
+
+
 @dataclass(slots=True)
 class PolicyState:
-    """Policy memory of one user, stored beside the user's state in the same table value."""
+    """Policy memory of one user, stored beside the user's state in the same table value.
+
+    ``last_ids`` holds the id of the last signal of each task (task -> 32 hex digits), for the
+    query API: a signal id hashes its triggering event's id, which the state does not keep, so it
+    cannot be worked out later. 16 bytes per task that ever fired, and one byte.
+    """
 
     intent: TaskPolicy = field(default_factory=TaskPolicy)
     churn: TaskPolicy = field(default_factory=TaskPolicy)
     latent: tuple[str, ...] = ()
     latent_emit_ts: int = NEVER
+    last_ids: dict[str, str] = field(default_factory=dict)
 
     _HEAD = struct.Struct("<B?q?qqB")
-    _LEN = {1: struct.Struct("<B"), 2: struct.Struct("<H")}  # a category's length: version 1 cut names at 255 bytes
+    _LEN = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 3: struct.Struct("<H")}  # version 1 cut names at 255 bytes
 
     def to_bytes(self) -> bytes:
         cats = [c.encode() for c in self.latent[:16]]
         head = self._HEAD.pack(
-            2, self.intent.active, self.intent.last_emit_ts, self.churn.active, self.churn.last_emit_ts,
+            3, self.intent.active, self.intent.last_emit_ts, self.churn.active, self.churn.last_emit_ts,
             self.latent_emit_ts, len(cats),
         )  # fmt: skip
-        return head + b"".join(self._LEN[2].pack(len(c)) + c for c in cats)
+        mask, ids = 0, b""
+        for i, task in enumerate(ID_TASKS):
+            sid = self.last_ids.get(task)
+            if sid is not None:
+                mask |= 1 << i
+                ids += bytes.fromhex(sid)
+        return head + b"".join(self._LEN[3].pack(len(c)) + c for c in cats) + bytes((mask,)) + ids
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PolicyState:
-        """Versions 1 and 2 (a version 1 name cut inside a character is decoded with a replacement)."""
+        """Versions 1 to 3 (a version 1 name cut inside a character is decoded with a replacement;
+        before version 3, no signal ids)."""
         v, ia, it, ca, ct, lt, n = cls._HEAD.unpack_from(data)
         length = cls._LEN[v]
         pos, cats = cls._HEAD.size, []
@@ -77,7 +94,14 @@ class PolicyState:
             pos += length.size
             cats.append(data[pos : pos + ln].decode(errors="replace"))
             pos += ln
-        return cls(TaskPolicy(ia, it), TaskPolicy(ca, ct), tuple(cats), lt)
+        ids: dict[str, str] = {}
+        if v >= 3:
+            mask, pos = data[pos], pos + 1
+            for i, task in enumerate(ID_TASKS):
+                if mask >> i & 1:
+                    ids[task] = data[pos : pos + 16].hex()
+                    pos += 16
+        return cls(TaskPolicy(ia, it), TaskPolicy(ca, ct), tuple(cats), lt, ids)
 
 
 def latent_changed(old: tuple[str, ...], new: tuple[str, ...], top: int = 3) -> bool:

@@ -42,7 +42,17 @@ def test_policy_state_version_1_still_reads():
 
     v1 = PolicyState._HEAD.pack(1, True, 5, False, 7, 9, 2) + b"\x05shoes" + b"\x04bags"
     assert PolicyState.from_bytes(v1) == PolicyState(TaskPolicy(True, 5), TaskPolicy(False, 7), ("shoes", "bags"), 9)
-    assert struct.unpack_from("<B", PolicyState().to_bytes())[0] == 2
+    v2 = PolicyState._HEAD.pack(2, False, 5, True, 7, 9, 1) + b"\x05\x00shoes"
+    assert PolicyState.from_bytes(v2) == PolicyState(TaskPolicy(False, 5), TaskPolicy(True, 7), ("shoes",), 9)
+    assert struct.unpack_from("<B", PolicyState().to_bytes())[0] == 3
+
+
+def test_policy_state_keeps_the_last_signal_id_of_each_task():
+    ids = {"purchase_intent": signal_id("u", "purchase_intent", "e1"), "latent_needs": signal_id("u", "latent_needs", "e2")}
+    s = PolicyState(latent=("shoes",), last_ids=ids)
+    assert PolicyState.from_bytes(s.to_bytes()).last_ids == ids
+    # 16 bytes per task that fired, and one byte of mask
+    assert len(s.to_bytes()) - len(PolicyState(latent=("shoes",)).to_bytes()) == 32
 
 
 def test_latent_change_is_about_the_leading_set():
