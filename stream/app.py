@@ -89,6 +89,7 @@ def create_app(settings: Settings, bootstrap: str, *, registry: CollectorRegistr
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
+        canonical_url=settings.advertised_url,  # where other workers forward lookups (stream/api.py)
         autodiscover=False,
         topic_partitions=settings.events_partitions,
         topic_replication_factor=settings.replication_factor,

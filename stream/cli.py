@@ -91,6 +91,7 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from stream.broker import create_topics, kafka_for
 
+    settings.check_worker()
     with kafka_for(settings) as bootstrap:
         asyncio.run(create_topics(settings, bootstrap))
         return run_worker(settings, bootstrap)

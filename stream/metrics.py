@@ -14,7 +14,7 @@ The only labels are:
 ``type``    canonical event type (:data:`models.events.EVENT_TYPES`) or ``invalid``/``other``
 ``reason``  a validation failure code (:data:`INVALID_REASONS`), anything else is ``other``
 ``task``    a signal task (:data:`TASKS`); an unknown task is a programming error
-``result``  ``success`` or ``failure``
+``result``  ``success`` or ``failure`` (model refresh); how the query API answered (:data:`API_RESULTS`)
 ``cause``   why the local table store was rebuilt (:data:`REBUILD_CAUSES`)
 ``topic``   a topic the worker consumes, ``partition`` its partition number
 ``version`` the sequence model version, one series at a time (an ``Info`` metric)
@@ -73,6 +73,8 @@ LABEL_NAMES: frozenset[str] = frozenset({"type", "reason", "task", "result", "to
                                          "cause", "state"})  # fmt: skip
 #: ``state`` label values of ``sequence_states_total``: how an event's hidden state was had.
 SEQUENCE_STATES: tuple[str, ...] = ("stepped", "rebuilt")
+#: ``result`` label values of ``api_requests_total``: how the query API answered (stream/api.py).
+API_RESULTS: tuple[str, ...] = ("found", "not_found", "forwarded", "unauthorized", "bad_request", "unavailable")
 #: Why a worker discarded its local table store at start-up (stream/local_state.py).
 REBUILD_CAUSES: tuple[str, ...] = ("unclean_shutdown", "ahead_of_changelog", "unreadable")
 
@@ -330,6 +332,23 @@ class Metrics:
             registry=registry,
         )
 
+        # --- query API (stream/api.py)
+        self.api_requests = Counter(
+            "api_requests",
+            "Query API requests (/v1/users/...), by how they were answered; 'unauthorized': a missing or wrong "
+            "bearer token (401).",
+            ["result"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.api_lookup_seconds = Histogram(
+            "api_lookup_seconds",
+            "Wall time of a user lookup answered by this worker (read the record, score it), in seconds.",
+            namespace=ns,
+            registry=registry,
+            buckets=SCORING_BUCKETS,
+        )
+
         # --- lifecycle
         self.worker_ready = Gauge(
             "worker_ready",
@@ -352,6 +371,8 @@ class Metrics:
             self.online_labels_learned.labels(task=task)
         for r in REFRESH_RESULTS:
             self.model_refresh.labels(result=r)
+        for r in API_RESULTS:
+            self.api_requests.labels(result=r)
         for path in ("local", "forwarded"):
             self.events_routed.labels(path=path)
         # Quality gauges start absent on purpose: a 0 AUC before the first label would page someone.
@@ -440,6 +461,10 @@ class Metrics:
 
     def set_shadow_model(self, version: str) -> None:
         self.shadow_model.info({"version": version})
+
+    def count_api(self, result: str) -> None:
+        """Count one query API request by how it was answered (:data:`API_RESULTS`)."""
+        self.api_requests.labels(result=_check(result, API_RESULTS, "result")).inc()
 
     def count_model_refresh(self, ok: bool) -> None:
         """Count one model refresh attempt."""

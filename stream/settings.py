@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     )  # fmt: skip
     web_port: int = Field(6066, ge=1, le=65535, description="/metrics, /healthz, /readyz")
     web_host: str = Field("127.0.0.1", description="address the web server binds (0.0.0.0 in containers)")
+    web_advertised_host: str | None = Field(
+        None, description="the host name or address other workers reach this one's web port at: a lookup of a user "
+        "another worker owns is forwarded there (default: WEB_HOST, or this host's name when it binds 0.0.0.0 or ::)",
+    )  # fmt: skip
+    api_token: SecretStr | None = Field(
+        None, description="bearer token of the query API (/v1/...; >= 16 chars); required by a worker with "
+        "INTENTSTREAM_ENV=production; unset in dev: no token asked",
+    )  # fmt: skip
     standby_replicas: int = Field(0, ge=0, le=3, description="warm copies of each table partition on other workers")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     pseudonym_key: SecretStr | None = Field(
@@ -183,7 +191,7 @@ class Settings(BaseSettings):
     def _unset_path(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
 
-    @field_validator("pseudonym_key")
+    @field_validator("pseudonym_key", "api_token")
     @classmethod
     def _key(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and len(v.get_secret_value()) < 16:
@@ -215,6 +223,23 @@ class Settings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError("topic names must be distinct")
         return self
+
+    def check_worker(self) -> None:
+        """What a worker needs beyond every command's settings: it serves the query API, so in
+        production only with a token (the trainer and the tools run without one)."""
+        if self.env == "production" and self.api_token is None:
+            raise ConfigError("intentstream: invalid configuration\n  INTENTSTREAM_API_TOKEN: must be set when "
+                              "INTENTSTREAM_ENV=production (the query API's bearer token, >= 16 chars)")  # fmt: skip
+
+    @property
+    def advertised_url(self) -> str:
+        """This worker's web address as other workers reach it (Faust's ``canonical_url``)."""
+        host = self.web_advertised_host
+        if not host:
+            import socket
+
+            host = socket.gethostname() if self.web_host in ("0.0.0.0", "::", "") else self.web_host
+        return f"http://{host}:{self.web_port}"
 
     # --- derived
     @property

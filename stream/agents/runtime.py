@@ -269,6 +269,9 @@ class Runtime:
             self.archiver.add([])  # flush a quiet stream's archive buffer too
 
         register_views(app, self.metrics, self.health)
+        from stream.api import register_api
+
+        self.api = register_api(app, self)
 
     def _describe(self) -> str:
         """What an operator checks first: where the worker reads, answers and what it serves."""
@@ -283,6 +286,8 @@ class Runtime:
     async def before_stop(self) -> None:
         """First step of a stop: end the raw ingest (its last commit follows a producer flush), so
         that nothing writes to a table once Faust stops them."""
+        with contextlib.suppress(Exception):
+            await self.api.feed.close()
         task, self._ingest_task = self._ingest_task, None
         if task is not None and not task.done():
             task.cancel()

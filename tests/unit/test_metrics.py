@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream.lag import compute_lag, read_offsets, select_partitions
 from stream.metrics import (
+    API_RESULTS,
     EVENT_TYPE_LABELS,
     INVALID_REASONS,
     LABEL_NAMES,
@@ -61,6 +62,8 @@ EXPECTED = {
     "intentstream_shadow_model_info": "gauge",
     "intentstream_model_refresh_total": "counter",
     "intentstream_worker_ready": "gauge",
+    "intentstream_api_requests_total": "counter",
+    "intentstream_api_lookup_seconds": "histogram",
 }
 
 
@@ -160,7 +163,7 @@ def test_label_names_come_from_the_allow_list_and_values_stay_bounded() -> None:
         "type": set(EVENT_TYPE_LABELS),
         "reason": set(INVALID_REASONS),
         "task": set(TASKS),
-        "result": {"success", "failure"},
+        "result": {"success", "failure", *API_RESULTS},
         "path": {"local", "forwarded"},
         "cause": set(REBUILD_CAUSES),
         "state": set(SEQUENCE_STATES),

@@ -58,3 +58,22 @@ def test_cross_field_rules_name_both_variables(monkeypatch):
     with pytest.raises(ConfigError) as exc:
         load_settings()
     assert "INTENTSTREAM_STATE_TTL_MS" in str(exc.value) and "INTENTSTREAM_CHURN_AFTER_MS" in str(exc.value)
+
+
+def test_a_production_worker_requires_an_api_token_and_names_it(monkeypatch):
+    monkeypatch.setenv("INTENTSTREAM_ENV", "production")
+    monkeypatch.setenv("INTENTSTREAM_PSEUDONYM_KEY", "k" * 32)
+    settings = load_settings()  # the other commands (the trainer) run without one
+    with pytest.raises(ConfigError, match="INTENTSTREAM_API_TOKEN"):
+        settings.check_worker()
+    monkeypatch.setenv("INTENTSTREAM_API_TOKEN", "short")
+    with pytest.raises(ConfigError, match="INTENTSTREAM_API_TOKEN"):
+        load_settings()
+    monkeypatch.setenv("INTENTSTREAM_API_TOKEN", "t" * 24)
+    load_settings().check_worker()
+
+
+def test_the_advertised_address_is_a_reachable_host(monkeypatch):
+    assert Settings(web_host="127.0.0.1", web_port=7000).advertised_url == "http://127.0.0.1:7000"
+    assert "0.0.0.0" not in Settings(web_host="0.0.0.0").advertised_url
+    assert Settings(web_host="0.0.0.0", web_advertised_host="10.1.2.3").advertised_url == "http://10.1.2.3:6066"
