@@ -11,6 +11,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 apt_pkgs=()
 have promtool || apt_pkgs+=(prometheus)
 have docker-compose || apt_pkgs+=(docker-compose)
+# Debian's Chromium and its driver: the live page's browser test (tests/integration/test_page.py).
+{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || apt_pkgs+=(chromium chromium-driver)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && have apt-get; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}"; } >/dev/null 2>&1 \

@@ -183,8 +183,10 @@ def run_demo(settings: Settings, *, seconds: float | None, rate: float, users: i
             [sys.executable, "-m", "stream.cli", "worker"], env=env, start_new_session=True, preexec_fn=die_with_parent,
             stdout=open(demo_dir / "worker.log", "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
         )  # fmt: skip
-        header = (f"intentstream demo  broker {bootstrap}  metrics http://127.0.0.1:{web_port}/metrics  "
-                  f"(Ctrl-C to stop; worker log {demo_dir / 'worker.log'})")  # fmt: skip
+        header = (f"intentstream demo  broker {bootstrap}  live page http://127.0.0.1:{web_port}/ui/  "
+                  f"metrics http://127.0.0.1:{web_port}/metrics  (Ctrl-C to stop; worker log {demo_dir / 'worker.log'})")  # fmt: skip
+        if not sys.stdout.isatty():  # a terminal shows it at the top of the live view instead
+            print(header, flush=True)
         view = ViewState()
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_demo_loop(settings, bootstrap, web_port, header, seconds, rate, users, worker, env,

@@ -79,6 +79,7 @@ def test_demo_shows_live_signals_hot_swaps_the_model_and_cleans_up(tmp_path):
     assert {"purchase_intent", "latent_needs"} <= tasks, out[-3000:]
     assert any("seq-000001" in line for line in lines), "no signal names the hot-swapped sequence model"
     assert "sequence model seq-000001 (hot-swapped into the running worker)" in out
+    assert re.search(r"live page http://127\.0\.0\.1:\d+/ui/", out), "the demo names the worker's page"
     assert "user_id" not in out and not re.search(r"\bu\d{3,}\b", out), "a raw user id reached the screen"
 
     final = out[out.rindex("elapsed") :]
