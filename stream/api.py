@@ -249,9 +249,11 @@ class Api:
         fwd = {FORWARDED: "1"}
         if "Authorization" in headers:
             fwd["Authorization"] = headers["Authorization"]
+        from aiohttp import ClientTimeout
+
         try:
             async with self.runtime.app.http_client.get(
-                owner + raw_path, headers=fwd, timeout=FORWARD_TIMEOUT_S, allow_redirects=False
+                owner + raw_path, headers=fwd, timeout=ClientTimeout(total=FORWARD_TIMEOUT_S), allow_redirects=False
             ) as resp:
                 body = await resp.json(content_type=None)
                 status = resp.status

@@ -147,8 +147,9 @@ def test_bad_ids_get_400_never_500(served: Served, path: str, status: int) -> No
 
 
 def test_wrong_methods_and_huge_headers_never_get_a_500(served: Served) -> None:
-    for method in ("POST", "PUT", "DELETE", "PATCH"):
+    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
         assert served.get(f"/v1/users/{served.users[0]}", method=method)[0] == 405
+    assert served.get(f"/v1/users/{served.users[0]}", method="HEAD")[0] == 200
     assert served.get(f"/v1/users/{served.users[0]}", headers={"X-Big": "x" * 20_000})[0] in (400, 431)
     assert served.get("/v1/users/" + "y" * 20_000)[0] in (400, 414)
 
@@ -201,3 +202,24 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(ser
 
     check()
     assert calls["n"] >= 100 and calls["found"] >= 10
+
+
+def test_a_lookup_is_forwarded_once_and_a_forwarded_one_never_again(served: Served) -> None:
+    """The owner known but not this worker: the request goes there with the token and the hop
+    header. Here "there" is this same server under another name, which does not own the user
+    either, so the forwarded request must stop at 503 instead of bouncing."""
+    rt = served.runtime
+    port = served.url.rsplit(":", 1)[1]
+    saved_assigned, saved_owner = rt.router.assigned, rt.api.owner
+    rt.router.assigned, rt.api.owner = set(), lambda partition: f"http://localhost:{port}"
+    m = rt.metrics
+    fwd0 = m.value("intentstream_api_requests_total", result="forwarded")
+    try:
+        status, body, headers = served.get(f"/v1/users/{served.users[0]}")
+        assert status == 503 and headers["Retry-After"] == "1", body
+        assert m.value("intentstream_api_requests_total", result="forwarded") == fwd0 + 1
+        # a wrong token is refused before any forwarding
+        assert served.get(f"/v1/users/{served.users[0]}", token="bad-token-0123456789abcdef")[0] == 401
+        assert m.value("intentstream_api_requests_total", result="forwarded") == fwd0 + 1
+    finally:
+        rt.router.assigned, rt.api.owner = saved_assigned, saved_owner
