@@ -150,8 +150,9 @@ def test_wrong_methods_and_huge_headers_never_get_a_500(served: Served) -> None:
     for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
         assert served.get(f"/v1/users/{served.users[0]}", method=method)[0] == 405
     assert served.get(f"/v1/users/{served.users[0]}", method="HEAD")[0] == 200
-    assert served.get(f"/v1/users/{served.users[0]}", headers={"X-Big": "x" * 20_000})[0] in (400, 431)
-    assert served.get("/v1/users/" + "y" * 20_000)[0] in (400, 414)
+    assert served.get(f"/v1/users/{served.users[0]}", headers={"X-Big": "x" * 20_000})[0] == 400
+    assert served.get(f"/v1/users/{served.users[0]}", headers={f"X-H{i}": "x" * 100 for i in range(200)})[0] == 400
+    assert served.get("/v1/users/" + "y" * 20_000)[0] == 400
 
 
 def test_a_user_of_a_partition_nobody_owns_yet_gets_503_with_retry_after(served: Served) -> None:
