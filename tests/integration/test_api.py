@@ -22,6 +22,14 @@ pytestmark = pytest.mark.integration
 TOKEN = "integration-api-token-0123456789"
 
 
+def simulated(seed: int, users: int, n: int) -> list[dict]:
+    """Simulated raw events moved in time so that the last is a second ago (the worker rejects
+    events from more than an hour ahead)."""
+    raw = ShopperSimulator(seed=seed, users=users, start_ms=0).take(n)
+    shift = int(time.time() * 1000) - 1_000 - raw[-1]["ts"]
+    return [{**e, "ts": e["ts"] + shift} for e in raw]
+
+
 def call(port: int, path: str, token: str | None = TOKEN) -> tuple[int, dict]:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
     if token:
@@ -51,8 +59,7 @@ def test_any_worker_answers_for_any_user_and_agrees_with_the_signals(system):
     w1.start()
     w2.start()
     owner_of = settled([w1, w2], settings.events_partitions)
-    start = int(time.time() * 1000) - 3_600_000
-    raw = ShopperSimulator(seed=4, users=30, start_ms=start).take(1500)
+    raw = simulated(seed=4, users=30, n=1500)
     produce_events(settings.kafka_bootstrap_servers, settings.events_topic, raw)
     topics = list(settings.signal_topics().values())
     consume(settings.kafka_bootstrap_servers, topics, until=lambda m: len(m) >= 40, timeout=90)
@@ -100,7 +107,7 @@ def test_schemathesis_against_a_running_worker(system):
     settings, new_worker = system
     w = new_worker(INTENTSTREAM_API_TOKEN=TOKEN)
     w.start()
-    raw = ShopperSimulator(seed=9, users=10, start_ms=int(time.time() * 1000) - 3_600_000).take(300)
+    raw = simulated(seed=9, users=10, n=300)
     produce_events(settings.kafka_bootstrap_servers, settings.events_topic, raw)
     users = sorted({e["user_id"] for e in raw})
     deadline = time.monotonic() + 60

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from stream.logic.ingest import Pseudonymizer
-from stream.logic.simulator import ShopperSimulator
 
 from .conftest import KEY, produce_events
+from .test_api import simulated
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 TOKEN = "integration-page-token-0123456789"
@@ -46,7 +46,7 @@ def test_page_shows_live_signals_and_looks_a_user_up(system, tmp_path):
     settings, new_worker = system
     worker = new_worker(INTENTSTREAM_API_TOKEN=TOKEN)
     worker.start()
-    raw = ShopperSimulator(seed=21, users=40, start_ms=int(time.time() * 1000) - 3_600_000).take(4000)
+    raw = simulated(seed=21, users=40, n=4000)
     stop = threading.Event()
 
     def traffic() -> None:  # about 200 events/s while the page is open
