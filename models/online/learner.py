@@ -598,7 +598,7 @@ class PartitionLearners:
         :meth:`flush`, which the caller runs once its batch's events are all applied, before it
         reads a score or stores a record."""
         learned = self.intent.resolve(pending.intent, event) + self.churn.resolve(pending.churn, event)
-        f, v = self._features(state, event.ts)
+        f, v = self.features(state, event.ts)
         intent = None
         if event.type != "purchase":
             intent = self.intent.predict(f, explain=explain, values=v, batch=batch)
@@ -616,8 +616,9 @@ class PartitionLearners:
         """Score both learners' waiting batched predictions (:meth:`OnlineLearner.flush`)."""
         return self.intent.flush() + self.churn.flush()
 
-    def _features(self, state: UserState, now_ms: int) -> tuple[FeatureView, np.ndarray]:
-        """``online_features`` as a mapping (reasons, the rule) and as one float64 vector (the models)."""
+    def features(self, state: UserState, now_ms: int) -> tuple[FeatureView, np.ndarray]:
+        """``online_features`` as a mapping (reasons, the rule) and as one float64 vector (the models);
+        what :meth:`on_event` scores, for a caller that scores without learning (the query API)."""
         values = online_values(state, now_ms, self.state_cfg)
         return FeatureView(values, self.state_cfg), np.array(values)
 
@@ -633,7 +634,7 @@ class PartitionLearners:
         )
         if not state.last_ts or watermark_ms <= state.last_ts:
             return None, learned
-        f, v = self._features(state, watermark_ms)
+        f, v = self.features(state, watermark_ms)
         pred = self.churn.predict(f, explain=explain, values=v)
         self.churn.observe_scan(pending.churn, watermark_ms, f, pred.p, v)
         return pred, learned

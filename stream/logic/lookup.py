@@ -92,7 +92,7 @@ def sequence_scores(served: Any, rec: UserRecord, top_k: int) -> SeqScores | Non
 def _online(learner: Any, learners: PartitionLearners, st: UserState, now: int) -> tuple[float, bool, str] | None:
     if learner is None or not learner.warm():
         return None
-    f, v = learners._features(st, now)
+    f, v = learners.features(st, now)
     p = learner.predict(f, explain=False, values=v)
     return float(p.p), bool(p.cold), f"river-{learner.cfg.model}:n{learner.n_learned}"
 

@@ -98,3 +98,26 @@ def test_with_a_sequence_model_the_stored_state_is_read_not_rebuilt(tmp_path):
     ans = describe(user, rec, Context(RuleScorer(), StateConfig(), 0, pipe.watermarks[0], served=served))
     assert ans["purchase_intent"]["model_versions"]["sequence"] == served.name
     Draft202012Validator(SCHEMA).validate({**ans, "served_by": "x"})
+
+
+def test_a_warm_online_model_scores_the_answer_without_learning_from_it():
+    from models.online.learner import PartitionLearners
+
+    pipe = Pipeline(CFG, RuleScorer(), clock=lambda: 1,
+                    learners=lambda p: PartitionLearners.new(StateConfig(), intent_warmup=20, churn_warmup=5))  # fmt: skip
+    pseudonymize = Pseudonymizer(b"lookup-test-key-0123456789")
+    events = [ingest_one(json.dumps(e).encode(), pseudonymize) for e in ShopperSimulator(seed=5, users=40).take(6000)]
+    records: dict = {}
+    for i in range(0, len(events), 500):
+        batch = events[i : i + 500]
+        out = pipe.step({e.user: records.get(e.user) for e in batch}, [(0, e) for e in batch],
+                        lambda p, us: {u: records.get(u) for u in us})  # fmt: skip
+        records.update(out.records)
+    pl = pipe.learners[0]
+    assert pl.intent.warm()
+    learned, user = pl.intent.n_learned, next(iter(records))
+    before = records[user].to_bytes()
+    d = describe(user, records[user], Context(RuleScorer(), StateConfig(), 0, pipe.watermarks[0], learners=pl))
+    assert d["purchase_intent"]["model_versions"]["online"].startswith("river-")
+    assert pl.intent.n_learned == learned and records[user].to_bytes() == before, "a lookup changes nothing"
+    Draft202012Validator(SCHEMA).validate({**d, "served_by": "x"})
