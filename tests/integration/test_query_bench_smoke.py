@@ -23,3 +23,4 @@ def test_query_latency_answers_lookups_under_load_and_idle(tmp_path):
         assert r["lookups"] >= 20, doc
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
     assert doc["not_200"] == {} and doc["events_per_s_processed"] > 0 and doc["worker_mean_ms"] > 0
+    assert doc["sequence_model"], "the lookups read the sequence model's heads too"
