@@ -128,8 +128,11 @@ class SignalFeed:
         from stream.broker import client_config
 
         s = self.runtime.settings
-        consumer = AIOKafkaConsumer(**client_config(s, self.runtime.bootstrap or ""), group_id=None,
-                                    enable_auto_commit=False)  # fmt: skip
+        consumer = AIOKafkaConsumer(
+            **client_config(s, self.runtime.bootstrap or ""), group_id=None, enable_auto_commit=False,
+            # exactly_once: only what a read_committed consumer of the signals would see
+            isolation_level="read_committed" if s.processing_guarantee == "exactly_once" else "read_uncommitted",
+        )  # fmt: skip
         try:
             await consumer.start()
             tps = [TopicPartition(t, p) for t in s.signal_topics().values() for p in range(s.signal_partitions)]
