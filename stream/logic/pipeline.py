@@ -303,10 +303,6 @@ class Pipeline:
                 self.decide_silent(scan, recs)  # type: ignore[arg-type]
             _merge(out, scan, dict.fromkeys([*scan.records, *scan.deleted], partition))
         mark("churn scan")
-        for sig in out.signals:  # kept for the query API (stream.logic.lookup): ids cannot be recomputed
-            rec = out.records.get(sig.user)
-            if rec is not None:
-                rec.policy.last_ids[sig.task] = sig.signal_id
         return out
 
     def process(
@@ -431,6 +427,7 @@ class Pipeline:
                     Task.PURCHASE_INTENT, ev.user, score, cfg.intent.threshold, ev.ts, ev.event_id, reasons, cold,
                     online=version, sequence=sv.version if blended else None,  # type: ignore[union-attr]
                 ))  # fmt: skip
+                _remember(policy, out.signals[-1])
         top = c.latent
         if sv is not None and sv.categories:
             fused = rrf([list(sv.categories), [cat for cat, _ in top]], cfg.latent_top_k)
@@ -454,6 +451,7 @@ class Pipeline:
                 False, sequence=sv.version if sv is not None and sv.categories else None,
                 categories=[{"category_id": cat, "score": s / total} for cat, s in top],
             ))  # fmt: skip
+            _remember(policy, out.signals[-1])
 
     def learners_for(self, partition: int) -> PartitionLearners | None:
         if self._make_learners is None:
@@ -606,6 +604,7 @@ class Pipeline:
                     Task.CHURN_RISK, user, score, self.cfg.churn.threshold, wm, last_id, reasons, False,
                     online=version, sequence=sv.version if blended else None,  # type: ignore[union-attr]
                 ))  # fmt: skip
+                _remember(rec.policy, out.signals[-1])
 
     def forget_partitions(self, keep: set[int]) -> None:
         """Drop watermarks, activity and models of partitions this worker no longer owns; the
@@ -639,6 +638,12 @@ class Pipeline:
             signal_id(user, task, event_id), user, task, round(float(score), 6), threshold, ts, self.clock(), event_id,
             versions, tuple(reasons), cold, None if categories is None else tuple(categories),
         )  # fmt: skip
+
+
+def _remember(policy: PolicyState, sig: Signal) -> None:
+    """Keep the signal's id in the user's record for the query API (``stream.logic.lookup``): it
+    hashes the triggering event's id, which the state does not keep, so it cannot be recomputed."""
+    policy.last_ids[sig.task] = sig.signal_id
 
 
 def _merge(out: StepResult, part: BatchResult, partitions: dict[str, int]) -> None:
