@@ -135,13 +135,13 @@ def scoring_cost(scorer: SequenceScorer, windows, batch: int) -> dict[str, float
         if scorer.config.arch == "gru":
             states = [scorer.score_batch([w[:-1]]).state for w in sample]
             out["step_ms_per_event"] = _median_ms_per_event(
-                lambda: [scorer.step([w], s) for w, s in zip(sample, states, strict=True)], len(sample)
+                lambda: [scorer.advance([w], s) for w, s in zip(sample, states, strict=True)], len(sample)
             )
     else:
         out["window_ms_per_event"] = _median_ms_per_event(lambda: scorer.score_batch(ws), len(ws))
         if scorer.config.arch == "gru":
             state = scorer.score_batch([w[:-1] for w in ws]).state
-            out["step_ms_per_event"] = _median_ms_per_event(lambda: scorer.step(ws, state), len(ws))
+            out["step_ms_per_event"] = _median_ms_per_event(lambda: scorer.advance(ws, state), len(ws))
     return out
 
 

@@ -46,8 +46,23 @@ class Scores:
     state: np.ndarray | None = None  # GRU only: (n, n_layers, d_model) float32 state after the event
 
 
+def _concat(parts: Sequence[Scores]) -> Scores:
+    return Scores(
+        p_intent=np.concatenate([p.p_intent for p in parts]),
+        p_churn=np.concatenate([p.p_churn for p in parts]),
+        top_buckets=np.concatenate([p.top_buckets for p in parts]),
+        top_probs=np.concatenate([p.top_probs for p in parts]),
+        top_categories=[c for p in parts for c in p.top_categories],
+        state=None if parts[0].state is None else np.concatenate([p.state for p in parts]),
+    )
+
+
 class SequenceScorer:
-    def __init__(self, loaded: checkpoint.Loaded, device: str | torch.device = "cpu") -> None:
+    """``max_batch`` bounds the rows of one forward pass (memory and the time of one call): more
+    rows are scored in chunks."""
+
+    def __init__(self, loaded: checkpoint.Loaded, device: str | torch.device = "cpu", max_batch: int | None = None) -> None:
+        self.max_batch = max_batch
         self.model = loaded.model.to(device).eval()
         self.config = loaded.config
         self.vocab = loaded.vocab
@@ -56,9 +71,18 @@ class SequenceScorer:
         self.device = torch.device(device)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SequenceScorer:
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", max_batch: int | None = None) -> SequenceScorer:
         """Raises :class:`~models.sequence.checkpoint.CheckpointError` for an unusable file."""
-        return cls(checkpoint.load(path, map_location=device), device)
+        return cls(checkpoint.load(path, map_location=device), device, max_batch)
+
+    def _chunked(self, call, windows: Sequence, *rows) -> Scores:
+        """``call(windows, *rows)`` on at most ``max_batch`` rows at a time; ``rows``: per-row
+        arguments (arrays or lists aligned with ``windows``, or None)."""
+        n = self.max_batch
+        if n is None or len(windows) <= n:
+            return call(windows, *rows)
+        return _concat([call(windows[i : i + n], *(r if r is None else r[i : i + n] for r in rows))
+                        for i in range(0, len(windows), n)])  # fmt: skip
 
     def _cut(self, windows: Sequence[Sequence[RecentEvent]], now_ms: int | None, keep: int) -> list:
         cut = []
@@ -114,6 +138,9 @@ class SequenceScorer:
         after it. ``latent`` (one flag per window) limits the next categories to the flagged
         windows; the others get none (``top_categories`` all None)."""
         self._gru_only()
+        return self._chunked(lambda w, h, lat: self._advance(w, h, lat, k), windows, np.asarray(h_prev), latent)
+
+    def _advance(self, windows, h_prev, latent, k) -> Scores:
         cut = self._cut(windows, None, self.config.lookback)
         b = self._batch(cut)
         h0 = self._state(h_prev, len(cut))
@@ -129,6 +156,9 @@ class SequenceScorer:
         """GRU only: the heads at each window's last event given ``h``, the state after that
         event (no recurrence step): what :meth:`advance` returned for that event, again."""
         self._gru_only()
+        return self._chunked(lambda w, st, lat: self._at_state(w, st, lat, k), windows, np.asarray(h), latent)
+
+    def _at_state(self, windows, h, latent, k) -> Scores:
         cut = self._cut(windows, None, self.config.lookback)
         b = self._batch(cut)
         st = self._state(h, len(cut))
@@ -158,6 +188,9 @@ class SequenceScorer:
         events, as in training. ``latent`` (one flag per window) limits the next categories to
         the flagged windows; the others get none (``top_categories`` all None). Events after
         ``now_ms`` are dropped."""
+        return self._chunked(lambda w, lat: self._score_batch(w, now_ms, k, lat), windows, latent)
+
+    def _score_batch(self, windows, now_ms, k, latent) -> Scores:
         cfg = self.config
         gru = cfg.arch == "gru"
         cut = self._cut(windows, now_ms, cfg.max_window if gru else cfg.lookback)
@@ -175,15 +208,3 @@ class SequenceScorer:
             _, state = self.model.rnn(packed)
         ring = self._batch([w[-cfg.lookback :] for w in cut])
         return self._scores(self.model.score_last(ring, k, latent=mask, state=state))
-
-    def step(
-        self,
-        windows: Sequence[Sequence[RecentEvent]],
-        state: np.ndarray,
-        now_ms: int | None = None,
-        k: int | None = None,
-    ) -> Scores:
-        """The former name of :meth:`advance` (kept for the benchmarks that call it)."""
-        if now_ms is not None:
-            windows = self._cut(windows, now_ms, self.config.max_window)
-        return self.advance(windows, state, k=k)

@@ -381,7 +381,7 @@ class Pipeline:
                 cands.append(
                     Candidate(
                         partition, ev, intent, latent, st.recent_window() if windows else None, due,
-                        sum(st.totals), st.last_ts <= ev.ts,
+                        sum(st.totals) if windows else 0, st.last_ts <= ev.ts,
                     )
                 )
         finally:

@@ -29,14 +29,13 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from models.features.recent import RecentEvent
 from models.registry import ArtifactError, Registry
 from models.sequence import explain
 from models.sequence.checkpoint import CHECKPOINT_NAME, CheckpointError
-from models.sequence.scorer import Scores, SequenceScorer
+from models.sequence.scorer import SequenceScorer
 from stream.logic.pipeline import BatchResult, SeqView
 from stream.logic.sequence_state import Scored, SeqMemory, SeqQuery, advance_rounds, at_rest, model_tag
 
@@ -131,7 +130,7 @@ class SequenceServing:
             path = self.registry.path(version) / CHECKPOINT_NAME
             if not path.is_file():
                 raise ArtifactError(f"version {version} has no {CHECKPOINT_NAME}")
-            scorer = SequenceScorer.load(path, device=self.device)
+            scorer = SequenceScorer.load(path, device=self.device, max_batch=self.max_batch)
             probe = scorer.score_batch([_PROBE])
             if not all(math.isfinite(float(x)) for x in (probe.p_intent[0], probe.p_churn[0])):
                 raise ArtifactError(f"version {version} scores a probe window as NaN/inf")
@@ -173,30 +172,6 @@ class SequenceServing:
         if self.shadow is not None and self.active is not None and self.shadow.version <= self.active.version:
             self.shadow = None  # the candidate was promoted (or overtaken): nothing left to compare
         return new
-
-    def score(
-        self,
-        served: Served,
-        windows: Sequence[Sequence[RecentEvent]],
-        now_ms: int | None = None,
-        latent: Sequence[bool] | None = None,
-    ) -> Scores:
-        """Score windows in chunks of at most ``max_batch`` (bounded memory and call time);
-        ``latent``: which windows need next categories (default: all)."""
-        n = self.max_batch
-        if len(windows) <= n:
-            return served.scorer.score_batch(windows, now_ms, latent=latent)
-        parts = [
-            served.scorer.score_batch(windows[i : i + n], now_ms, latent=None if latent is None else latent[i : i + n])
-            for i in range(0, len(windows), n)
-        ]
-        return Scores(
-            p_intent=np.concatenate([p.p_intent for p in parts]),
-            p_churn=np.concatenate([p.p_churn for p in parts]),
-            top_buckets=np.concatenate([p.top_buckets for p in parts]),
-            top_probs=np.concatenate([p.top_probs for p in parts]),
-            top_categories=[c for p in parts for c in p.top_categories],
-        )
 
 
 class ServedModel:

@@ -83,7 +83,7 @@ def test_corrupted_or_incompatible_artifact_is_rejected_and_the_current_keeps_se
     assert s.poll() == [(v3, False)] and "not a readable checkpoint" in s.rejected[v3]
     assert s.active.version == v1
     # The served model still scores.
-    out = s.score(s.active, [window()])
+    out = s.active.scorer.from_window([window()])
     assert 0 < out.p_intent[0] < 1
 
 
@@ -109,27 +109,35 @@ def test_shadow_candidate_is_loaded_and_dropped_once_promoted(tmp_path):
     assert s.active.version == v2 and s.shadow is None
 
 
-def serving_in_chunks_of_3(tmp_path) -> tuple[SequenceServing, list[list[RecentEvent]]]:
-    """A serving with a model swapped in, scoring in chunks of 3, and 8 windows of 1..8 events."""
+def serving_in_chunks_of_3(tmp_path) -> tuple[SequenceScorer, list[list[RecentEvent]]]:
+    """The scorer of a serving with ``max_batch=3`` (scores in chunks of 3), and 8 windows of 1..8 events."""
     reg = Registry(tmp_path / "reg")
     s = serving(reg.root, max_batch=3)
     publish(reg, tmp_path, 1)
     s.poll(), s.swap()
-    return s, [window(n) for n in range(1, 9)]
+    assert s.active.scorer.max_batch == 3
+    return s.active.scorer, [window(n) for n in range(1, 9)]
 
 
 def test_scoring_in_chunks_equals_one_call(tmp_path):
-    s, wins = serving_in_chunks_of_3(tmp_path)
-    a = s.score(s.active, wins)
-    b = s.active.scorer.score_batch(wins)
+    sc, wins = serving_in_chunks_of_3(tmp_path)
+    a = sc.from_window(wins)
+    h = np.random.default_rng(0).normal(size=(len(wins), CFG.n_layers, CFG.d_model)).astype(np.float32)
+    stepped, rested = sc.advance(wins, h), sc.at_state(wins, h)
+    sc.max_batch = None
+    b = sc.from_window(wins)
     np.testing.assert_allclose(a.p_intent, b.p_intent, rtol=1e-5)
+    np.testing.assert_allclose(a.state, b.state, rtol=1e-5, atol=1e-6)
     assert a.top_categories == b.top_categories
+    for chunked, whole in ((stepped, sc.advance(wins, h)), (rested, sc.at_state(wins, h))):
+        np.testing.assert_allclose(chunked.p_churn, whole.p_churn, rtol=1e-5)
+        assert chunked.top_categories == whole.top_categories
 
 
 def test_next_categories_only_where_asked_and_everything_else_unchanged(tmp_path):
-    s, wins = serving_in_chunks_of_3(tmp_path)
+    sc, wins = serving_in_chunks_of_3(tmp_path)
     mask = [n % 3 == 0 for n in range(8)]
-    full, part = s.score(s.active, wins), s.score(s.active, wins, latent=mask)
+    full, part = sc.from_window(wins), sc.from_window(wins, latent=mask)
     np.testing.assert_allclose(part.p_intent, full.p_intent, rtol=1e-6)
     np.testing.assert_allclose(part.p_churn, full.p_churn, rtol=1e-6)
     for i, asked in enumerate(mask):
