@@ -161,6 +161,7 @@ class Processor:
         for typ, n in result.counts_by_type.items():
             m.count_event(typ, n)
         self.online.checkpoint({p: self.router.partition_event(p) for p, _ev in pairs})
+        await self.outputs.send_written()
         rejected = {id(r.event) for r in result.rejected}
         self.archiver.add([ev for _p, ev in pairs if id(ev) not in rejected])
         m.observe_batch(len(items), time.perf_counter() - t0)

@@ -102,6 +102,9 @@ def worker(tmp_path_factory):
         async def delivered(self, futures):
             return None
 
+        async def send_written(self):
+            return None
+
         def write(self, table, key, value, partition):
             sent.append(("changelog", key, value or b""))
             if value is None:
