@@ -124,7 +124,7 @@ def _position_masks(L: int, lookback: int) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def batch_features(
-    windows: Sequence[Sequence[RecentEvent]], cfg: SeqConfig, width: int | None = None
+    windows: Sequence[Sequence[RecentEvent]], cfg: SeqConfig, width: int | None = None, *, last_only: bool = False
 ) -> dict[str, np.ndarray]:
     """Model inputs for a batch of windows (each 1..``cfg.max_window`` events, oldest first,
     sorted by time), right-padded to ``width`` (default ``cfg.max_window``; at least the longest
@@ -132,6 +132,9 @@ def batch_features(
     This is the one definition of the features. Position ``i`` reads only positions ``j`` with
     ``i - lookback < j <= i``, so a long window gives each event the features its own ring of
     ``lookback`` events would.
+
+    ``last_only``: the features of each window's last event only, as windows of length 1 (what
+    a recurrence step from a stored state reads), equal to the full call's at that position.
 
     Everything is computed for all windows at once with numpy: "earlier in the window" is a
     strictly lower-triangular (position, earlier position) mask, so e.g. ``item_seen`` counts the
@@ -148,6 +151,8 @@ def batch_features(
         if width < lengths.max():
             raise ValueError(f"width {width} is shorter than a window of {lengths.max()} events")
         L = width
+    if last_only:
+        L = int(lengths.max())
     K = cfg.lookback
     if all(type(w) is RecentWindow for w in windows):  # the stream's windows: straight from their bytes
         flat = RecentWindow.columns(windows)  # type: ignore[arg-type]
@@ -161,33 +166,52 @@ def batch_features(
         a[rows, cols] = flat[:, RecentEvent._fields.index(field)]
         return a
 
+    # The query positions (whose features are computed) against all positions (what they read):
+    # every position, or each window's last one.
+    pos = np.arange(L)
+    earlier, upto, later = _position_masks(L, K)
+    if last_only:
+        qpos = (lengths - 1)[:, None]  # (B, 1)
+        earlier, upto = earlier[0][qpos], upto[0][qpos]  # (B, 1, L)
+
+        def at_q(a: np.ndarray) -> np.ndarray:
+            return np.take_along_axis(a, qpos, 1)
+
+    else:
+        qpos = pos[None, :]
+
+        def at_q(a: np.ndarray) -> np.ndarray:
+            return a
+
     valid = np.arange(L)[None, :] < lengths[:, None]
+    valid_q = at_q(valid)
     et = grid("type").astype(np.int64)
     ts = grid("ts").astype(np.int64)
-    price = grid("price")
     ids = {f: grid(f).astype(np.int64) for f in ("item", "category", "query")}
     item, cat = ids["item"], ids["category"]
+    et_q, ts_q = at_q(et), at_q(ts)
 
     def bucket(h: np.ndarray, n: int) -> np.ndarray:
         return np.where(h != 0, 1 + h % (n - 1), 0)
 
     out = {
-        "type": np.where(valid, et + 1, 0),
-        "item": bucket(item, cfg.item_buckets),
-        "cat": bucket(cat, cfg.category_buckets),
-        "query": bucket(ids["query"], cfg.query_buckets),
+        "type": np.where(valid_q, et_q + 1, 0),
+        "item": bucket(at_q(item), cfg.item_buckets),
+        "cat": bucket(at_q(cat), cfg.category_buckets),
+        "query": bucket(at_q(ids["query"]), cfg.query_buckets),
     }
-    gap = np.zeros((B, L), np.int64)
-    dt = np.maximum(ts[:, 1:] - ts[:, :-1], 0) / 1000
-    gap[:, 1:] = np.minimum(cfg.gap_buckets - 1, 1 + np.floor(np.log2(1 + dt)).astype(np.int64))
+    prev = np.maximum(qpos - 1, 0)  # the previous position (0 for position 0, masked below)
+    has_prev = qpos >= 1
+    dt = np.maximum(ts_q - np.take_along_axis(ts, np.broadcast_to(prev, ts_q.shape), 1), 0) / 1000
+    gap = np.where(has_prev, np.minimum(cfg.gap_buckets - 1, 1 + np.floor(np.log2(1 + dt)).astype(np.int64)), 0)
     prev_ok = K > 1  # the previous event lies inside the look-back
-    out["gap"] = np.where(valid & prev_ok, gap, 0)
+    out["gap"] = np.where(valid_q & prev_ok, gap, 0)
 
-    earlier, upto, later = _position_masks(L, K)
     is_cart, is_buy = et == CART, et == PURCHASE
-    num = np.zeros((B, L, N_NUM), np.float64)
+    Q = ts_q.shape[1]
+    num = np.zeros((B, Q, N_NUM), np.float64)
     col = {name: i for i, name in enumerate(NUM_FEATURES)}
-    num[..., col["log_price"]] = np.log1p(np.maximum(price, 0.0))
+    num[..., col["log_price"]] = np.log1p(np.maximum(at_q(grid("price")), 0.0))
 
     def last_ts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(any earlier position in ``mask``, the newest such position's time)."""
@@ -197,17 +221,19 @@ def batch_features(
         (item, "item_seen", "item_carted", "item_bought", "item_since", "same_item_as_prev"),
         (cat, "cat_seen", "cat_carted", None, None, "same_cat_as_prev"),
     ):
-        present = ids_ != 0
-        same = (ids_[:, :, None] == ids_[:, None, :]) & earlier & present[:, :, None]
+        ids_q = at_q(ids_)
+        present_q = ids_q != 0
+        same = (ids_q[:, :, None] == ids_[:, None, :]) & earlier & present_q[:, :, None]
         num[..., col[seen]] = np.log1p(same.sum(-1))
         num[..., col[carted]] = (same & is_cart[:, None, :]).any(-1)
         if bought is not None:
             num[..., col[bought]] = (same & is_buy[:, None, :]).any(-1)
             has, t = last_ts(same)
-            num[..., col[since]] = np.where(has, np.log1p(np.maximum(ts - np.where(has, t, 0), 0) / 1000) / 10, 0.0)
-        num[:, 1:, col[same_prev]] = present[:, 1:] & (ids_[:, 1:] == ids_[:, :-1]) & prev_ok
+            num[..., col[since]] = np.where(has, np.log1p(np.maximum(ts_q - np.where(has, t, 0), 0) / 1000) / 10, 0.0)
+        ids_prev = np.take_along_axis(ids_, np.broadcast_to(prev, ids_q.shape), 1)
+        num[..., col[same_prev]] = present_q & (ids_q == ids_prev) & has_prev & prev_ok
 
-    in_session = upto & (ts[:, None, :] >= (ts - cfg.session_gap_ms)[:, :, None])
+    in_session = upto & (ts[:, None, :] >= (ts_q - cfg.session_gap_ms)[:, :, None])
     num[..., col["recent_events"]] = np.log1p(in_session.sum(-1))
     num[..., col["recent_carts"]] = np.log1p((in_session & is_cart[:, None, :]).sum(-1))
     # Open carts: a cart of an item at j stays open until the item's next cart or purchase k > j
@@ -219,11 +245,10 @@ def batch_features(
         & (is_cart | is_buy)[:, None, :]
     )
     next_k = np.where(later_same.any(-1), later_same.argmax(-1), L)  # (B, L): per cart position j
-    pos = np.arange(L)
     open_at = (
         (is_cart & has_item)[:, None, :]
         & earlier
-        & (pos[None, :, None] <= next_k[:, None, :])
+        & (qpos[:, :, None] <= next_k[:, None, :])
     )
     num[..., col["open_carts"]] = np.log1p(open_at.sum(-1))
     num[..., col["purchases"]] = np.log1p((earlier & is_buy[:, None, :]).sum(-1))
@@ -233,14 +258,15 @@ def batch_features(
         # If the newest one lies beyond the look-back, so do all older ones.
         j = np.full((B, L), -1, np.int64)
         j[:, 1:] = np.maximum.accumulate(np.where(mask, pos, -1), axis=1)[:, :-1]
-        has = (j >= 0) & (pos - j < K)
+        j = at_q(j)
+        has = (j >= 0) & (qpos - j < K)
         t = np.take_along_axis(ts, np.maximum(j, 0), axis=1)
-        num[..., col[name]] = np.where(has, np.exp(-np.maximum(ts - t, 0) / 3_600_000), 0.0)
-    angle = 2 * np.pi * (ts % DAY_MS) / DAY_MS
+        num[..., col[name]] = np.where(has, np.exp(-np.maximum(ts_q - t, 0) / 3_600_000), 0.0)
+    angle = 2 * np.pi * (ts_q % DAY_MS) / DAY_MS
     num[..., col["hour_sin"]] = np.sin(angle)
     num[..., col["hour_cos"]] = np.cos(angle)
-    out["num"] = np.where(valid[:, :, None], num, 0.0).astype(np.float32)
-    out["length"] = lengths
+    out["num"] = np.where(valid_q[:, :, None], num, 0.0).astype(np.float32)
+    out["length"] = np.ones(B, np.int64) if last_only else lengths
     return out
 
 

@@ -57,6 +57,30 @@ def _concat(parts: Sequence[Scores]) -> Scores:
     )
 
 
+def _by_latent(n: int, latent: Sequence[bool] | None, call) -> Scores:
+    """Score ``n`` rows with ``call(rows, last_only)``: the rows without next categories
+    (``latent`` False) from their newest event's inputs alone (a step from a given state reads
+    no more; only the next-category head's copy attention reads the ring), the others from
+    their whole window; in the rows' order."""
+    flags = np.ones(n, bool) if latent is None else np.asarray(latent, bool)
+    if flags.all():
+        return call(np.arange(n), False)
+    if not flags.any():
+        return call(np.arange(n), True)
+    ring, last = np.flatnonzero(flags), np.flatnonzero(~flags)
+    a, b = call(ring, False), call(last, True)
+    order = np.argsort(np.concatenate([ring, last]), kind="stable")
+    merged = _concat([a, b])
+    return Scores(
+        p_intent=merged.p_intent[order],
+        p_churn=merged.p_churn[order],
+        top_buckets=merged.top_buckets[order],
+        top_probs=merged.top_probs[order],
+        top_categories=[merged.top_categories[i] for i in order],
+        state=None if merged.state is None else merged.state[order],
+    )
+
+
 class SequenceScorer:
     """``max_batch`` bounds the rows of one forward pass (memory and the time of one call): more
     rows are scored in chunks."""
@@ -94,17 +118,21 @@ class SequenceScorer:
             cut.append(w[-keep:] if len(w) > keep else w)
         return cut
 
-    def _batch(self, cut: Sequence[Sequence[RecentEvent]]) -> dict[str, torch.Tensor]:
+    def _batch(self, cut: Sequence[Sequence[RecentEvent]], last_only: bool = False) -> dict[str, torch.Tensor]:
         # Padded to the ring's length at least, so a batch of rings always has the same shapes.
         width = max(self.config.lookback, max(len(w) for w in cut))
-        b = batch_features(cut, self.config, width=width)
+        b = batch_features(cut, self.config, width=width, last_only=last_only)
         return {k: torch.from_numpy(v).to(self.device) for k, v in b.items()}
 
-    def _state(self, h: np.ndarray, n: int) -> torch.Tensor:
+    def _checked(self, h: np.ndarray, n: int) -> np.ndarray:
         cfg = self.config
         h = np.asarray(h, np.float32)
         if h.shape != (n, cfg.n_layers, cfg.d_model):
             raise ValueError(f"state must have shape {(n, cfg.n_layers, cfg.d_model)}, got {h.shape}")
+        return h
+
+    def _state(self, h: np.ndarray, n: int) -> torch.Tensor:
+        h = self._checked(h, n)
         return torch.from_numpy(np.ascontiguousarray(h.transpose(1, 0, 2))).to(self.device)
 
     def _latent(self, latent: Sequence[bool] | None) -> torch.Tensor | None:
@@ -142,9 +170,15 @@ class SequenceScorer:
 
     def _advance(self, windows, h_prev, latent, k) -> Scores:
         cut = self._cut(windows, None, self.config.lookback)
-        b = self._batch(cut)
-        h0 = self._state(h_prev, len(cut))
-        return self._scores(self.model.score_last(b, k or self.config.top_k, h0=h0, latent=self._latent(latent)))
+        h_prev = self._checked(h_prev, len(cut))
+
+        def call(rows: np.ndarray, last_only: bool) -> Scores:
+            b = self._batch([cut[i] for i in rows], last_only=last_only)
+            h0 = self._state(h_prev[rows], len(rows))
+            lat = None if latent is None else self._latent(np.asarray(latent, bool)[rows])
+            return self._scores(self.model.score_last(b, k or self.config.top_k, h0=h0, latent=lat))
+
+        return _by_latent(len(cut), latent, call)
 
     def at_state(
         self,
@@ -160,9 +194,15 @@ class SequenceScorer:
 
     def _at_state(self, windows, h, latent, k) -> Scores:
         cut = self._cut(windows, None, self.config.lookback)
-        b = self._batch(cut)
-        st = self._state(h, len(cut))
-        return self._scores(self.model.score_last(b, k or self.config.top_k, latent=self._latent(latent), state=st))
+        h = self._checked(h, len(cut))
+
+        def call(rows: np.ndarray, last_only: bool) -> Scores:
+            b = self._batch([cut[i] for i in rows], last_only=last_only)
+            st = self._state(h[rows], len(rows))
+            lat = None if latent is None else self._latent(np.asarray(latent, bool)[rows])
+            return self._scores(self.model.score_last(b, k or self.config.top_k, latent=lat, state=st))
+
+        return _by_latent(len(cut), latent, call)
 
     def from_window(
         self,

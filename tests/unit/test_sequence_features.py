@@ -163,6 +163,22 @@ def test_features_of_a_long_window_are_those_of_each_events_ring(seed, n, lookba
         np.testing.assert_array_equal(long[key][0, :n], ring[key][np.arange(n), last], err_msg=key)
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), lookback=st.integers(1, 16), width=st.sampled_from([None, 16]))
+def test_last_only_features_are_the_full_calls_at_each_windows_last_event(seed, lookback, width):
+    """What a recurrence step from a stored state reads: the newest event's features alone."""
+    cfg = SeqConfig(max_len=16, lookback=lookback)
+    rng = random.Random(seed)
+    windows = [random_window(rng, rng.randint(1, 16)) for _ in range(40)]
+    full = batch_features(windows, cfg, width=width)
+    last = batch_features(windows, cfg, width=width, last_only=True)
+    at = (np.arange(len(windows)), full["length"] - 1)
+    assert last["length"].tolist() == [1] * len(windows)
+    for key in ("type", "item", "cat", "query", "gap", "num"):
+        assert last[key].shape[1] == 1
+        np.testing.assert_array_equal(last[key][:, 0], full[key][at], err_msg=key)
+
+
 def test_open_carts_close_on_purchase_and_reopen_on_cart():
     cfg = SeqConfig(max_len=8)
     i1, i2 = 11, 22
