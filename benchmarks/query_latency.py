@@ -205,6 +205,7 @@ def run(rate: float, qps: float, seconds: float, warmup: float, users: int) -> d
                 served = [ln.split('version="', 1)[1].split('"', 1)[0] for ln in text.splitlines()
                           if ln.startswith("intentstream_sequence_model_info{")]  # fmt: skip
                 server_p99 = _bucket_p99(port, "intentstream_api_lookup_seconds")
+                batch_p99 = _bucket_p99(port, "intentstream_processing_seconds")
                 server_n = _metric(port, "intentstream_api_lookup_seconds_count")
                 server_s = _metric(port, "intentstream_api_lookup_seconds_sum")
     load, base = _summary(under_load), _summary(idle.samples[: len(under_load)])
@@ -216,6 +217,7 @@ def run(rate: float, qps: float, seconds: float, warmup: float, users: int) -> d
         "not_200": {**other_load, **{f"idle_{k}": v for k, v in idle.other.items()}},
         "worker_mean_ms": round(1000 * server_s / server_n, 3) if server_n else None,
         "worker_p99_at_most_ms": server_p99,
+        "batch_p99_at_most_ms": batch_p99,  # a batch holds the event loop: what a lookup may wait for
     }  # fmt: skip
 
 
