@@ -55,18 +55,23 @@ class Processor:
 
     async def process_packs(self, batch: list[faust.EventT]) -> None:
         """Unpack the internal topic's records and process their events (:meth:`process_items`),
-        after any records the consumer skipped before them (:mod:`stream.agents.gaps`)."""
-        first: dict[int, faust.EventT] = {}
+        each partition's in offset order with any records the consumer skipped before or between
+        them (:mod:`stream.agents.gaps`)."""
+        by_partition: dict[int, list[faust.EventT]] = {}
         for fe in batch:
-            first.setdefault(fe.message.partition, fe)
+            by_partition.setdefault(fe.message.partition, []).append(fe)
         records: list[tuple[faust.EventT, Any]] = []
-        for partition, fe in first.items():
-            missing = await self.gaps.before(partition, fe.message.offset)
+        for partition, fes in by_partition.items():
+            missing = await self.gaps.skipped(partition, [fe.message.offset for fe in fes])
             self.metrics.records_refetched.inc(len(missing))
-            records.extend(
-                (fe, Refetched(fe.message.topic, r.partition, r.offset, r.key, r.value)) for r in missing
-            )
-        records.extend((fe, fe.message) for fe in batch)
+            if not missing:
+                records.extend((fe, fe.message) for fe in fes)
+                continue
+            first = fes[0]
+            merged = [(r.offset, (first, Refetched(first.message.topic, r.partition, r.offset, r.key, r.value)))
+                      for r in missing] + [(fe.message.offset, (fe, fe.message)) for fe in fes]  # fmt: skip
+            merged.sort(key=lambda pair: pair[0])
+            records.extend(record for _offset, record in merged)
         items: list[Item] = []
         for fe, msg in records:
             if msg.key == DONE_KEY:  # processed where it was ingested; kept only as history

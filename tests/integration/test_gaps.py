@@ -101,3 +101,32 @@ def test_aborted_records_and_markers_are_skipped(broker):
             await gaps.close()
 
     asyncio.run(run())
+
+
+def test_records_skipped_inside_a_batch_are_read_back(broker):
+    """What a restarted worker's first batch held after a SIGKILL (exactly-once): the record at
+    the committed offset, then records well after it; the packs between were never processed
+    while the offsets were committed past them. Markers between committed records are no gap."""
+
+    async def run() -> None:
+        b = broker.bootstrap
+        topic = await _topic(b)
+        p = AIOKafkaProducer(bootstrap_servers=b, transactional_id=f"t-{uuid.uuid4().hex[:6]}")
+        await p.start()
+        offsets = []
+        for v in (b"p0", b"p1", b"p2", b"p3", b"p4"):  # one transaction each: a marker after each
+            await p.begin_transaction()
+            offsets.append((await (await p.send(topic, v, partition=0))).offset)
+            await p.commit_transaction()
+        await p.stop()
+        assert offsets == [0, 2, 4, 6, 8]
+        gaps = _filler(b, topic, f"new-{uuid.uuid4().hex[:6]}")
+        try:
+            got = await gaps.skipped(0, [0, 6, 8])  # delivered p0, p3, p4: p1 and p2 were skipped
+            assert [(r.offset, r.value) for r in got] == [(2, b"p1"), (4, b"p2")]
+            gaps.advance(0, 9)
+            assert await gaps.skipped(0, [10]) == [], "a marker is not a record"
+        finally:
+            await gaps.close()
+
+    asyncio.run(run())
