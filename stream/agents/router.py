@@ -73,14 +73,14 @@ class LocalRouter:
         return [(p, value) for p, (evs, kts) in packs.items() for value in packing.pack_all(evs, kts, limit)]
 
     def send_packed(self, records: list[tuple[int, bytes]], key: bytes) -> None:
-        """Send packed records to the internal topic under ``key``; follow the packs to be
-        processed that a closed partition's gate waits for."""
+        """Send packed records to the internal topic under ``key``; follow every pack to be
+        processed (:class:`LocalRouting`: a gate waits for each, whenever it was sent)."""
         route = self.routing
         for partition, value in records:
             on_ack = None
-            if key == PACK_KEY and route.tracks(partition):
+            if key == PACK_KEY:
                 route.sent(partition)
-                on_ack = functools.partial(route.acked, route.generation, partition)
+                on_ack = functools.partial(route.acked, partition)
             self.outputs.send_soon(self.topic, key, value, partition, on_ack)
 
     def count_forwarded(self, packs: Packs) -> None:
@@ -131,7 +131,9 @@ class LocalRouter:
             # forwarded from below those offsets, so it is below the end offsets read next.
             for tp in consumer.assignment():
                 await consumer.position(tp)
-            if not await self.flush():  # and so is everything this worker forwarded
+            # What this worker forwarded is not necessarily below them (exactly-once: not until
+            # its transaction commits): the gates follow each of its packs (LocalRouting.sent).
+            if not await self.flush():
                 return
             ends = await consumer.end_offsets([TopicPartition(self.topic, p) for p in sorted(self.assigned)])
             if self.current() and route.generation == generation:

@@ -12,11 +12,18 @@ change any user's outcome:
   partition is *closed* (its events are forwarded, as without this module). The ingest then *arms*
   a gate per owned internal partition: that partition's end offset, read after the ingest has
   taken its new input partitions (so every pack an earlier owner forwarded from below our start
-  is in the log) and flushed its own producer. A gate *opens* once the application's consumer
-  group has committed the partition up to that end offset and past every pack this worker
-  forwarded to it meanwhile (each acknowledged). Committed means processed: Faust commits an
-  offset only after the agent handled the record. The partition then stays local until the next
-  change of assignment.
+  is in the log). A gate *opens* once the application's consumer group has committed the
+  partition up to that end offset and past every pack this worker ever forwarded to it (each
+  acknowledged), whenever it was sent. Committed means processed: Faust commits an offset only
+  after the agent handled the record. The partition then stays local until the next change of
+  assignment.
+
+  The end offset alone does not cover this worker's own packs: with exactly-once they sit in its
+  open transaction, unacknowledged until the commit, and a ``read_committed`` end offset (the
+  last stable offset) stops before them. A gate that opened on the end offset would let events
+  read later be applied before those packs, whose events would then come second and be
+  dead-lettered as ``late_event``: lost. So every pack is followed, from its send to its
+  acknowledgement, across assignments.
 * **Ownership.** A change of assignment closes everything as soon as it starts (the caller compares
   Faust's rebalance count, which Faust bumps before it revokes anything), and a revocation waits
   for a batch in progress to write its state and flush it (the worker's processing lock), so
@@ -38,7 +45,7 @@ Pure bookkeeping: no Kafka, no Faust; ``stream.agents.runtime`` feeds it offsets
 True
 >>> sorted(r.open({0: 4}))  # partition 1 is empty; 0 is not processed up to its end yet
 [1]
->>> r.sent(0); r.acked(1, 0, 7); sorted(r.open({0: 7}))  # our forward at offset 7 is not processed
+>>> r.sent(0); r.acked(0, 7); sorted(r.open({0: 7}))  # our forward at offset 7 is not processed
 []
 >>> sorted(r.open({0: 8})), sorted(r.local)
 ([0], [0, 1])
@@ -57,7 +64,10 @@ class LocalRouting:
         self.generation: int | None = None  # the assignment these sets belong to
         self.local: set[int] = set()
         self.gates: dict[int, int] = {}  # closed partition -> end offset read when armed
-        self.inflight: dict[int, int] = {}  # packs forwarded to a gated partition, not acknowledged yet
+        # Every pack this worker forwarded, whatever the assignment then: a pack sent before a
+        # gate was armed may still be unacknowledged (exactly-once: in the open transaction)
+        # and above the end offset the gate was armed with.
+        self.inflight: dict[int, int] = {}  # packs forwarded to a partition, not acknowledged yet
         self.forwarded: dict[int, int] = {}  # highest acknowledged offset of those packs
         self.armed = False
 
@@ -66,35 +76,26 @@ class LocalRouting:
         self.generation = generation
         self.local.clear()
         self.gates.clear()
-        self.inflight.clear()
-        self.forwarded.clear()
         self.armed = False
 
     def needs_arming(self, generation: int) -> bool:
         return self.enabled and self.generation == generation and not self.armed
 
     def arm(self, generation: int, end_offsets: dict[int, int]) -> bool:
-        """Gate each owned internal partition at its end offset, read after the ingest flushed its
-        producer (so every earlier forward is below it). False if the assignment moved on."""
+        """Gate each owned internal partition at its end offset, read after the ingest took its
+        input partitions. False if the assignment moved on."""
         if not self.enabled or generation != self.generation:
             return False
         self.gates = dict(end_offsets)
-        self.inflight.clear()
-        self.forwarded.clear()
         self.armed = True
         return True
 
-    def tracks(self, partition: int) -> bool:
-        """Whether a pack forwarded to ``partition`` must be followed until it is acknowledged."""
-        return partition in self.gates
-
     def sent(self, partition: int) -> None:
+        """A pack was forwarded to ``partition`` (any partition, gated or not, local or not)."""
         self.inflight[partition] = self.inflight.get(partition, 0) + 1
 
-    def acked(self, generation: int, partition: int, offset: int) -> None:
-        """A tracked pack was acknowledged at ``offset`` (ignored if the assignment moved on)."""
-        if generation != self.generation or partition not in self.gates:
-            return
+    def acked(self, partition: int, offset: int) -> None:
+        """A pack of :meth:`sent` was acknowledged (with exactly-once: committed) at ``offset``."""
         self.inflight[partition] = self.inflight.get(partition, 1) - 1
         self.forwarded[partition] = max(self.forwarded.get(partition, -1), offset)
 
