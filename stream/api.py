@@ -32,8 +32,9 @@ an event's user id may be (:data:`models.events.MAX_ID_LEN`), gets 400; other me
 
 **The event loop.** A lookup is one store read and one small scoring call (the online models and
 one GRU head read on the stored state, no recurrence), done on the loop's thread like the
-batches' scoring (``stream/agents/serving.py`` says why not on another thread);
-``benchmarks/query_latency.py`` measures it while the worker processes events.
+batches' scoring (``stream/agents/serving.py`` says why not on another thread). It holds the
+loop for no more than that, but a lookup that arrives during a batch waits for the batch to end;
+``benchmarks/query_latency.py`` measures both while the worker processes events.
 """
 
 from __future__ import annotations
