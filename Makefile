@@ -28,7 +28,7 @@ venv: $(STAMP) ## create .venv and install the package with its dev dependencies
 kafka: venv ## fetch Apache Kafka's broker jars from Maven Central, once (needs Java 17+ and Maven; INTENTSTREAM_KAFKA_HOME)
 	@$(VENV)/bin/intentstream broker install
 
-tools: venv ## install the validators the tests use where possible (promtool, hadolint, kubernetes-validate, docker-compose)
+tools: venv ## install what the tests use where possible (promtool, hadolint, kubernetes-validate, docker-compose, chromium + its driver)
 	@bash scripts/install-tools.sh
 
 demo: kafka ## run the demo: a local Kafka broker, worker, simulator, live signals (Ctrl-C, or DEMO_SECONDS=N, stops it)
