@@ -131,8 +131,8 @@ class SequenceScorer:
             raise ValueError(f"state must have shape {(n, cfg.n_layers, cfg.d_model)}, got {h.shape}")
         return h
 
-    def _state(self, h: np.ndarray, n: int) -> torch.Tensor:
-        h = self._checked(h, n)
+    def _state(self, h: np.ndarray) -> torch.Tensor:
+        """A checked (n, n_layers, d_model) state as the GRU takes it: (n_layers, n, d_model)."""
         return torch.from_numpy(np.ascontiguousarray(h.transpose(1, 0, 2))).to(self.device)
 
     def _latent(self, latent: Sequence[bool] | None) -> torch.Tensor | None:
@@ -166,17 +166,20 @@ class SequenceScorer:
         after it. ``latent`` (one flag per window) limits the next categories to the flagged
         windows; the others get none (``top_categories`` all None)."""
         self._gru_only()
-        return self._chunked(lambda w, h, lat: self._advance(w, h, lat, k), windows, np.asarray(h_prev), latent)
+        return self._chunked(lambda w, h, lat: self._from_state(w, h, lat, k, True), windows, np.asarray(h_prev), latent)
 
-    def _advance(self, windows, h_prev, latent, k) -> Scores:
+    def _from_state(self, windows, h, latent, k, step: bool) -> Scores:
+        """:meth:`advance` (``step``: ``h`` is the state before each window's last event) or
+        :meth:`at_state` (``h`` is the state after it)."""
         cut = self._cut(windows, None, self.config.lookback)
-        h_prev = self._checked(h_prev, len(cut))
+        h = self._checked(h, len(cut))
 
         def call(rows: np.ndarray, last_only: bool) -> Scores:
             b = self._batch([cut[i] for i in rows], last_only=last_only)
-            h0 = self._state(h_prev[rows], len(rows))
+            st = self._state(h[rows])
             lat = None if latent is None else self._latent(np.asarray(latent, bool)[rows])
-            return self._scores(self.model.score_last(b, k or self.config.top_k, h0=h0, latent=lat))
+            given = {"h0": st} if step else {"state": st}
+            return self._scores(self.model.score_last(b, k or self.config.top_k, latent=lat, **given))
 
         return _by_latent(len(cut), latent, call)
 
@@ -190,19 +193,7 @@ class SequenceScorer:
         """GRU only: the heads at each window's last event given ``h``, the state after that
         event (no recurrence step): what :meth:`advance` returned for that event, again."""
         self._gru_only()
-        return self._chunked(lambda w, st, lat: self._at_state(w, st, lat, k), windows, np.asarray(h), latent)
-
-    def _at_state(self, windows, h, latent, k) -> Scores:
-        cut = self._cut(windows, None, self.config.lookback)
-        h = self._checked(h, len(cut))
-
-        def call(rows: np.ndarray, last_only: bool) -> Scores:
-            b = self._batch([cut[i] for i in rows], last_only=last_only)
-            st = self._state(h[rows], len(rows))
-            lat = None if latent is None else self._latent(np.asarray(latent, bool)[rows])
-            return self._scores(self.model.score_last(b, k or self.config.top_k, latent=lat, state=st))
-
-        return _by_latent(len(cut), latent, call)
+        return self._chunked(lambda w, st, lat: self._from_state(w, st, lat, k, False), windows, np.asarray(h), latent)
 
     def from_window(
         self,
